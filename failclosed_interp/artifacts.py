@@ -1,0 +1,93 @@
+"""Run folders: atomic writes of JSON and safetensors, and the model identity that guards reloads."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+IDENTITY_FILE = "model.json"
+
+
+def atomic_write(path: Path, write) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, data) -> Path:
+    """Write JSON atomically (write to a temp file, then rename); NaN is refused, not silently written."""
+    text = json.dumps(data, indent=2, allow_nan=False, default=_jsonable)
+    return atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text + "\n"))
+
+
+def _jsonable(value):
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def read_json(path: str | Path):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON (corrupt or partly written?): {err}") from err
+
+
+def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return atomic_write(Path(path), lambda tmp: save_file(contiguous, tmp, metadata=metadata))
+
+
+def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable safetensors file (corrupt or partly written?): {err}") from err
+
+
+def write_identity(folder: str | Path, identity: dict) -> Path:
+    return write_json(Path(folder) / IDENTITY_FILE, identity)
+
+
+def check_identity(folder: str | Path, identity: dict, what: str) -> None:
+    """Refuse an artifact made for another model: compare what it recorded with the model in hand."""
+    path = Path(folder) / IDENTITY_FILE
+    if not path.is_file():
+        return
+    recorded = read_json(path)
+    for key in ("d_model", "n_layers"):
+        if key in recorded and recorded[key] != identity[key]:
+            raise ValueError(
+                f"{what} in {folder} was made for model {recorded.get('model')!r} ({key}={recorded[key]}), "
+                f"but the loaded model {identity['model']!r} has {key}={identity[key]}. Load the model it was "
+                f"made for, or recompute it on this model."
+            )
+
+
+def is_finite_number(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

