@@ -1,0 +1,170 @@
+"""How much a model refuses: the logit refusal score at the last prompt position, refusal tokens
+derived from the model's own refusals, and judged refusal rates with bootstrap CIs."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from failclosed_interp.chat import batches, format_prompt, tokenize_prompts
+from failclosed_interp.generation import GenerationConfig, generate
+from failclosed_interp.interventions import Intervention, intervene
+from failclosed_interp.judges import Judge, SubstringJudge
+from failclosed_interp.models import ChatModel
+from failclosed_interp.stats import RateEstimate, bootstrap_mean
+
+
+@torch.no_grad()
+def last_token_logits(
+    model: ChatModel,
+    instructions: Sequence[str],
+    interventions: Sequence[Intervention] = (),
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> Float[Tensor, "batch d_vocab"]:
+    """Next-token logits at the last prompt position (float32, on CPU), under interventions."""
+    out = []
+    with intervene(model, interventions):
+        for chunk in tqdm(list(batches(list(instructions), batch_size)), desc="scoring", disable=not progress, leave=False):
+            batch = tokenize_prompts(model, chunk)
+            logits = model.bridge(batch.input_ids, attention_mask=batch.attention_mask)[:, -1]
+            out.append(logits.float().cpu())
+    logits = torch.cat(out)
+    if not torch.isfinite(logits).all():
+        raise ValueError("the model produced NaN/inf logits; check the model weights, dtype and interventions")
+    return logits
+
+
+def refusal_score_from_logits(
+    logits: Float[Tensor, "batch d_vocab"], refusal_tokens: Sequence[int]
+) -> Float[Tensor, "batch"]:
+    """log p - log(1 - p) of the probability mass p on the refusal tokens, in float64."""
+    if not refusal_tokens:
+        raise ValueError("no refusal tokens given; derive them with refusal_tokens_from_responses()")
+    probs = torch.softmax(logits.double(), dim=-1)
+    p = probs[:, list(refusal_tokens)].sum(-1).clamp(1e-300, 1 - 1e-16)
+    return torch.log(p) - torch.log1p(-p)
+
+
+def refusal_scores(
+    model: ChatModel,
+    instructions: Sequence[str],
+    refusal_tokens: Sequence[int],
+    interventions: Sequence[Intervention] = (),
+    *,
+    batch_size: int = 16,
+) -> Float[Tensor, "batch"]:
+    return refusal_score_from_logits(last_token_logits(model, instructions, interventions, batch_size=batch_size), refusal_tokens)
+
+
+def kl_from_logits(
+    reference: Float[Tensor, "batch d_vocab"], other: Float[Tensor, "batch d_vocab"]
+) -> Float[Tensor, "batch"]:
+    """KL(reference || other) of next-token distributions, per row, float64."""
+    p_log = torch.log_softmax(reference.double(), -1)
+    q_log = torch.log_softmax(other.double(), -1)
+    return (p_log.exp() * (p_log - q_log)).sum(-1)
+
+
+def first_response_tokens(model: ChatModel, instructions: Sequence[str], responses: Sequence[str]) -> list[int]:
+    """The token each response starts with, tokenised in context (after the chat prompt)."""
+    tokens = []
+    for instruction, response in zip(instructions, responses, strict=True):
+        prompt = format_prompt(model.tokenizer, instruction)
+        prompt_ids = model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        full_ids = model.tokenizer(prompt + response, add_special_tokens=False)["input_ids"]
+        if len(full_ids) > len(prompt_ids):
+            tokens.append(full_ids[len(prompt_ids)])
+    return tokens
+
+
+def refusal_tokens_from_responses(
+    model: ChatModel,
+    instructions: Sequence[str],
+    responses: Sequence[str],
+    judge: Judge = SubstringJudge(),
+    *,
+    coverage: float = 0.9,
+    max_tokens: int = 5,
+) -> list[int]:
+    """The model's own refusal-start tokens: first tokens of responses the judge calls refusals,
+    most common first, until they cover `coverage` of those refusals (at most `max_tokens`)."""
+    refused = judge(instructions, responses)
+    pairs = [(i, r) for i, r, y in zip(instructions, responses, refused) if y]
+    if not pairs:
+        raise ValueError(
+            "none of the responses is a refusal, so refusal tokens cannot be derived from them; "
+            "give responses of a model that refuses, or refusal texts via refusal_tokens_from_texts()"
+        )
+    counts = Counter(first_response_tokens(model, *zip(*pairs)))
+    chosen, covered = [], 0
+    for token, n in counts.most_common(max_tokens):
+        chosen.append(token)
+        covered += n
+        if covered >= coverage * len(pairs):
+            break
+    return chosen
+
+
+def refusal_tokens_from_texts(model: ChatModel, texts: Sequence[str]) -> list[int]:
+    """First tokens of given refusal texts, e.g. ["I'm sorry", "I cannot"]; for models that never refuse yet."""
+    probe = "Tell me something."
+    return sorted(set(first_response_tokens(model, [probe] * len(texts), texts)))
+
+
+@dataclass(frozen=True)
+class JudgedResponses:
+    """Generations for a prompt set, the judge's verdicts, and the refusal rate with its CI."""
+
+    instructions: tuple[str, ...]
+    responses: tuple[str, ...]
+    refused: tuple[bool, ...]
+    rate: RateEstimate
+    judge: str
+
+    def to_dict(self) -> dict:
+        return {
+            "judge": self.judge,
+            "refusal_rate": self.rate.to_dict(),
+            "items": [
+                {"prompt": p, "response": r, "refused": y}
+                for p, r, y in zip(self.instructions, self.responses, self.refused)
+            ],
+        }
+
+
+def judge_responses(
+    instructions: Sequence[str], responses: Sequence[str], judge: Judge = SubstringJudge(), *, seed: int = 0
+) -> JudgedResponses:
+    refused = judge(instructions, responses)
+    return JudgedResponses(
+        tuple(instructions), tuple(responses), tuple(bool(y) for y in refused),
+        bootstrap_mean([float(y) for y in refused], seed=seed), judge.name,
+    )
+
+
+def refusal_rate(
+    model: ChatModel,
+    instructions: Sequence[str],
+    *,
+    judge: Judge = SubstringJudge(),
+    generation: GenerationConfig = GenerationConfig(max_new_tokens=48),
+    interventions: Sequence[Intervention] = (),
+    progress: bool = True,
+) -> JudgedResponses:
+    """Generate under `interventions`, judge every response, and estimate the refusal rate."""
+    responses = generate(model, list(instructions), generation, interventions, progress=progress)
+    return judge_responses(instructions, responses, judge, seed=generation.seed)
+
+
+def token_strings(model: ChatModel, tokens: Sequence[int]) -> list[str]:
+    return [model.tokenizer.decode([t]) for t in tokens]
+
+
