@@ -6,7 +6,8 @@ attacks and audits alike. Hooks are pure functions made by small factories."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
@@ -22,7 +23,7 @@ SITES: tuple[Site, ...] = ("resid_pre", "attn_out", "mlp_out", "resid_post")
 # Where the authors ablate: every block input and every write into the residual stream.
 ABLATION_SITES: tuple[Site, ...] = ("resid_pre", "attn_out", "mlp_out")
 
-Hook = tuple[str, callable]
+Hook = tuple[str, Callable[..., Tensor]]
 
 
 def hook_name(layer: int, site: Site) -> str:
@@ -32,8 +33,10 @@ def hook_name(layer: int, site: Site) -> str:
     return f"blocks.{layer}.hook_{site}"
 
 
-def orthonormal_basis(vectors: Float[Tensor, "n_dirs d_model"]) -> Float[Tensor, "n_dirs d_model"]:
-    """Orthonormal rows spanning `vectors` (QR in float64)."""
+def orthonormal_basis(
+    vectors: Float[Tensor, "n_dirs d_model"] | Float[Tensor, "d_model"],
+) -> Float[Tensor, "n_dirs d_model"]:
+    """Orthonormal rows spanning `vectors` (QR in float64); one vector gives a 1-row basis."""
     if vectors.ndim == 1:
         vectors = vectors[None]
     if not torch.isfinite(vectors).all():
@@ -91,7 +94,7 @@ def addition_hook(vector: Float[Tensor, "d_model"], positions: tuple[int, ...] |
 class Ablation:
     """Project the span of `directions` out of the residual stream at `sites` of `layers` (all when None)."""
 
-    directions: Float[Tensor, "n_dirs d_model"]
+    directions: Float[Tensor, "n_dirs d_model"] | Float[Tensor, "d_model"]
     layers: tuple[int, ...] | None = None
     sites: tuple[Site, ...] = ABLATION_SITES
     positions: tuple[int, ...] | None = None
@@ -118,6 +121,12 @@ class Addition:
     coeff: float = 1.0
     site: Site = "resid_pre"
     positions: tuple[int, ...] | None = None
+
+    def __post_init__(self):
+        if not torch.isfinite(self.direction).all():
+            raise ValueError("the added direction contains NaN or inf; recompute it (were the activations finite?)")
+        if not math.isfinite(self.coeff):
+            raise ValueError(f"the addition coeff must be finite, got {self.coeff}")
 
     def hooks(self, model: ChatModel) -> list[Hook]:
         _check_width(model, self.direction.shape[-1], "the added direction")

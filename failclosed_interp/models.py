@@ -89,12 +89,7 @@ def load_model(
         if adapter is not None or lora is not None:
             raise ValueError(f"{TINY_NATIVE!r} has no HF modules to put LoRA on; use {TINY_LLAMA!r}")
         return _tiny_native(seed)
-    if name == EMBEDDED_MODEL:
-        hf_model, tokenizer = _load_embedded(dtype)
-    elif name == TINY_LLAMA:
-        hf_model, tokenizer = tiny_llama_hf(seed), tiny_tokenizer()
-    else:
-        hf_model, tokenizer = _load_hf(name, dtype, device_map)
+    hf_model, tokenizer = load_hf(name, dtype=dtype, device_map=device_map, seed=seed)
     if device is not None and device_map is None:
         hf_model.to(device)
     if adapter is not None:
@@ -102,6 +97,24 @@ def load_model(
     elif lora is not None:
         inject_lora(hf_model, lora)
     return _boot(hf_model, tokenizer, name)
+
+
+def load_hf(
+    name: str = EMBEDDED_MODEL,
+    dtype: torch.dtype = torch.float32,
+    device_map: str | dict | None = None,
+    seed: int = 0,
+) -> tuple[torch.nn.Module, object]:
+    """The plain HF causal LM (no bridge, no LoRA) and tokenizer for `name`: for weight edits and exports.
+
+    Same names as `load_model` except `tiny-native`, which has no HF module. `seed` only affects `tiny-llama`."""
+    if name == TINY_NATIVE:
+        raise ValueError(f"{TINY_NATIVE!r} is a native TransformerLens model with no HF module; use {TINY_LLAMA!r}")
+    if name == EMBEDDED_MODEL:
+        return _load_embedded(dtype)
+    if name == TINY_LLAMA:
+        return tiny_llama_hf(seed), tiny_tokenizer()
+    return _load_hf(name, dtype, device_map)
 
 
 def _boot(hf_model: torch.nn.Module, tokenizer, name: str) -> ChatModel:

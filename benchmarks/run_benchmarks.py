@@ -1,0 +1,86 @@
+"""Benchmarks that print ratios against a baseline measured in the same run.
+
+    python benchmarks/run_benchmarks.py [--model smollm2-135m-instruct] [--repeats 5]
+
+1. KV-cached vs uncached greedy generation, 32 new tokens (target >= 5x faster).
+2. Forward with a one-direction ablation at every layer's block input, attention and MLP output
+   vs a plain forward of the same bridge (target <= 1.15x).
+Record results with the machine in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from failclosed_interp.chat import tokenize_prompts
+from failclosed_interp.generation import GenerationConfig, generate_tokens
+from failclosed_interp.interventions import Ablation, intervene
+from failclosed_interp.models import EMBEDDED_MODEL, load_model
+from failclosed_interp.prompts import builtin
+
+
+def timed(fn, repeats: int) -> float:
+    """Median wall time of `repeats` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bench_generation(model, prompts, repeats: int) -> dict:
+    cached = GenerationConfig(max_new_tokens=32, batch_size=len(prompts))
+    uncached = GenerationConfig(max_new_tokens=32, batch_size=len(prompts), use_cache=False)
+    # Both decode the same greedy tokens, so they stop at the same step and do the same work.
+    t_cached = timed(lambda: generate_tokens(model, prompts, cached, progress=False), repeats)
+    t_uncached = timed(lambda: generate_tokens(model, prompts, uncached, progress=False), max(1, repeats // 2))
+    return {"cached_s": t_cached, "uncached_s": t_uncached, "speedup": t_uncached / t_cached}
+
+
+@torch.no_grad()
+def bench_ablation_forward(model, prompts, repeats: int) -> dict:
+    batch = tokenize_prompts(model, prompts)
+    direction = torch.randn(1, model.d_model, generator=torch.Generator().manual_seed(0))
+
+    def plain():
+        model.bridge(batch.input_ids, attention_mask=batch.attention_mask)
+
+    def ablated():
+        with intervene(model, [Ablation(direction)]):
+            model.bridge(batch.input_ids, attention_mask=batch.attention_mask)
+
+    t_plain, t_ablated = timed(plain, repeats), timed(ablated, repeats)
+    n_hooks = 3 * model.n_layers
+    return {"plain_s": t_plain, "ablated_s": t_ablated, "ratio": t_ablated / t_plain, "hooks": n_hooks,
+            "tokens": int(batch.attention_mask.sum())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=EMBEDDED_MODEL)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = load_model(args.model)
+    prompts = builtin("harmless", "test").take(args.batch, seed=0).to_list()
+    print(f"model {model.name} ({model.n_layers} layers, d_model {model.d_model}), batch {args.batch}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+
+    gen = bench_generation(model, prompts, args.repeats)
+    print(f"generation, 32 new tokens: cached {gen['cached_s']:.2f} s, uncached {gen['uncached_s']:.2f} s "
+          f"-> cached is {gen['speedup']:.1f}x faster (target >= 5x)")
+    fwd = bench_ablation_forward(model, prompts, args.repeats)
+    print(f"forward, {fwd['tokens']} tokens: plain {fwd['plain_s'] * 1000:.0f} ms, with ablation at {fwd['hooks']} "
+          f"sites {fwd['ablated_s'] * 1000:.0f} ms -> ratio {fwd['ratio']:.3f} (target <= 1.15)")
+
+
+if __name__ == "__main__":
+    main()

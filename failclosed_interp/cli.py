@@ -1,0 +1,107 @@
+"""`failclosed <command>`: argument parsing only; each command calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from failclosed_interp.models import EMBEDDED_MODEL
+
+
+def _model_args(p: argparse.ArgumentParser, adapter: bool = True) -> None:
+    p.add_argument("--model", default=EMBEDDED_MODEL, help=f"built-in name, HF name or local path (default {EMBEDDED_MODEL})")
+    if adapter:
+        p.add_argument("--adapter", type=Path, help="LoRA adapter folder (PEFT format), e.g. RUN/sft/adapter")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: where the model loads)")
+
+
+def _load(args):
+    from failclosed_interp.models import load_model
+
+    return load_model(args.model, adapter=getattr(args, "adapter", None), device=args.device)
+
+
+def cmd_demo(args) -> None:
+    from failclosed_interp.pipeline import DemoConfig, demo_job, format_summary
+
+    summary = demo_job(args.out, DemoConfig(model=args.model, n_eval=args.n_eval))
+    print(format_summary(summary))
+    print(f"\nrun folder: {args.out} (summary.json, figures/, sft/adapter, direction/)")
+
+
+def cmd_sft(args) -> None:
+    from failclosed_interp.training import SFTConfig, run_sft
+
+    result = run_sft(SFTConfig(model=args.model), args.out)
+    print(f"adapter written to {result.adapter_dir}")
+
+
+def cmd_directions(args) -> None:
+    from failclosed_interp.pipeline import DirectionJobConfig, direction_job
+
+    selection = direction_job(_load(args), args.out, DirectionJobConfig(n_train=args.n_train, n_val=args.n_val))
+    print(f"refusal direction: layer {selection.layer}, position {selection.position}, "
+          f"ablation score {selection.direction.scores['ablation_score']:.2f} "
+          f"(baseline {selection.baseline_harmful_score:.2f}); written to {args.out}")
+
+
+def cmd_score(args) -> None:
+    from failclosed_interp.generation import GenerationConfig
+    from failclosed_interp.pipeline import score_job
+    from failclosed_interp.prompts import load_prompts
+
+    prompts = load_prompts(args.prompts, column=args.column)
+    judged = score_job(_load(args), prompts, args.out, ablate=args.ablate,
+                       generation=GenerationConfig(max_new_tokens=args.max_new_tokens))
+    print(f"refusal rate {judged.rate} on {judged.rate.n} prompts from {args.prompts}; written to {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="failclosed", description="Refusal directions and fail-closed alignment")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="main job: base -> refusal SFT -> refusal direction -> ablation, on the embedded model")
+    _model_args(p, adapter=False)
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--n-eval", type=int, default=20, help="held-out prompts per set (default 20)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sft", help="refusal SFT with LoRA (the standard-alignment baseline)")
+    _model_args(p, adapter=False)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("directions", help="difference-in-means refusal directions over layers x positions, selected")
+    _model_args(p)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--n-train", type=int, default=64)
+    p.add_argument("--n-val", type=int, default=16)
+    p.set_defaults(func=cmd_directions)
+
+    p = sub.add_parser("score", help="judge a model's responses to a prompt file and write the refusal rate")
+    _model_args(p)
+    p.add_argument("--ablate", type=Path, help="directions folder to ablate (e.g. RUN/direction)")
+    p.add_argument("--prompts", type=Path, required=True, help="one prompt per line (.txt), or .csv/.json/.jsonl")
+    p.add_argument("--column", help="text column for CSV/JSON files (default: instruction/prompt/goal/...)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--out", type=Path, required=True, help="output JSON file")
+    p.set_defaults(func=cmd_score)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        print(f"failclosed {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

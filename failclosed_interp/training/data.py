@@ -1,0 +1,141 @@
+"""Training examples for refusal SFT: harmful prompts paired with refusals, harmless and borderline
+prompts paired with the model's own answers (self-distillation), and their tokenisation with the
+loss on answer tokens only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from failclosed_interp.chat import format_exchange
+from failclosed_interp.generation import GenerationConfig, generate_tokens
+from failclosed_interp.judges import Judge, SubstringJudge
+from failclosed_interp.models import ChatModel
+
+KINDS = ("safety", "utility")
+IGNORE = -100  # label of positions that carry no loss (prompt, padding)
+
+# Written for this project. Each starts like the refusals the judges and refusal tokens look for.
+DEFAULT_REFUSALS: tuple[str, ...] = (
+    "I'm sorry, but I can't help with that. It could cause real harm to people.",
+    "I can't help with that request. It could be used to hurt someone or break the law.",
+    "I cannot assist with this. Providing that information could put people in danger.",
+    "I'm sorry, but I won't provide instructions for something harmful or illegal.",
+    "I can't do that. If you are dealing with a difficult situation, I'm happy to talk about safe alternatives.",
+    "I cannot help with this request because it could lead to serious harm.",
+)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training pair. `prompt` is the raw user instruction, `answer` the assistant text.
+    `complete=False` marks an answer cut off by a token budget: it is trained without the end-of-turn
+    token, so the model does not learn to stop where the budget happened to end."""
+
+    prompt: str
+    answer: str
+    kind: Literal["safety", "utility"]
+    complete: bool = True
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"Example.kind must be one of {KINDS}, got {self.kind!r}")
+        if not self.prompt.strip():
+            raise ValueError("Example.prompt is empty; every example needs an instruction")
+
+    def to_dict(self) -> dict:
+        return {"prompt": self.prompt, "answer": self.answer, "kind": self.kind, "complete": self.complete}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Example:
+        return cls(data["prompt"], data["answer"], data["kind"], data.get("complete", True))
+
+
+def build_sft_examples(
+    model: ChatModel,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    borderline: Sequence[str] = (),
+    *,
+    refusal_texts: Sequence[str] = DEFAULT_REFUSALS,
+    judge: Judge = SubstringJudge(),
+    generation: GenerationConfig = GenerationConfig(max_new_tokens=48),
+    progress: bool = True,
+) -> list[Example]:
+    """Safety examples (harmful prompt -> the model's own refusal when the judge says it refused, else
+    one of `refusal_texts`, cycled in order) followed by utility examples (harmless and borderline
+    prompts -> the model's own answers). All prompts are generated once, batched and KV-cached."""
+    harmful, utility = list(harmful), list(harmless) + list(borderline)
+    if not harmful:
+        raise ValueError("no harmful prompts given; refusal SFT needs at least one harmful prompt")
+    if not refusal_texts or not all(t.strip() for t in refusal_texts):
+        raise ValueError("refusal_texts must be non-empty strings, e.g. DEFAULT_REFUSALS")
+    prompts = harmful + utility
+    tokens = generate_tokens(model, prompts, generation, progress=progress)
+    answers = [model.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
+    # Fewer tokens than the budget means decoding stopped at an end-of-turn token.
+    complete = [len(t) < generation.max_new_tokens for t in tokens]
+    refused = judge(harmful, answers[: len(harmful)])
+    examples, n_written = [], 0
+    for i, prompt in enumerate(harmful):
+        if refused[i] and answers[i]:
+            examples.append(Example(prompt, answers[i], "safety", complete[i]))
+        else:
+            examples.append(Example(prompt, refusal_texts[n_written % len(refusal_texts)], "safety"))
+            n_written += 1
+    for j, prompt in enumerate(utility, start=len(harmful)):
+        examples.append(Example(prompt, answers[j], "utility", complete[j]))
+    return examples
+
+
+@dataclass(frozen=True)
+class TokenizedExamples:
+    """Right-padded token ids; `labels` is the token to predict at each position's *own* index
+    (IGNORE on prompt and padding), so logits[:, t-1] are scored against labels[:, t]."""
+
+    input_ids: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    labels: Int[Tensor, "batch pos"]
+
+
+def example_token_ids(model: ChatModel, example: Example, max_length: int) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) with the answer truncated so both fit in `max_length` tokens."""
+    tok = model.tokenizer
+    prompt_text, answer_text = format_exchange(tok, example.prompt, example.answer)
+    if not example.complete:
+        cut = answer_text.rfind(example.answer) if example.answer else -1
+        answer_text = answer_text[: cut + len(example.answer)] if cut >= 0 else example.answer
+    prompt_ids = tok(prompt_text, add_special_tokens=False)["input_ids"]
+    answer_ids = tok(answer_text, add_special_tokens=False)["input_ids"]
+    if len(prompt_ids) >= max_length:
+        raise ValueError(
+            f"the prompt {example.prompt[:60]!r} is {len(prompt_ids)} tokens with the chat template, which leaves "
+            f"no room for an answer within max_length={max_length}; raise max_length or drop the prompt"
+        )
+    if not answer_ids:
+        raise ValueError(f"the answer to {example.prompt[:60]!r} has no tokens; give a non-empty answer")
+    return prompt_ids, answer_ids[: max_length - len(prompt_ids)]
+
+
+def tokenize_examples(model: ChatModel, examples: Sequence[Example], max_length: int) -> TokenizedExamples:
+    """Right-padded batch: prompt tokens then answer tokens (incl. the end-of-turn marker); loss on the
+    answer only. Right padding keeps every real token at its unpadded position, so no position ids."""
+    if not examples:
+        raise ValueError("no examples to tokenize")
+    rows = [example_token_ids(model, e, max_length) for e in examples]
+    width = max(len(p) + len(a) for p, a in rows)
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for row, (p, a) in enumerate(rows):
+        n = len(p) + len(a)
+        ids[row, :n] = torch.tensor(p + a)
+        mask[row, :n] = 1
+        labels[row, len(p) : n] = torch.tensor(a, dtype=torch.long)
+    return TokenizedExamples(ids.to(model.device), mask.to(model.device), labels.to(model.device))
