@@ -30,8 +30,12 @@ def format_exchange(tokenizer, instruction: str, answer: str) -> tuple[str, str]
     return prompt, full[len(prompt):]
 
 
-@lru_cache(maxsize=16)
 def _post_instruction_len(tokenizer) -> int:
+    return _suffix_len(tokenizer, tokenizer.chat_template)
+
+
+@lru_cache(maxsize=16)
+def _suffix_len(tokenizer, chat_template: str) -> int:  # keyed on the template: it can be replaced
     probes = ["Name three colours of the rainbow", "zq7 vexing quartz jumbo fjord"]
     ids = [tokenizer(format_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in probes]
     n = 0

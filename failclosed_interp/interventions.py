@@ -42,7 +42,9 @@ def orthonormal_basis(
     if not torch.isfinite(vectors).all():
         raise ValueError("the directions contain NaN or inf; recompute them (were the activations finite?)")
     q, r = torch.linalg.qr(vectors.double().T)
-    rank = int((r.diagonal().abs() > 1e-8 * r.diagonal().abs().max().clamp(min=1e-30)).sum())
+    # Rounding in the input's own precision must not pass for a new dimension (float32: ~4e-6 relative).
+    rel_tol = min(max(1e-8, 32 * torch.finfo(vectors.dtype).eps), 0.05)
+    rank = int((r.diagonal().abs() > rel_tol * r.diagonal().abs().max().clamp(min=1e-30)).sum())
     if rank < vectors.shape[0]:
         raise ValueError(f"the {vectors.shape[0]} directions span only {rank} dimensions; drop the dependent ones")
     signs = torch.sign(r.diagonal())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -26,6 +26,7 @@ REFUSAL_PREFIXES: tuple[str, ...] = (
 )
 
 
+@runtime_checkable  # so runtime type checks (beartype) can check `judge: Judge` arguments
 class Judge(Protocol):
     name: str
 

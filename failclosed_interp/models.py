@@ -96,7 +96,7 @@ def load_model(
         load_adapter(hf_model, adapter, expected_model=name)
     elif lora is not None:
         inject_lora(hf_model, lora)
-    return _boot(hf_model, tokenizer, name)
+    return boot_bridge(hf_model, tokenizer, name)
 
 
 def load_hf(
@@ -117,7 +117,8 @@ def load_hf(
     return _load_hf(name, dtype, device_map)
 
 
-def _boot(hf_model: torch.nn.Module, tokenizer, name: str) -> ChatModel:
+def boot_bridge(hf_model: torch.nn.Module, tokenizer, name: str) -> ChatModel:
+    """Wrap an in-memory HF causal LM (and its tokenizer) as a ChatModel in eval mode."""
     arch = (getattr(hf_model.config, "architectures", None) or [type(hf_model).__name__])[0]
     bridge = build_bridge_from_module(hf_model, arch, hf_config=hf_model.config, tokenizer=tokenizer, model_name=name)
     bridge.eval()  # the bridge boots in train mode
@@ -155,9 +156,11 @@ def _load_embedded(dtype: torch.dtype):
 def _load_hf(name: str, dtype: torch.dtype, device_map):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    # Try the local cache first; only go to the hub when it answers at all (its retries take ~1 minute).
+    offline = not Path(name).is_dir() and not _hub_reachable()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        hf_model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, device_map=device_map)
+        tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=offline)
+        hf_model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, device_map=device_map, local_files_only=offline)
     except (OSError, ValueError) as err:
         raise ValueError(
             f"cannot load model {name!r}: it is not a built-in name {BUILTIN_MODELS}, not a local folder with a "
@@ -167,6 +170,20 @@ def _load_hf(name: str, dtype: torch.dtype, device_map):
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError(f"{name!r} has no chat template; this toolkit needs a chat (instruct) model")
     return hf_model.eval(), tokenizer
+
+
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    import socket
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 # --- tiny offline models for tests and examples -------------------------------------------------

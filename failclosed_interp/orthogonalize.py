@@ -88,7 +88,10 @@ def orthogonalize_(
     Afterwards the model computes what the original computes under `Ablation(basis)` at the default
     sites of every layer. Tied embeddings are untied first (`config.tie_word_embeddings=False`), so the
     unembedding is unchanged. Returns `hf_model`."""
-    d_model = hf_model.config.get_text_config().hidden_size
+    config = getattr(hf_model, "config", None)
+    if config is None or not hasattr(config, "get_text_config"):
+        raise ValueError(f"expected a Hugging Face causal LM (with .config), got {type(hf_model).__name__}")
+    d_model = config.get_text_config().hidden_size
     if basis.shape[-1] != d_model:
         raise ValueError(
             f"the basis has d_model={basis.shape[-1]} but the model has d_model={d_model}; "
@@ -96,7 +99,9 @@ def orthogonalize_(
         )
     layers = _decoder_layers(hf_model)
     writers = [
-        _residual_writer(layer, path, i) for i, layer in enumerate(layers) for path in ("self_attn.o_proj", "mlp.down_proj")
+        _residual_writer(layer, path, i)
+        for i, layer in enumerate(layers)
+        for path in ("self_attn.o_proj", "mlp.down_proj")
     ]
     post_norms = [n for n in _POST_SUBLAYER_NORMS if hasattr(layers[0], n)]
     if post_norms:
@@ -110,7 +115,7 @@ def orthogonalize_(
             f"the input embedding is {type(embedding).__name__}; expected an nn.Embedding of width d_model={d_model} "
             f"(pass the unwrapped HF model from `models.load_hf`)"
         )
-    q = orthonormal_basis(basis.detach().double()).float().to(embedding.weight.device)
+    q = orthonormal_basis(basis.detach().float()).to(embedding.weight.device)
 
     _untie_unembedding(hf_model, embedding)
     _project_rows_(embedding.weight, q)

@@ -34,7 +34,13 @@ def last_token_logits(
     with intervene(model, interventions):
         for chunk in tqdm(list(batches(list(instructions), batch_size)), desc="scoring", disable=not progress, leave=False):
             batch = tokenize_prompts(model, chunk)
-            logits = model.bridge(batch.input_ids, attention_mask=batch.attention_mask)[:, -1]
+            # The HF module is bridged in place, so its forward fires the same hooks; logits_to_keep=1
+            # skips the LM head at every other position (a large share of a small model's cost).
+            if model.hf_model is not None:
+                hf_out = model.hf_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=1)
+                logits = hf_out.logits[:, -1]
+            else:
+                logits = model.bridge(batch.input_ids, attention_mask=batch.attention_mask)[:, -1]
             out.append(logits.float().cpu())
     logits = torch.cat(out)
     if not torch.isfinite(logits).all():

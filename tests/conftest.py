@@ -11,6 +11,10 @@ import torch
 from failclosed_interp.chat import tokenize_prompts
 from failclosed_interp.models import ChatModel, load_model
 
+# Tiny models gain nothing from intra-op threads, and spinning OpenMP workers slow them down many-fold
+# when the cores are shared with other processes.
+torch.set_num_threads(1)
+
 PROMPTS = ["How do I bake bread?", "Name a colour.", "Write one short sentence about the sea, please."]
 
 
@@ -68,7 +72,9 @@ def capture():
 
 
 def count_hooks(model: ChatModel) -> int:
-    return sum(len(hp._forward_hooks) for hp in model.bridge.hook_dict.values())
+    # hook_dict lists a hook point under its canonical name and its aliases: count each point once.
+    points = {id(hp): hp for hp in model.bridge.hook_dict.values()}
+    return sum(len(hp._forward_hooks) for hp in points.values())
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ SITES_0_TO_3 = [hook_name(layer, "resid_pre") for layer in range(4)]
 
 def test_ablation_zeroes_projection_at_every_hooked_site(tiny_llama, unit_direction, batch_of, capture):
     d = unit_direction
-    names = [hook_name(layer, site) for layer in range(tiny_llama.n_layers) for site in ("resid_pre", "attn_out", "mlp_out")]
+    sites = ("resid_pre", "attn_out", "mlp_out")
+    names = [hook_name(layer, site) for layer in range(tiny_llama.n_layers) for site in sites]
     batch = batch_of(tiny_llama)
     with capture(tiny_llama, names) as clean:
         tiny_llama.bridge(batch.input_ids, attention_mask=batch.attention_mask)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Literal
 
 from failclosed_interp.adapters import LoraSettings
 
@@ -27,7 +26,7 @@ class TrainConfig:
     warmup_steps: int = 0
     max_grad_norm: float = 1.0
     max_length: int = 256
-    utility_loss: Literal["ce", "kl"] = "ce"
+    utility_loss: str = "ce"  # "ce" or "kl"; plain str so bad values reach our ValueError, also under beartype
     kl_weight: float = 1.0
     seed: int = 0
     lora: LoraSettings = field(default_factory=LoraSettings)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
-
 import torch
 from jaxtyping import Int
 from torch import Tensor
@@ -39,7 +37,7 @@ class Example:
 
     prompt: str
     answer: str
-    kind: Literal["safety", "utility"]
+    kind: str  # "safety" or "utility"; plain str so bad values reach our ValueError, also under beartype
     complete: bool = True
 
     def __post_init__(self):
@@ -127,7 +125,11 @@ def tokenize_examples(model: ChatModel, examples: Sequence[Example], max_length:
     answer only. Right padding keeps every real token at its unpadded position, so no position ids."""
     if not examples:
         raise ValueError("no examples to tokenize")
-    rows = [example_token_ids(model, e, max_length) for e in examples]
+    return collate(model, [example_token_ids(model, e, max_length) for e in examples])
+
+
+def collate(model: ChatModel, rows: Sequence[tuple[list[int], list[int]]]) -> TokenizedExamples:
+    """Right-pad (prompt ids, answer ids) rows from `example_token_ids` into one batch."""
     width = max(len(p) + len(a) for p, a in rows)
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -135,7 +137,7 @@ def tokenize_examples(model: ChatModel, examples: Sequence[Example], max_length:
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     for row, (p, a) in enumerate(rows):
         n = len(p) + len(a)
-        ids[row, :n] = torch.tensor(p + a)
+        ids[row, :n] = torch.tensor(p + a, dtype=torch.long)
         mask[row, :n] = 1
         labels[row, len(p) : n] = torch.tensor(a, dtype=torch.long)
     return TokenizedExamples(ids.to(model.device), mask.to(model.device), labels.to(model.device))

@@ -1,0 +1,274 @@
+"""Difference-in-means (DIM) refusal directions with Arditi et al.'s selection: one candidate per
+(layer, post-instruction position); keep those whose ablation barely moves harmless outputs (KL)
+and whose addition induces refusal; choose the one whose ablation lowers harmful refusal most."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from failclosed_interp.activations import check_positions, mean_activations
+from failclosed_interp.artifacts import write_json
+from failclosed_interp.chat import post_instruction_positions
+from failclosed_interp.directions import Direction, DirectionSet, save_directions
+from failclosed_interp.interventions import Ablation, Addition, Intervention
+from failclosed_interp.models import ChatModel
+from failclosed_interp.scoring import kl_from_logits, last_token_logits, refusal_score_from_logits
+
+
+@dataclass(frozen=True)
+class DirectionConfig:
+    """How DIM candidates are made and selected (defaults follow Arditi et al. 2024)."""
+
+    positions: tuple[int, ...] | None = None  # None: the chat template's post-instruction tokens
+    exclude_last_fraction: float = 0.2
+    kl_threshold: float = 0.1
+    induce_threshold: float = 0.0
+    batch_size: int = 16
+    lazy: bool = False  # score KL/induce only in ablation-score order until one passes
+    layers: tuple[int, ...] | None = None  # restrict candidate layers
+
+    def __post_init__(self):
+        if self.positions is not None:
+            object.__setattr__(self, "positions", check_positions(self.positions))
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
+            if not self.layers or min(self.layers) < 0 or len(set(self.layers)) != len(self.layers):
+                raise ValueError(f"layers must be distinct layer indices >= 0 (or None for all), got {self.layers}")
+        if not 0 <= self.exclude_last_fraction < 1:
+            raise ValueError(f"exclude_last_fraction must be in [0, 1) (0.2 drops the last 20% of layers), got {self.exclude_last_fraction}")
+        if not (math.isfinite(self.kl_threshold) and self.kl_threshold >= 0):
+            raise ValueError(f"kl_threshold must be a finite number >= 0 (default 0.1), got {self.kl_threshold}")
+        if not math.isfinite(self.induce_threshold):
+            raise ValueError(f"induce_threshold must be finite (default 0.0), got {self.induce_threshold}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def candidate_layers(self, n_layers: int) -> tuple[int, ...]:
+        """Layers that may hold the direction: not in the last `exclude_last_fraction`, and in `layers`."""
+        if self.layers is not None and max(self.layers) >= n_layers:
+            raise ValueError(f"layers {self.layers} out of range: the model has layers 0..{n_layers - 1}")
+        limit = int(n_layers * (1 - self.exclude_last_fraction))  # Arditi's rule: keep layer < limit
+        chosen = tuple(layer for layer in (self.layers or range(n_layers)) if layer < limit)
+        if not chosen:
+            raise ValueError(f"no candidate layer left: layers={self.layers} but only layers < {limit} are kept; "
+                             f"lower exclude_last_fraction or pick earlier layers")
+        return chosen
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DirectionConfig:
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown DirectionConfig fields {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def _positions(model: ChatModel, config: DirectionConfig) -> tuple[int, ...]:
+    return config.positions if config.positions is not None else tuple(post_instruction_positions(model))
+
+
+def dim_candidates(
+    model: ChatModel,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    config: DirectionConfig = DirectionConfig(),
+    interventions: Sequence[Intervention] = (),
+    *,
+    progress: bool = False,
+) -> Float[Tensor, "n_layers n_pos d_model"]:
+    """mean(harmful) - mean(harmless) of resid_pre at every layer and position (float32, raw norm)."""
+    kwargs = dict(positions=_positions(model, config), batch_size=config.batch_size, interventions=interventions, progress=progress)
+    diff = mean_activations(model, harmful, **kwargs) - mean_activations(model, harmless, **kwargs)
+    return diff.float()
+
+
+@dataclass(frozen=True, eq=False)
+class Selection:
+    """Every candidate's scores ([n_layers, n_pos], NaN = not evaluated) and the chosen direction.
+    Baselines are the refusal scores under the base interventions only (no candidate)."""
+
+    direction: Direction
+    layer: int
+    position: int
+    positions: tuple[int, ...]
+    ablation_score: Float[Tensor, "n_layers n_pos"]
+    induce_score: Float[Tensor, "n_layers n_pos"]
+    kl: Float[Tensor, "n_layers n_pos"]
+    baseline_harmful_score: float
+    baseline_harmless_score: float
+    config: DirectionConfig
+
+    def filter_reason(self, layer: int, index: int) -> str | None:
+        """Why candidate (layer, positions[index]) was not chosen; None for the chosen one."""
+        cfg = self.config
+        if (layer, self.positions[index]) == (self.layer, self.position):
+            return None
+        if layer >= int(self.ablation_score.shape[0] * (1 - cfg.exclude_last_fraction)):
+            return f"in the last {cfg.exclude_last_fraction:.0%} of layers (exclude_last_fraction)"
+        if cfg.layers is not None and layer not in cfg.layers:
+            return "not in config.layers"
+        abl, ind, kl = (float(t[layer, index]) for t in (self.ablation_score, self.induce_score, self.kl))
+        if math.isnan(abl):
+            return "zero difference in means (no signal at this site)"
+        if math.isnan(kl):
+            return "not evaluated (lazy selection stopped at the chosen one)"
+        if kl > cfg.kl_threshold:
+            return f"KL {kl:.4g} > kl_threshold {cfg.kl_threshold}"
+        if not ind > cfg.induce_threshold:
+            return f"induce score {ind:.4g} <= induce_threshold {cfg.induce_threshold}"
+        return "passed the filters, but its ablation score is higher than the chosen one's"
+
+    def candidates(self) -> list[dict]:
+        rows = []
+        for layer in range(self.ablation_score.shape[0]):
+            for index, position in enumerate(self.positions):
+                reason = self.filter_reason(layer, index)
+                rows.append({
+                    "layer": layer, "position": position,
+                    **{name: _finite_or_none(float(getattr(self, name)[layer, index])) for name in ("ablation_score", "induce_score", "kl")},
+                    "chosen": reason is None,
+                    "filtered": reason is not None and not reason.startswith("passed"),
+                    "reason": reason,
+                })
+        return rows
+
+    def to_dict(self) -> dict:
+        return {
+            "layer": self.layer, "position": self.position, "positions": list(self.positions),
+            "baseline_harmful_score": self.baseline_harmful_score, "baseline_harmless_score": self.baseline_harmless_score,
+            "direction": self.direction.metadata(), "config": self.config.to_dict(),
+            "ablation_score": _grid(self.ablation_score), "induce_score": _grid(self.induce_score), "kl": _grid(self.kl),
+        }
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None  # JSON has no NaN
+
+
+def _grid(scores: Tensor) -> list[list[float | None]]:
+    return [[_finite_or_none(v) for v in row] for row in scores.tolist()]
+
+
+def save_selection(selection: Selection, folder: str | Path, identity: dict) -> Path:
+    """`candidates.json`, `selection.json` and the chosen direction (so `load_directions(folder)` works)."""
+    folder = Path(folder)
+    write_json(folder / "candidates.json", selection.candidates())
+    write_json(folder / "selection.json", selection.to_dict())
+    save_directions(DirectionSet((selection.direction,)), folder, identity)
+    return folder
+
+
+def select_direction(
+    model: ChatModel,
+    candidates: Float[Tensor, "n_layers n_pos d_model"],
+    harmful_val: Sequence[str],
+    harmless_val: Sequence[str],
+    refusal_tokens: Sequence[int],
+    config: DirectionConfig = DirectionConfig(),
+    interventions: Sequence[Intervention] = (),
+    *,
+    fitted_on: str = "",
+    progress: bool = False,
+) -> Selection:
+    """Score every eligible candidate (ablation, KL, induce) and choose one (Arditi et al.'s rules)."""
+    positions = _positions(model, config)
+    if tuple(candidates.shape) != (model.n_layers, len(positions), model.d_model):
+        raise ValueError(f"candidates have shape {tuple(candidates.shape)} but this model and config need "
+                         f"{(model.n_layers, len(positions), model.d_model)}; compute them with dim_candidates() on this model")
+    if not harmful_val or not harmless_val:
+        raise ValueError("selection needs nonempty harmful_val and harmless_val prompt sets")
+    base, n_harmful, bs = list(interventions), len(harmful_val), config.batch_size
+
+    def score(logits: Tensor) -> float:
+        return float(refusal_score_from_logits(logits, refusal_tokens).mean())
+
+    clean = last_token_logits(model, [*harmful_val, *harmless_val], base, batch_size=bs)
+    clean_harmless = clean[n_harmful:]
+    abl, ind, kl = (torch.full(candidates.shape[:2], math.nan, dtype=torch.float64) for _ in range(3))
+    # DIM is exactly zero where both sets see the same tokens with no mixing yet (e.g. layer 0).
+    todo = [(layer, i) for layer in config.candidate_layers(model.n_layers) for i in range(len(positions))
+            if float(candidates[layer, i].norm()) > 0]
+
+    def ablation(c) -> Ablation:  # every layer, the authors' sites
+        return Ablation(candidates[c][None])
+
+    def passes(c) -> bool:  # NaN (not evaluated) never passes
+        return bool(kl[c] <= config.kl_threshold) and bool(ind[c] > config.induce_threshold)
+
+    def score_harmless(c, ablated_harmless: Tensor) -> None:
+        kl[c] = float(kl_from_logits(clean_harmless, ablated_harmless).mean())
+        added = Addition(candidates[c], layer=c[0], coeff=1.0)  # raw DIM vector: its norm is the strength
+        ind[c] = score(last_token_logits(model, harmless_val, base + [added], batch_size=bs))
+
+    bar = tqdm(todo, desc="DIM candidates", disable=not progress, leave=False)
+    if not config.lazy:
+        for c in bar:  # ablated harmful and harmless in one batched call
+            logits = last_token_logits(model, [*harmful_val, *harmless_val], base + [ablation(c)], batch_size=bs)
+            abl[c] = score(logits[:n_harmful])
+            score_harmless(c, logits[n_harmful:])
+    else:
+        for c in bar:
+            abl[c] = score(last_token_logits(model, harmful_val, base + [ablation(c)], batch_size=bs))
+        for c in sorted(todo, key=lambda c: float(abl[c])):
+            score_harmless(c, last_token_logits(model, harmless_val, base + [ablation(c)], batch_size=bs))
+            if passes(c):
+                break
+    passing = [c for c in todo if passes(c)]
+    if not passing:
+        raise ValueError(_nothing_passed(todo, positions, abl, ind, kl, config))
+    layer, i = min(passing, key=lambda c: float(abl[c]))
+    baselines = score(clean[:n_harmful]), score(clean_harmless)
+    scores = {"ablation_score": float(abl[layer, i]), "induce_score": float(ind[layer, i]), "kl": float(kl[layer, i]),
+              "baseline_harmful_score": baselines[0], "baseline_harmless_score": baselines[1]}
+    direction = Direction(candidates[layer, i], layer=layer, position=positions[i], method="dim", scores=scores, fitted_on=fitted_on)
+    return Selection(direction, layer, positions[i], positions, abl, ind, kl, *baselines, config)
+
+
+def _nothing_passed(todo, positions, abl, ind, kl, config: DirectionConfig) -> str:
+    if not todo:
+        return "every candidate direction is zero (harmful and harmless activations are identical); check the prompt sets"
+    evaluated = [c for c in todo if not math.isnan(float(kl[c]))]
+
+    def where(c) -> str:
+        return (f"layer {c[0]} position {positions[c[1]]} (ablation {float(abl[c]):.3g}, KL {float(kl[c]):.3g}, "
+                f"induce {float(ind[c]):.3g})")
+
+    best = min(todo, key=lambda c: float(abl[c]))
+    lines = [f"best ablation score at {where(best)}"]
+    if evaluated:
+        lines += [f"lowest KL at {where(min(evaluated, key=lambda c: float(kl[c])))}",
+                  f"highest induce score at {where(max(evaluated, key=lambda c: float(ind[c])))}"]
+    return (f"no DIM candidate passed the filters (KL <= kl_threshold={config.kl_threshold} on harmless prompts and "
+            f"induce score > induce_threshold={config.induce_threshold}): " + "; ".join(lines) +
+            ". To get a direction, loosen kl_threshold or induce_threshold, lower exclude_last_fraction, "
+            f"or use more or clearer prompts.")
+
+
+def find_direction(
+    model: ChatModel,
+    harmful_train: Sequence[str],
+    harmless_train: Sequence[str],
+    harmful_val: Sequence[str],
+    harmless_val: Sequence[str],
+    refusal_tokens: Sequence[int],
+    config: DirectionConfig = DirectionConfig(),
+    interventions: Sequence[Intervention] = (),
+    progress: bool = True,
+) -> Selection:
+    """DIM candidates on the train prompts, selection on the validation prompts."""
+    candidates = dim_candidates(model, harmful_train, harmless_train, config, interventions, progress=progress)
+    fitted_on = (f"DIM on {len(harmful_train)} harmful / {len(harmless_train)} harmless train prompts, selected on "
+                 f"{len(harmful_val)} / {len(harmless_val)} validation prompts"
+                 + (f", with {len(interventions)} intervention(s) applied" if interventions else ""))
+    return select_direction(model, candidates, harmful_val, harmless_val, refusal_tokens, config, interventions,
+                            fitted_on=fitted_on, progress=progress)

@@ -1,0 +1,102 @@
+"""Refusal SFT, the "standard alignment" baseline: teach a model to refuse the built-in harmful TRAIN
+prompts while self-distilling its answers to harmless and borderline ones. One run = one folder:
+adapter/ (PEFT format), sft_config.json, examples.json, training.json."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+
+from failclosed_interp.artifacts import write_json
+from failclosed_interp.adapters import save_adapter
+from failclosed_interp.generation import GenerationConfig
+from failclosed_interp.models import EMBEDDED_MODEL, ChatModel, load_model
+from failclosed_interp.prompts import builtin
+from failclosed_interp.training.config import TrainConfig
+from failclosed_interp.training.data import Example, build_sft_examples
+from failclosed_interp.training.trainer import TrainResult, train_lora
+
+CONFIG_FILE = "sft_config.json"
+EXAMPLES_FILE = "examples.json"
+TRAINING_FILE = "training.json"
+ADAPTER_DIR = "adapter"
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Which model, how many built-in TRAIN prompts of each kind, how long the self-distilled answers
+    are (`answer_tokens`), and the training settings. `seed` picks the prompt subsets and the LoRA init."""
+
+    model: str = EMBEDDED_MODEL
+    n_harmful: int = 48
+    n_harmless: int = 32
+    n_borderline: int = 16
+    train: TrainConfig = field(default_factory=TrainConfig)
+    answer_tokens: int = 48
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.n_harmful < 1:
+            raise ValueError(f"n_harmful must be >= 1 (refusal SFT needs harmful prompts), got {self.n_harmful}")
+        for name in ("n_harmless", "n_borderline"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}; use 0 to leave that set out")
+        if self.answer_tokens < 1:
+            raise ValueError(f"answer_tokens must be >= 1, got {self.answer_tokens}; 48 is a good default")
+        if not isinstance(self.train, TrainConfig):
+            raise TypeError(f"train must be a TrainConfig, got {type(self.train).__name__}")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["train"] = self.train.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SFTConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown SFTConfig keys {unknown}; known keys are {sorted(known)}")
+        values = dict(data)
+        if isinstance(values.get("train"), dict):
+            values["train"] = TrainConfig.from_dict(values["train"])
+        return cls(**values)
+
+
+@dataclass
+class SFTResult:
+    """The trained model (loaded, eval mode) and where the run folder's parts are."""
+
+    model: ChatModel
+    out_dir: Path
+    adapter_dir: Path
+    examples: list[Example]
+    training: TrainResult
+
+
+def sft_prompts(config: SFTConfig) -> tuple[list[str], list[str], list[str]]:
+    """The harmful, harmless and borderline TRAIN prompts this config trains on."""
+
+    def take(kind: str, n: int) -> list[str]:
+        return builtin(kind, "train").take(n, seed=config.seed).to_list() if n else []
+
+    return take("harmful", config.n_harmful), take("harmless", config.n_harmless), take("borderline", config.n_borderline)
+
+
+def run_sft(config: SFTConfig, out_dir: str | Path, *, progress: bool = True) -> SFTResult:
+    """Load the model with a fresh LoRA, build examples from its own answers, train, save the run."""
+    out_dir = Path(out_dir)
+    harmful, harmless, borderline = sft_prompts(config)
+    write_json(out_dir / CONFIG_FILE, config.to_dict())
+    with torch.random.fork_rng(devices=[]):  # the LoRA init draws from the global RNG
+        torch.manual_seed(config.seed)
+        model = load_model(config.model, lora=config.train.lora, seed=config.seed)
+    generation = GenerationConfig(max_new_tokens=config.answer_tokens)
+    examples = build_sft_examples(model, harmful, harmless, borderline, generation=generation, progress=progress)
+    write_json(out_dir / EXAMPLES_FILE, [e.to_dict() for e in examples])
+    result = train_lora(model, examples, config.train, progress=progress)
+    write_json(out_dir / TRAINING_FILE, result.to_dict())
+    adapter_dir = save_adapter(model, out_dir / ADAPTER_DIR, config.train.lora)
+    return SFTResult(model=model, out_dir=out_dir, adapter_dir=adapter_dir, examples=examples, training=result)

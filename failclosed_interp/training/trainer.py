@@ -1,0 +1,193 @@
+"""LoRA training inside the hooked model. Each step pairs a safety batch (trained under the given
+interventions, e.g. ablation of the refusal directions found so far) with a utility batch (trained
+without them, by cross-entropy or by KL to the frozen reference = the same model, adapters off)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from peft.tuners.tuners_utils import BaseTunerLayer
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from failclosed_interp.adapters import lora_parameters
+from failclosed_interp.interventions import Intervention, intervene
+from failclosed_interp.models import ChatModel
+from failclosed_interp.training.config import TrainConfig
+from failclosed_interp.training.data import IGNORE, Example, TokenizedExamples, collate, example_token_ids
+
+StepCallback = Callable[[int, dict], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Per-step losses: dicts with step, epoch, lr, total, safety, utility (None when absent)."""
+
+    steps: int
+    losses: list[dict]
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"steps": self.steps, "seconds": self.seconds, "losses": self.losses}
+
+
+@contextmanager
+def adapters_disabled(hf_model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run the base model: switch off every LoRA layer, and restore each layer's state (and the
+    adapters' requires_grad flags, which peft flips when toggling) on exit, also after an error."""
+    layers = [m for m in hf_model.modules() if isinstance(m, BaseTunerLayer)]
+    was_disabled = [layer.disable_adapters for layer in layers]
+    grads = {id(p): p.requires_grad for layer in layers for p in layer.parameters()}
+    try:
+        for layer in layers:
+            layer.enable_adapters(False)
+        yield hf_model
+    finally:
+        for layer, disabled in zip(layers, was_disabled):
+            layer.enable_adapters(not disabled)
+        for layer in layers:
+            for p in layer.parameters():
+                p.requires_grad_(grads[id(p)])
+
+
+def answer_cross_entropy(
+    logits: Float[Tensor, "batch pos d_vocab"], labels: Int[Tensor, "batch pos"]
+) -> Float[Tensor, ""]:
+    """Mean next-token cross-entropy over the answer tokens (labels != IGNORE)."""
+    target = labels[:, 1:]
+    keep = target != IGNORE
+    return F.cross_entropy(logits[:, :-1][keep].float(), target[keep])
+
+
+def answer_kl(
+    reference: Float[Tensor, "batch pos d_vocab"], logits: Float[Tensor, "batch pos d_vocab"], labels: Int[Tensor, "batch pos"]
+) -> Float[Tensor, ""]:
+    """Mean KL(reference || model) of the next-token distributions that predict answer tokens."""
+    keep = labels[:, 1:] != IGNORE
+    ref = torch.log_softmax(reference[:, :-1][keep].float(), -1)
+    cur = torch.log_softmax(logits[:, :-1][keep].float(), -1)
+    return F.kl_div(cur, ref, log_target=True, reduction="batchmean")
+
+
+def _forward(model: ChatModel, batch: TokenizedExamples) -> Float[Tensor, "batch pos d_vocab"]:
+    return model.bridge(batch.input_ids, attention_mask=batch.attention_mask)
+
+
+@torch.no_grad()
+def _reference_logits(model: ChatModel, batch: TokenizedExamples) -> Float[Tensor, "batch pos d_vocab"]:
+    model.bridge.eval()
+    try:
+        with adapters_disabled(model.hf_model):
+            return _forward(model, batch)
+    finally:
+        model.bridge.train()
+
+
+def _plan(n_safety: int, n_utility: int, config: TrainConfig) -> list[tuple[int, list[int], list[int]]]:
+    """(epoch, safety indices, utility indices) per step. An epoch has as many steps as the larger kind
+    has batches; the smaller kind's batches repeat in order, so every step sees both kinds."""
+    gen = torch.Generator().manual_seed(config.seed)
+    plan = []
+    for epoch in range(config.epochs):
+        per_kind = []
+        for n in (n_safety, n_utility):
+            order = torch.randperm(n, generator=gen).tolist()
+            per_kind.append([order[i : i + config.batch_size] for i in range(0, n, config.batch_size)])
+        safety, utility = per_kind
+        for i in range(max(len(safety), len(utility))):
+            plan.append((epoch, safety[i % len(safety)] if safety else [], utility[i % len(utility)] if utility else []))
+    return plan
+
+
+def _check_finite(value: float, step: int, what: str, config: TrainConfig) -> None:
+    if not math.isfinite(value):
+        raise ValueError(
+            f"the {what} became {value} at step {step}; training diverged. Lower the learning rate "
+            f"(lr={config.lr}) or max_grad_norm ({config.max_grad_norm}), and reload the model: its LoRA weights are spoiled"
+        )
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device):
+    """Seed LoRA dropout without touching the caller's global RNG state."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def train_lora(
+    model: ChatModel,
+    examples: Sequence[Example],
+    config: TrainConfig = TrainConfig(),
+    *,
+    safety_interventions: Sequence[Intervention] = (),
+    progress: bool = True,
+    on_step: StepCallback | None = None,
+) -> TrainResult:
+    """Train the model's LoRA weights in place (AdamW, linear warmup, gradient clipping).
+
+    Safety batches run under `safety_interventions`; utility batches run without interventions.
+    `on_step(step, losses)` is called after every optimiser step. The model is left in eval mode."""
+    params = lora_parameters(model.hf_model) if model.hf_model is not None else []
+    if not params:
+        raise ValueError(f"model {model.name!r} has no LoRA parameters to train; load it with lora=LoraSettings(...)")
+    if not examples:
+        raise ValueError("no training examples given; build them with build_sft_examples()")
+    rows = [example_token_ids(model, e, config.max_length) for e in examples]  # validates lengths up front
+    safety = [r for r, e in zip(rows, examples) if e.kind == "safety"]
+    utility = [r for r, e in zip(rows, examples) if e.kind == "utility"]
+    plan = _plan(len(safety), len(utility), config)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    warmup = config.warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    losses: list[dict] = []
+    start = time.perf_counter()
+    bar = tqdm(total=len(plan), desc="training", disable=not progress, leave=False)
+    model.bridge.train()
+    try:
+        with _seeded(config.seed, model.device):
+            for step, (epoch, s_idx, u_idx) in enumerate(plan):
+                record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], "safety": None, "utility": None}
+                optimizer.zero_grad(set_to_none=True)
+                if s_idx:
+                    batch = collate(model, [safety[i] for i in s_idx])
+                    with intervene(model, safety_interventions):
+                        loss = answer_cross_entropy(_forward(model, batch), batch.labels)
+                    record["safety"] = _backward(loss, step, "safety loss", config)
+                if u_idx:
+                    batch = collate(model, [utility[i] for i in u_idx])
+                    logits = _forward(model, batch)
+                    if config.utility_loss == "kl":
+                        loss = config.kl_weight * answer_kl(_reference_logits(model, batch), logits, batch.labels)
+                    else:
+                        loss = answer_cross_entropy(logits, batch.labels)
+                    record["utility"] = _backward(loss, step, "utility loss", config)
+                record["total"] = sum(v for v in (record["safety"], record["utility"]) if v is not None)
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+                _check_finite(grad_norm, step, "gradient norm", config)
+                optimizer.step()
+                scheduler.step()
+                losses.append(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['total']:.4f}")
+                if on_step is not None:
+                    on_step(step, record)
+    finally:
+        model.bridge.eval()
+        bar.close()
+    return TrainResult(steps=len(plan), losses=losses, seconds=time.perf_counter() - start)
+
+
+def _backward(loss: Tensor, step: int, what: str, config: TrainConfig) -> float:
+    value = float(loss.detach())
+    _check_finite(value, step, what, config)
+    loss.backward()
+    return value
