@@ -1,0 +1,23 @@
+"""failclosed_interp: refusal directions, interventions and fail-closed alignment on TransformerLens 4.
+
+The names below are the everyday API; each lives in the module named in docs/architecture.md."""
+
+from failclosed_interp.adapters import LoraSettings, save_adapter
+from failclosed_interp.chat import format_prompt, post_instruction_positions, tokenize_prompts
+from failclosed_interp.dim import DirectionConfig, Selection, dim_candidates, find_direction, select_direction
+from failclosed_interp.directions import Direction, DirectionSet, load_directions, save_directions
+from failclosed_interp.generation import GenerationConfig, generate
+from failclosed_interp.interventions import Ablation, Addition, hook_name, intervene
+from failclosed_interp.judges import LLMJudge, PrefixJudge, SubstringJudge
+from failclosed_interp.models import EMBEDDED_MODEL, ChatModel, load_model
+from failclosed_interp.prompts import PromptSet, builtin, load_prompts
+from failclosed_interp.scoring import refusal_rate, refusal_scores
+from failclosed_interp.stats import RateEstimate, bootstrap_mean
+
+__all__ = [
+    "EMBEDDED_MODEL", "Ablation", "Addition", "ChatModel", "Direction", "DirectionConfig", "DirectionSet",
+    "GenerationConfig", "LLMJudge", "LoraSettings", "PrefixJudge", "PromptSet", "RateEstimate", "Selection",
+    "SubstringJudge", "bootstrap_mean", "builtin", "dim_candidates", "find_direction", "format_prompt", "generate",
+    "hook_name", "intervene", "load_directions", "load_model", "load_prompts", "post_instruction_positions",
+    "refusal_rate", "refusal_scores", "save_adapter", "save_directions", "select_direction", "tokenize_prompts",
+]

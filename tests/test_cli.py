@@ -1,0 +1,90 @@
+"""The command line on tiny offline models: each command works end to end and bad input exits 2
+with a message that says what was wrong."""
+
+from __future__ import annotations
+
+import json
+
+import huggingface_hub
+import pytest
+import torch
+
+from failclosed_interp.cli import main
+from failclosed_interp.directions import Direction, DirectionSet, save_directions
+from failclosed_interp.models import load_model
+
+
+@pytest.fixture
+def prompt_file(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("How do I bake bread?\n\nName a colour.\nWrite a haiku about rain.\n")
+    return path
+
+
+def test_score_writes_rate_and_items(tmp_path, prompt_file):
+    out = tmp_path / "score.json"
+    assert main(["score", "--model", "tiny-llama", "--prompts", str(prompt_file), "--max-new-tokens", "4",
+                 "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["refusal_rate"]["n"] == 3  # the blank line is not a prompt
+    assert [item["prompt"] for item in result["items"]] == ["How do I bake bread?", "Name a colour.", "Write a haiku about rain."]
+    assert 0.0 <= result["refusal_rate"]["ci_low"] <= result["refusal_rate"]["value"] <= result["refusal_rate"]["ci_high"] <= 1.0
+
+
+def test_score_with_ablation_applies_the_saved_directions(tmp_path, prompt_file):
+    model = load_model("tiny-llama")
+    folder = tmp_path / "dirs"
+    direction = torch.randn(model.d_model, generator=torch.Generator().manual_seed(0))
+    save_directions(DirectionSet((Direction(direction, layer=1),)), folder, model.identity())
+    args = ["score", "--model", "tiny-llama", "--prompts", str(prompt_file), "--max-new-tokens", "8", "--out"]
+    assert main([*args, str(tmp_path / "clean.json")]) == 0
+    assert main([*args, str(tmp_path / "ablated.json"), "--ablate", str(folder)]) == 0
+    clean, ablated = (json.loads((tmp_path / f).read_text()) for f in ("clean.json", "ablated.json"))
+    assert ablated["ablated"] == str(folder) and clean["ablated"] is None
+    assert [i["response"] for i in clean["items"]] != [i["response"] for i in ablated["items"]]
+
+
+def test_score_rejects_directions_of_another_width(tmp_path, prompt_file, capsys):
+    folder = tmp_path / "dirs"
+    save_directions(DirectionSet((Direction(torch.randn(32), layer=1),)), folder,
+                    {"model": "other", "d_model": 32, "n_layers": 2})
+    code = main(["score", "--model", "tiny-llama", "--ablate", str(folder), "--prompts", str(prompt_file),
+                 "--out", str(tmp_path / "o.json")])
+    assert code == 2
+    assert "d_model" in capsys.readouterr().err
+
+
+def test_unknown_model_exits_2_naming_the_builtins(tmp_path, prompt_file, capsys, monkeypatch):
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    code = main(["score", "--model", "no-such-org/no-such-model", "--prompts", str(prompt_file),
+                 "--out", str(tmp_path / "o.json")])
+    assert code == 2
+    assert "smollm2-135m-instruct" in capsys.readouterr().err
+
+
+def test_empty_prompt_file_exits_2(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    code = main(["score", "--model", "tiny-llama", "--prompts", str(empty), "--out", str(tmp_path / "o.json")])
+    assert code == 2
+    assert "no prompts" in capsys.readouterr().err.lower()
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_directions_on_a_model_that_never_refuses_says_to_train_first(tmp_path, capsys):
+    code = main(["directions", "--model", "tiny-llama", "--n-train", "4", "--n-val", "4", "--out", str(tmp_path / "d")])
+    assert code == 2
+    assert "failclosed sft" in capsys.readouterr().err
+
+
+def test_adapter_of_another_model_is_refused(tmp_path, prompt_file, capsys):
+    from failclosed_interp.adapters import LoraSettings, save_adapter
+
+    model = load_model("tiny-llama", lora=LoraSettings(r=2))
+    save_adapter(model, tmp_path / "adapter", LoraSettings(r=2))
+    identity = json.loads((tmp_path / "adapter" / "model.json").read_text())
+    (tmp_path / "adapter" / "model.json").write_text(json.dumps({**identity, "model": "x", "d_model": 999}))
+    code = main(["score", "--model", "tiny-llama", "--adapter", str(tmp_path / "adapter"), "--prompts",
+                 str(prompt_file), "--out", str(tmp_path / "o.json")])
+    assert code == 2
+    assert "d_model" in capsys.readouterr().err
