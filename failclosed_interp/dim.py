@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from failclosed_interp.activations import check_positions, mean_activations
 from failclosed_interp.artifacts import write_json
 from failclosed_interp.chat import post_instruction_positions
+from failclosed_interp.configs import config_from_dict, config_to_dict
 from failclosed_interp.directions import Direction, DirectionSet, save_directions
 from failclosed_interp.interventions import Ablation, Addition, Intervention
 from failclosed_interp.models import ChatModel
@@ -63,14 +64,11 @@ class DirectionConfig:
         return chosen
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> DirectionConfig:
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown DirectionConfig fields {sorted(unknown)}; known: {[f.name for f in fields(cls)]}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        return config_from_dict(cls, data)
 
 
 def _positions(model: ChatModel, config: DirectionConfig) -> tuple[int, ...]:

@@ -4,11 +4,12 @@ demo (base model -> refusal SFT -> refusal direction -> ablation). The CLI calls
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from failclosed_interp.adapters import save_adapter
 from failclosed_interp.artifacts import write_json
+from failclosed_interp.configs import config_to_dict
 from failclosed_interp.chat import post_instruction_positions
 from failclosed_interp.dim import DirectionConfig, Selection, find_direction, save_selection
 from failclosed_interp.directions import load_directions
@@ -67,8 +68,7 @@ def direction_job(model: ChatModel, out: str | Path, config: DirectionJobConfig 
         tokens, config.search, progress=progress,
     )
     save_selection(selection, out, model.identity())
-    write_json(out / "direction_job.json", {**asdict(config), "search": config.search.to_dict(),
-                                            "refusal_tokens": token_strings(model, tokens)})
+    write_json(out / "direction_job.json", {**config_to_dict(config), "refusal_tokens": token_strings(model, tokens)})
     _direction_figures(model, selection, out)
     return selection
 
@@ -112,7 +112,8 @@ class DemoConfig:
     n_eval: int = 20
     eval_tokens: int = 40
     sft: SFTConfig = field(default_factory=SFTConfig)
-    directions: DirectionJobConfig = field(default_factory=DirectionJobConfig)
+    # Lazy selection: same choice, KL/induce evaluated only until the first candidate passes (CPU budget).
+    directions: DirectionJobConfig = field(default_factory=lambda: DirectionJobConfig(search=DirectionConfig(lazy=True)))
     seed: int = 0
 
     def __post_init__(self):
@@ -178,8 +179,7 @@ def demo_job(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
         "seconds_total": round(sum(timings.values()), 1),
     }
     write_json(out / "summary.json", summary)
-    write_json(out / "config.json", {"demo": {k: v for k, v in asdict(config).items() if k not in ("sft", "directions")},
-                                     "sft": sft.to_dict(), "directions": config.directions.search.to_dict()})
+    write_json(out / "config.json", config_to_dict(config))
     return summary
 
 

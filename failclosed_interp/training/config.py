@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 from failclosed_interp.adapters import LoraSettings
+from failclosed_interp.configs import config_from_dict, config_to_dict
 
 UTILITY_LOSSES = ("ce", "kl")
 
@@ -54,20 +55,8 @@ class TrainConfig:
             raise TypeError(f"lora must be a LoraSettings, got {type(self.lora).__name__}; use LoraSettings(r=..., ...)")
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data["lora"]["targets"] = list(self.lora.targets)
-        return data
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys {unknown}; known keys are {sorted(known)}")
-        values = dict(data)
-        if isinstance(values.get("lora"), dict):
-            lora = dict(values["lora"])
-            if "targets" in lora:
-                lora["targets"] = tuple(lora["targets"])
-            values["lora"] = LoraSettings(**lora)
-        return cls(**values)
+        return config_from_dict(cls, data)

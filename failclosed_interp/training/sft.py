@@ -4,12 +4,13 @@ adapter/ (PEFT format), sft_config.json, examples.json, training.json."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from failclosed_interp.artifacts import write_json
+from failclosed_interp.configs import config_from_dict, config_to_dict
 from failclosed_interp.adapters import save_adapter
 from failclosed_interp.generation import GenerationConfig
 from failclosed_interp.models import EMBEDDED_MODEL, ChatModel, load_model
@@ -30,11 +31,13 @@ class SFTConfig:
     are (`answer_tokens`), and the training settings. `seed` picks the prompt subsets and the LoRA init."""
 
     model: str = EMBEDDED_MODEL
-    n_harmful: int = 48
-    n_harmless: int = 32
-    n_borderline: int = 16
-    train: TrainConfig = field(default_factory=TrainConfig)
-    answer_tokens: int = 48
+    # Measured on the embedded model (docs/benchmarks.md): the whole train splits with short
+    # self-distilled answers over-refuse least; 48/32/16 prompts reached 0.90 harmful but 0.45 harmless.
+    n_harmful: int = 140
+    n_harmless: int = 144
+    n_borderline: int = 72
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2))
+    answer_tokens: int = 16
     seed: int = 0
 
     def __post_init__(self):
@@ -49,20 +52,11 @@ class SFTConfig:
             raise TypeError(f"train must be a TrainConfig, got {type(self.train).__name__}")
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data["train"] = self.train.to_dict()
-        return data
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> SFTConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown SFTConfig keys {unknown}; known keys are {sorted(known)}")
-        values = dict(data)
-        if isinstance(values.get("train"), dict):
-            values["train"] = TrainConfig.from_dict(values["train"])
-        return cls(**values)
+        return config_from_dict(cls, data)
 
 
 @dataclass

@@ -1,0 +1,37 @@
+"""JSON round-trips for the frozen per-stage config dataclasses (nested configs, tuples as lists)."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+
+def config_to_dict(config) -> dict:
+    """A JSON-ready dict: nested dataclasses become dicts, tuples become lists."""
+
+    def plain(value):
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(config)
+
+
+def config_from_dict(cls, data: dict):
+    """Rebuild `cls` from `config_to_dict` output; unknown keys are an error that lists the known ones."""
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {unknown}; known keys are {sorted(known)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in data.items():
+        nested = [t for t in (hints[key], *typing.get_args(hints[key])) if dataclasses.is_dataclass(t)]
+        if isinstance(value, dict) and nested:
+            value = config_from_dict(nested[0], value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[key] = value
+    return cls(**values)
