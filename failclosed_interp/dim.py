@@ -217,7 +217,8 @@ def select_direction(
     else:
         for c in bar:
             abl[c] = score(last_token_logits(model, harmful_val, base + [ablation(c)], batch_size=bs))
-        for c in sorted(todo, key=lambda c: float(abl[c])):
+        ranked = sorted(todo, key=lambda c: float(abl[c]))
+        for c in tqdm(ranked, desc="KL/induce filters, best first", disable=not progress, leave=False):
             score_harmless(c, last_token_logits(model, harmless_val, base + [ablation(c)], batch_size=bs))
             if passes(c):
                 break
