@@ -113,7 +113,9 @@ class DemoConfig:
     eval_tokens: int = 40
     sft: SFTConfig = field(default_factory=SFTConfig)
     # Lazy selection: same choice, KL/induce evaluated only until the first candidate passes (CPU budget).
-    directions: DirectionJobConfig = field(default_factory=lambda: DirectionJobConfig(search=DirectionConfig(lazy=True)))
+    directions: DirectionJobConfig = field(
+        default_factory=lambda: DirectionJobConfig(n_val=12, search=DirectionConfig(lazy=True))
+    )
     seed: int = 0
 
     def __post_init__(self):
@@ -154,11 +156,17 @@ def demo_job(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
         rates[f"{kind}_sft"] = refusal_rate(model, test[kind], generation=gen, progress=progress)
     lap("evaluate_sft")
 
-    selection = direction_job(model, out / "direction", config.directions, progress=progress)
+    try:
+        selection = direction_job(model, out / "direction", config.directions, progress=progress)
+        no_direction = None
+    except ValueError as err:  # no candidate passed the selection rules: report it, never drop the rules silently
+        selection, no_direction = None, str(err)
     lap("find_direction")
-    rates["harmful_sft_ablated"] = refusal_rate(
-        model, test["harmful"], generation=gen, interventions=[Ablation(selection.direction.vector[None])], progress=progress
-    )
+    if selection is not None:
+        rates["harmful_sft_ablated"] = refusal_rate(
+            model, test["harmful"], generation=gen, interventions=[Ablation(selection.direction.vector[None])],
+            progress=progress,
+        )
     lap("evaluate_ablated")
 
     write_json(out / "responses.json", {name: judged.to_dict() for name, judged in rates.items()})
@@ -167,14 +175,15 @@ def demo_job(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
                 out / "figures" / "refusal_rates")
     summary = {
         "model": config.model,
+        "refusal_harmful_sft_ablated": None,
         **{f"refusal_{name}": judged.rate.value for name, judged in rates.items()},
         "refusal_ci": {f"refusal_{name}": judged.rate.to_dict() for name, judged in rates.items()},
-        "direction_layer": selection.layer,
-        "direction_position": selection.position,
-        "direction_norm": selection.direction.norm,
+        "direction_layer": selection.layer if selection else None,
+        "direction_position": selection.position if selection else None,
+        "direction_norm": selection.direction.norm if selection else None,
         "n_layers": model.n_layers,
         "post_instruction_positions": post_instruction_positions(model),
-        "verdict": _verdict(rates),
+        "verdict": _verdict(rates) if selection else f"undetermined: {no_direction}",
         "timings_s": timings,
         "seconds_total": round(sum(timings.values()), 1),
     }
@@ -202,12 +211,15 @@ def format_summary(summary: dict) -> str:
     ]
     lines = [f"{'held-out prompts':<36}{'refusal':>8}  95% CI", "-" * 60]
     for label, key in rows:
+        if summary[key] is None:
+            lines.append(f"{label:<36}{'-':>8}  (no direction passed the selection rules)")
+            continue
         c = ci[key]
         lines.append(f"{label:<36}{summary[key]:>8.2f}  [{c['ci_low']:.2f}, {c['ci_high']:.2f}]  n={c['n']}")
-    lines += ["-" * 60,
-              f"refusal direction: layer {summary['direction_layer']} of {summary['n_layers']}, "
-              f"position {summary['direction_position']}, norm {summary['direction_norm']:.2f}",
-              f"verdict: {summary['verdict']}", f"time: {summary['seconds_total']} s"]
+    where = (f"layer {summary['direction_layer']} of {summary['n_layers']}, position {summary['direction_position']}, "
+             f"norm {summary['direction_norm']:.2f}" if summary["direction_layer"] is not None else "none selected")
+    lines += ["-" * 60, f"refusal direction: {where}", f"verdict: {summary['verdict']}",
+              f"time: {summary['seconds_total']} s"]
     return "\n".join(lines)
 
 
