@@ -149,6 +149,23 @@ class Selection:
         }
 
 
+class NoDirectionPassed(ValueError):
+    """No candidate passed the selection rules; carries every candidate's scores for inspection."""
+
+    def __init__(self, message: str, positions: tuple[int, ...], scores: dict[str, Tensor]):
+        super().__init__(message)
+        self.positions = positions
+        self.scores = scores
+
+    def candidates(self) -> list[dict]:
+        first = next(iter(self.scores.values()))
+        return [
+            {"layer": layer, "position": position,
+             **{name: _finite_or_none(float(grid[layer, i])) for name, grid in self.scores.items()}}
+            for layer in range(first.shape[0]) for i, position in enumerate(self.positions)
+        ]
+
+
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None  # JSON has no NaN
 
@@ -224,7 +241,8 @@ def select_direction(
                 break
     passing = [c for c in todo if passes(c)]
     if not passing:
-        raise ValueError(_nothing_passed(todo, positions, abl, ind, kl, config))
+        raise NoDirectionPassed(_nothing_passed(todo, positions, abl, ind, kl, config), positions,
+                                {"ablation_score": abl, "induce_score": ind, "kl": kl})
     layer, i = min(passing, key=lambda c: float(abl[c]))
     baselines = score(clean[:n_harmful]), score(clean_harmless)
     scores = {"ablation_score": float(abl[layer, i]), "induce_score": float(ind[layer, i]), "kl": float(kl[layer, i]),

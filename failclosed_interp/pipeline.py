@@ -11,7 +11,7 @@ from failclosed_interp.adapters import save_adapter
 from failclosed_interp.artifacts import write_json
 from failclosed_interp.configs import config_to_dict
 from failclosed_interp.chat import post_instruction_positions
-from failclosed_interp.dim import DirectionConfig, Selection, find_direction, save_selection
+from failclosed_interp.dim import DirectionConfig, NoDirectionPassed, Selection, find_direction, save_selection
 from failclosed_interp.directions import load_directions
 from failclosed_interp.generation import GenerationConfig
 from failclosed_interp.interventions import Ablation
@@ -61,12 +61,16 @@ def direction_job(model: ChatModel, out: str | Path, config: DirectionJobConfig 
     s = config.seed
     harmful_val = _builtin("harmful", "val", config.n_val, s)
     tokens, _ = derive_refusal_tokens(model, harmful_val, config.refusal_probe_tokens)
-    selection = find_direction(
-        model,
-        _builtin("harmful", "train", config.n_train, s), _builtin("harmless", "train", config.n_train, s),
-        harmful_val, _builtin("harmless", "val", config.n_val, s),
-        tokens, config.search, progress=progress,
-    )
+    try:
+        selection = find_direction(
+            model,
+            _builtin("harmful", "train", config.n_train, s), _builtin("harmless", "train", config.n_train, s),
+            harmful_val, _builtin("harmless", "val", config.n_val, s),
+            tokens, config.search, progress=progress,
+        )
+    except NoDirectionPassed as err:  # keep the evidence: every candidate's scores
+        write_json(out / "candidates.json", err.candidates())
+        raise
     save_selection(selection, out, model.identity())
     write_json(out / "direction_job.json", {**config_to_dict(config), "refusal_tokens": token_strings(model, tokens)})
     _direction_figures(model, selection, out)

@@ -8,7 +8,7 @@ from _planted import HARMFUL, HARMFUL_VAL, HARMLESS, HARMLESS_VAL, planted_refus
 from failclosed_interp.activations import mean_activations
 from failclosed_interp.chat import tokenize_prompts
 from failclosed_interp.dim import (
-    DirectionConfig, dim_candidates, find_direction, save_selection, select_direction,
+    DirectionConfig, NoDirectionPassed, dim_candidates, find_direction, save_selection, select_direction,
 )
 from failclosed_interp.directions import DirectionSet, load_directions
 from failclosed_interp.interventions import Ablation, hook_name, intervene
@@ -131,8 +131,11 @@ def test_kl_filter(planted, candidates, selection):
     chosen = select_direction(model, candidates, HARMFUL_VAL, HARMLESS_VAL, [refusal], tight)
     assert chosen.layer == 1
     assert all("KL" in row["reason"] and row["filtered"] for row in chosen.candidates() if row["layer"] == 2)
-    with pytest.raises(ValueError, match="loosen kl_threshold"):
+    with pytest.raises(NoDirectionPassed, match="loosen kl_threshold") as failed:
         select_direction(model, candidates, HARMFUL_VAL, HARMLESS_VAL, [refusal], DirectionConfig(kl_threshold=0.0))
+    rows = {(r["layer"], r["position"]): r for r in failed.value.candidates()}  # the evidence travels with the error
+    assert rows[(2, -1)]["kl"] == pytest.approx(float(selection.kl[2, -1]), abs=1e-6)
+    assert rows[(0, -1)]["ablation_score"] is None  # zero candidate, never scored
     with pytest.raises(ValueError, match="induce_threshold"):
         select_direction(model, candidates, HARMFUL_VAL, HARMLESS_VAL, [refusal], DirectionConfig(induce_threshold=50.0))
 
