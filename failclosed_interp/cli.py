@@ -52,7 +52,9 @@ def cmd_score(args) -> None:
     from failclosed_interp.pipeline import score_job
     from failclosed_interp.prompts import load_prompts
 
-    prompts = load_prompts(args.prompts, column=args.column)
+    prompts = load_prompts(args.prompts, column=args.column, filter=dict([args.where.split("=", 1)]) if args.where else None)
+    if args.limit is not None:
+        prompts = prompts.take(min(args.limit, len(prompts)), seed=args.seed)
     judged = score_job(_load(args), prompts, args.out, ablate=args.ablate,
                        generation=GenerationConfig(max_new_tokens=args.max_new_tokens))
     print(f"refusal rate {judged.rate} on {judged.rate.n} prompts from {args.prompts}; written to {args.out}")
@@ -86,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablate", type=Path, help="directions folder to ablate (e.g. RUN/direction)")
     p.add_argument("--prompts", type=Path, required=True, help="one prompt per line (.txt), or .csv/.json/.jsonl")
     p.add_argument("--column", help="text column for CSV/JSON files (default: instruction/prompt/goal/...)")
+    p.add_argument("--where", help="keep rows whose COLUMN equals VALUE, e.g. label=safe (XSTest)")
+    p.add_argument("--limit", type=int, help="score a deterministic, category-stratified subset of this size")
+    p.add_argument("--seed", type=int, default=0, help="seed of the --limit subset")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--out", type=Path, required=True, help="output JSON file")
     p.set_defaults(func=cmd_score)
