@@ -13,11 +13,12 @@ from failclosed_interp.models import EMBEDDED_MODEL, ChatModel, load_model
 from failclosed_interp.prompts import PromptSet, builtin, load_prompts
 from failclosed_interp.scoring import refusal_rate, refusal_scores
 from failclosed_interp.stats import RateEstimate, bootstrap_mean
+from failclosed_interp.utility import Perplexity, perplexity
 
 __all__ = [
     "EMBEDDED_MODEL", "Ablation", "Addition", "ChatModel", "Direction", "DirectionConfig", "DirectionSet",
-    "GenerationConfig", "LLMJudge", "LoraSettings", "PrefixJudge", "PromptSet", "RateEstimate", "Selection",
+    "GenerationConfig", "LLMJudge", "LoraSettings", "Perplexity", "PrefixJudge", "PromptSet", "RateEstimate", "Selection",
     "SubstringJudge", "bootstrap_mean", "builtin", "dim_candidates", "find_direction", "format_prompt", "generate",
-    "hook_name", "intervene", "load_directions", "load_model", "load_prompts", "post_instruction_positions",
+    "hook_name", "intervene", "load_directions", "load_model", "load_prompts", "perplexity", "post_instruction_positions",
     "refusal_rate", "refusal_scores", "save_adapter", "save_directions", "select_direction", "tokenize_prompts",
 ]
