@@ -4,6 +4,7 @@ demo (base model -> refusal SFT -> refusal direction -> ablation). The CLI calls
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,11 +15,11 @@ from failclosed_interp.chat import post_instruction_positions
 from failclosed_interp.dim import DirectionConfig, NoDirectionPassed, Selection, find_direction, save_selection
 from failclosed_interp.directions import load_directions
 from failclosed_interp.generation import GenerationConfig
-from failclosed_interp.interventions import Ablation
+from failclosed_interp.interventions import Ablation, Intervention
 from failclosed_interp.models import EMBEDDED_MODEL, ChatModel, load_model
 from failclosed_interp.plots import layer_position_heatmap, refusal_rate_bars, save_figure
 from failclosed_interp.prompts import PromptSet, builtin
-from failclosed_interp.scoring import JudgedResponses, refusal_rate, refusal_tokens_from_responses, token_strings
+from failclosed_interp.scoring import JudgedResponses, NoRefusals, refusal_rate, refusal_tokens_from_responses, token_strings
 from failclosed_interp.training import SFTConfig, build_sft_examples, train_lora
 
 
@@ -37,36 +38,44 @@ class DirectionJobConfig:
             raise ValueError(f"need n_train >= 2 and n_val >= 2 prompts, got {self.n_train} and {self.n_val}")
 
 
-def _builtin(kind: str, split: str, n: int, seed: int) -> list[str]:
+def builtin_prompts(kind: str, split: str, n: int, seed: int) -> list[str]:
+    """A deterministic subset of at most `n` built-in prompts of one kind and split."""
     prompts = builtin(kind, split)
     return prompts.take(min(n, len(prompts)), seed=seed).to_list()
 
 
-def derive_refusal_tokens(model: ChatModel, harmful: list[str], max_new_tokens: int) -> tuple[list[int], JudgedResponses]:
-    """Refusal-start tokens from the model's own refusals on `harmful`."""
-    judged = refusal_rate(model, harmful, generation=GenerationConfig(max_new_tokens=max_new_tokens), progress=False)
+def derive_refusal_tokens(
+    model: ChatModel, harmful: list[str], max_new_tokens: int, interventions: Sequence[Intervention] = (),
+) -> tuple[list[int], JudgedResponses]:
+    """Refusal-start tokens from the model's own refusals on `harmful` (under `interventions`)."""
+    judged = refusal_rate(model, harmful, generation=GenerationConfig(max_new_tokens=max_new_tokens),
+                          interventions=interventions, progress=False)
     try:
         tokens = refusal_tokens_from_responses(model, judged.instructions, judged.responses)
-    except ValueError as err:
-        raise ValueError(
+    except NoRefusals as err:
+        raise NoRefusals(
             f"{err}. The model {model.name!r} did not refuse any of {len(harmful)} harmful prompts, so it has no "
             f"refusal to locate: teach it first (`failclosed sft`) and pass --adapter."
         ) from err
     return tokens, judged
 
 
-def direction_job(model: ChatModel, out: str | Path, config: DirectionJobConfig = DirectionJobConfig(), *, progress=True) -> Selection:
-    """Find and select the refusal direction of `model`; write candidates, the direction and heatmaps to `out`."""
+def direction_job(
+    model: ChatModel, out: str | Path, config: DirectionJobConfig = DirectionJobConfig(),
+    interventions: Sequence[Intervention] = (), *, progress=True,
+) -> Selection:
+    """Find and select the refusal direction of `model` (with `interventions`, e.g. earlier directions
+    ablated, applied throughout); write candidates, the direction and heatmaps to `out`."""
     out = Path(out)
     s = config.seed
-    harmful_val = _builtin("harmful", "val", config.n_val, s)
-    tokens, _ = derive_refusal_tokens(model, harmful_val, config.refusal_probe_tokens)
+    harmful_val = builtin_prompts("harmful", "val", config.n_val, s)
+    tokens, _ = derive_refusal_tokens(model, harmful_val, config.refusal_probe_tokens, interventions)
     try:
         selection = find_direction(
             model,
-            _builtin("harmful", "train", config.n_train, s), _builtin("harmless", "train", config.n_train, s),
-            harmful_val, _builtin("harmless", "val", config.n_val, s),
-            tokens, config.search, progress=progress,
+            builtin_prompts("harmful", "train", config.n_train, s), builtin_prompts("harmless", "train", config.n_train, s),
+            harmful_val, builtin_prompts("harmless", "val", config.n_val, s),
+            tokens, config.search, interventions, progress=progress,
         )
     except NoDirectionPassed as err:  # keep the evidence: every candidate's scores
         write_json(out / "candidates.json", err.candidates())
@@ -142,13 +151,13 @@ def demo_job(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
     model = load_model(config.model, lora=train.lora, seed=config.seed)  # fresh LoRA: B = 0, so this is the base model
     lap("load_model")
     gen = GenerationConfig(max_new_tokens=config.eval_tokens, seed=config.seed)
-    test = {kind: _builtin(kind, "test", config.n_eval, config.seed) for kind in ("harmful", "harmless", "borderline")}
+    test = {kind: builtin_prompts(kind, "test", config.n_eval, config.seed) for kind in ("harmful", "harmless", "borderline")}
     rates: dict[str, JudgedResponses] = {"harmful_base": refusal_rate(model, test["harmful"], generation=gen, progress=progress)}
     lap("evaluate_base")
 
     examples = build_sft_examples(
-        model, _builtin("harmful", "train", sft.n_harmful, sft.seed), _builtin("harmless", "train", sft.n_harmless, sft.seed),
-        _builtin("borderline", "train", sft.n_borderline, sft.seed),
+        model, builtin_prompts("harmful", "train", sft.n_harmful, sft.seed), builtin_prompts("harmless", "train", sft.n_harmless, sft.seed),
+        builtin_prompts("borderline", "train", sft.n_borderline, sft.seed),
         generation=GenerationConfig(max_new_tokens=sft.answer_tokens, seed=sft.seed),
     )
     training = train_lora(model, examples, train, progress=progress)
@@ -227,4 +236,4 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DemoConfig", "DirectionJobConfig", "demo_job", "direction_job", "format_summary", "score_job"]
+__all__ = ["DemoConfig", "DirectionJobConfig", "builtin_prompts", "demo_job", "direction_job", "format_summary", "score_job"]

@@ -91,6 +91,10 @@ def first_response_tokens(model: ChatModel, instructions: Sequence[str], respons
     return tokens
 
 
+class NoRefusals(ValueError):
+    """None of a model's responses is a refusal, so there is no refusal to derive tokens from or locate."""
+
+
 def refusal_tokens_from_responses(
     model: ChatModel,
     instructions: Sequence[str],
@@ -105,7 +109,7 @@ def refusal_tokens_from_responses(
     refused = judge(instructions, responses)
     pairs = [(i, r) for i, r, y in zip(instructions, responses, refused) if y]
     if not pairs:
-        raise ValueError(
+        raise NoRefusals(
             "none of the responses is a refusal, so refusal tokens cannot be derived from them; "
             "give responses of a model that refuses, or refusal texts via refusal_tokens_from_texts()"
         )

@@ -179,9 +179,9 @@ def test_diverging_loss_raises_with_step_and_lr(monkeypatch):
     real = trainer_module.answer_cross_entropy
     calls = []
 
-    def spoiled(logits, labels):
+    def spoiled(logits, labels, *weights):
         calls.append(1)
-        loss = real(logits, labels)
+        loss = real(logits, labels, *weights)
         return loss * float("nan") if len(calls) == 3 else loss
 
     monkeypatch.setattr(trainer_module, "answer_cross_entropy", spoiled)
@@ -282,3 +282,22 @@ def test_run_sft_writes_a_reloadable_run(tmp_path):
         fresh = tiny(lora=None).bridge(ids.input_ids, attention_mask=ids.attention_mask)
     torch.testing.assert_close(again, trained, atol=1e-5, rtol=0)
     assert not torch.allclose(fresh, trained, atol=1e-4)  # training did change the model
+
+
+def test_first_token_weight_weighs_each_answer_s_first_token():
+    from failclosed_interp.training.data import IGNORE
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)
+    labels = torch.tensor([[IGNORE, IGNORE, 3, 4, 5], [IGNORE, 1, 2, IGNORE, IGNORE]])
+    per_token = {(0, 2): 3, (0, 3): 4, (0, 4): 5, (1, 1): 1, (1, 2): 2}  # (row, pos) -> label, predicted at pos-1
+    ce = {k: float(torch.nn.functional.cross_entropy(logits[k[0], k[1] - 1][None], torch.tensor([v]))) for k, v in per_token.items()}
+    firsts = {(0, 2), (1, 1)}
+    w = 4.0
+    expected = sum(c * (w if k in firsts else 1.0) for k, c in ce.items()) / (w * 2 + 3)
+    assert float(trainer_module.answer_cross_entropy(logits, labels, w)) == pytest.approx(expected, rel=1e-5)
+    assert float(trainer_module.answer_cross_entropy(logits, labels)) == pytest.approx(sum(ce.values()) / 5, rel=1e-5)
+    same = trainer_module.answer_kl(logits, logits.clone(), labels, w)
+    assert float(same) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="first_token_weight"):
+        TrainConfig(first_token_weight=0.0)

@@ -29,6 +29,7 @@ class TrainConfig:
     max_length: int = 256
     utility_loss: str = "ce"  # "ce" or "kl"; plain str so bad values reach our ValueError, also under beartype
     kl_weight: float = 1.0
+    first_token_weight: float = 1.0  # loss weight of each answer's first token, where refusal is decided
     seed: int = 0
     lora: LoraSettings = field(default_factory=LoraSettings)
 
@@ -51,6 +52,8 @@ class TrainConfig:
             raise ValueError(f"utility_loss must be one of {UTILITY_LOSSES}, got {self.utility_loss!r}")
         if not (math.isfinite(self.kl_weight) and self.kl_weight >= 0):
             raise ValueError(f"kl_weight must be >= 0, got {self.kl_weight}")
+        if not (math.isfinite(self.first_token_weight) and self.first_token_weight > 0):
+            raise ValueError(f"first_token_weight must be > 0, got {self.first_token_weight}; 1.0 weighs every answer token alike")
         if not isinstance(self.lora, LoraSettings):
             raise TypeError(f"lora must be a LoraSettings, got {type(self.lora).__name__}; use LoraSettings(r=..., ...)")
 

@@ -79,14 +79,19 @@ def sft_prompts(config: SFTConfig) -> tuple[list[str], list[str], list[str]]:
     return take("harmful", config.n_harmful), take("harmless", config.n_harmless), take("borderline", config.n_borderline)
 
 
+def fresh_lora_model(config: SFTConfig) -> ChatModel:
+    """`config.model` with a fresh trainable LoRA whose initialisation depends only on `config.seed`."""
+    with torch.random.fork_rng(devices=[]):  # the LoRA init draws from the global RNG
+        torch.manual_seed(config.seed)
+        return load_model(config.model, lora=config.train.lora, seed=config.seed)
+
+
 def run_sft(config: SFTConfig, out_dir: str | Path, *, progress: bool = True) -> SFTResult:
     """Load the model with a fresh LoRA, build examples from its own answers, train, save the run."""
     out_dir = Path(out_dir)
     harmful, harmless, borderline = sft_prompts(config)
     write_json(out_dir / CONFIG_FILE, config.to_dict())
-    with torch.random.fork_rng(devices=[]):  # the LoRA init draws from the global RNG
-        torch.manual_seed(config.seed)
-        model = load_model(config.model, lora=config.train.lora, seed=config.seed)
+    model = fresh_lora_model(config)
     generation = GenerationConfig(max_new_tokens=config.answer_tokens)
     examples = build_sft_examples(model, harmful, harmless, borderline, generation=generation, progress=progress)
     write_json(out_dir / EXAMPLES_FILE, [e.to_dict() for e in examples])

@@ -57,23 +57,38 @@ def adapters_disabled(hf_model: torch.nn.Module) -> Iterator[torch.nn.Module]:
                 p.requires_grad_(grads[id(p)])
 
 
+def answer_token_weights(labels: Int[Tensor, "batch pos"], first_token_weight: float = 1.0) -> Float[Tensor, "n_answer"]:
+    """One weight per answer token (labels != IGNORE, in row-major order): `first_token_weight` for the
+    first answer token of each row, where the model decides whether to refuse, and 1 for the rest."""
+    keep = labels[:, 1:] != IGNORE
+    first = keep & (keep.cumsum(dim=1) == 1)
+    return torch.where(first[keep], first_token_weight, 1.0).float()
+
+
 def answer_cross_entropy(
-    logits: Float[Tensor, "batch pos d_vocab"], labels: Int[Tensor, "batch pos"]
+    logits: Float[Tensor, "batch pos d_vocab"], labels: Int[Tensor, "batch pos"], first_token_weight: float = 1.0
 ) -> Float[Tensor, ""]:
-    """Mean next-token cross-entropy over the answer tokens (labels != IGNORE)."""
+    """Weighted mean next-token cross-entropy over the answer tokens (labels != IGNORE)."""
     target = labels[:, 1:]
     keep = target != IGNORE
-    return F.cross_entropy(logits[:, :-1][keep].float(), target[keep])
+    per_token = F.cross_entropy(logits[:, :-1][keep].float(), target[keep], reduction="none")
+    weights = answer_token_weights(labels, first_token_weight)
+    return (per_token * weights).sum() / weights.sum()
 
 
 def answer_kl(
-    reference: Float[Tensor, "batch pos d_vocab"], logits: Float[Tensor, "batch pos d_vocab"], labels: Int[Tensor, "batch pos"]
+    reference: Float[Tensor, "batch pos d_vocab"],
+    logits: Float[Tensor, "batch pos d_vocab"],
+    labels: Int[Tensor, "batch pos"],
+    first_token_weight: float = 1.0,
 ) -> Float[Tensor, ""]:
-    """Mean KL(reference || model) of the next-token distributions that predict answer tokens."""
+    """Weighted mean KL(reference || model) of the next-token distributions that predict answer tokens."""
     keep = labels[:, 1:] != IGNORE
     ref = torch.log_softmax(reference[:, :-1][keep].float(), -1)
     cur = torch.log_softmax(logits[:, :-1][keep].float(), -1)
-    return F.kl_div(cur, ref, log_target=True, reduction="batchmean")
+    per_token = F.kl_div(cur, ref, log_target=True, reduction="none").sum(-1)
+    weights = answer_token_weights(labels, first_token_weight)
+    return (per_token * weights).sum() / weights.sum()
 
 
 def _forward(model: ChatModel, batch: TokenizedExamples) -> Float[Tensor, "batch pos d_vocab"]:
@@ -160,15 +175,16 @@ def train_lora(
                 if s_idx:
                     batch = collate(model, [safety[i] for i in s_idx])
                     with intervene(model, safety_interventions):
-                        loss = answer_cross_entropy(_forward(model, batch), batch.labels)
+                        loss = answer_cross_entropy(_forward(model, batch), batch.labels, config.first_token_weight)
                     record["safety"] = _backward(loss, step, "safety loss", config)
                 if u_idx:
                     batch = collate(model, [utility[i] for i in u_idx])
                     logits = _forward(model, batch)
                     if config.utility_loss == "kl":
-                        loss = config.kl_weight * answer_kl(_reference_logits(model, batch), logits, batch.labels)
+                        reference = _reference_logits(model, batch)
+                        loss = config.kl_weight * answer_kl(reference, logits, batch.labels, config.first_token_weight)
                     else:
-                        loss = answer_cross_entropy(logits, batch.labels)
+                        loss = answer_cross_entropy(logits, batch.labels, config.first_token_weight)
                     record["utility"] = _backward(loss, step, "utility loss", config)
                 record["total"] = sum(v for v in (record["safety"], record["utility"]) if v is not None)
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
