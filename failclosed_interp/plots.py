@@ -67,6 +67,80 @@ def refusal_rate_bars(rates: Mapping[str, RateEstimate], *, title: str) -> go.Fi
     return fig
 
 
+def matrix_heatmap(
+    values: Sequence[Sequence[float | None]],
+    labels: Sequence[str],
+    *,
+    title: str,
+    colorbar: str,
+    zmin: float | None = None,
+    zmax: float | None = None,
+    text: Sequence[Sequence[str]] | None = None,
+    colorscale: str = "RdBu_r",
+) -> go.Figure:
+    """Square matrix over directions (cosine, pairwise ablation, ...), each cell annotated."""
+    z = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=np.float64)
+    text = text or [["" if np.isnan(v) else f"{0.0 if abs(v) < 0.005 else v:.2f}" for v in row] for row in z]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=list(labels), y=list(labels), zmin=zmin, zmax=zmax, colorscale=colorscale, colorbar={"title": colorbar},
+        text=text, texttemplate="%{text}", hovertemplate="%{y} / %{x}<br>%{z:.3f}<extra></extra>",
+    ))
+    fig.update_layout(title=title, width=620, height=560, yaxis={"autorange": "reversed"})
+    return fig
+
+
+def rate_curves(
+    x: Sequence[float],
+    curves: Mapping[str, Sequence[RateEstimate] | Sequence[float]],
+    *,
+    title: str,
+    xaxis: str,
+    yaxis: str = "refusal rate",
+    threshold: float | None = None,
+) -> go.Figure:
+    """Lines over x; curves of RateEstimates get bootstrap-CI error bars and a [0, 1] axis. Curves are
+    nudged sideways a little and dashed differently, so identical ones stay visible."""
+    fig = go.Figure()
+    rates = False
+    gaps = np.diff(sorted(set(float(v) for v in x)))
+    nudge = 0.04 * (float(gaps.min()) if gaps.size else 1.0)
+    dashes = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
+    for n, (name, ys) in enumerate(curves.items()):
+        ys = list(ys)
+        is_rate = bool(ys) and isinstance(ys[0], RateEstimate)
+        rates |= is_rate
+        values = [y.value if is_rate else y for y in ys]
+        error = ({"type": "data", "symmetric": False, "array": [y.high - y.value for y in ys],
+                  "arrayminus": [y.value - y.low for y in ys]} if is_rate else None)
+        shift = (n - (len(curves) - 1) / 2) * nudge
+        fig.add_trace(go.Scatter(x=[float(v) + shift for v in list(x)[: len(values)]], y=values, mode="lines+markers",
+                                 name=name, error_y=error, line={"dash": dashes[n % len(dashes)]}))
+    if threshold is not None:
+        fig.add_hline(y=threshold, line_dash="dash", line_color="gray", annotation_text=f"threshold {threshold}")
+    fig.update_layout(title=title, xaxis_title=xaxis, yaxis={"title": yaxis, **({"range": [-0.05, 1.08]} if rates else {})},
+                      width=760, height=460)
+    return fig
+
+
+def grouped_rate_bars(groups: Mapping[str, Mapping[str, RateEstimate]], *, title: str, yaxis: str = "rate") -> go.Figure:
+    """Rates side by side: `groups[series][column]`, one coloured bar per series (e.g. model) in each column
+    (e.g. attack), with bootstrap-CI error bars. Missing cells are left out."""
+    columns = list(dict.fromkeys(c for rates in groups.values() for c in rates))
+    fig = go.Figure()
+    for series, rates in groups.items():
+        shown = [c for c in columns if c in rates]
+        fig.add_trace(go.Bar(
+            name=series, x=shown, y=[rates[c].value for c in shown],
+            error_y={"type": "data", "symmetric": False,
+                     "array": [rates[c].high - rates[c].value for c in shown],
+                     "arrayminus": [rates[c].value - rates[c].low for c in shown]},
+            hovertemplate="%{x}<br>%{y:.3f}<extra>" + series + "</extra>",
+        ))
+    fig.update_layout(title=title, barmode="group", yaxis={"title": yaxis, "range": [0, 1.05]},
+                      width=max(760, 90 * len(columns) * max(1, len(groups)) // 2), height=480)
+    return fig
+
+
 def save_figure(fig: go.Figure, path: str | Path, *, png: bool = True) -> list[Path]:
     """Write `path`.html (self-contained) and, if possible, `path`.png. Returns the files written."""
     path = Path(path)

@@ -1,0 +1,137 @@
+"""An audit's folder: `audit.json`, the audited directions, and a self-contained `report.html`
+(plotly.js inlined once, every figure in one page, opens offline)."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import plotly.graph_objects as go
+import torch
+from plotly.offline import get_plotlyjs
+
+from failclosed_interp.artifacts import atomic_write, write_json
+from failclosed_interp.audit.job import AuditResult, format_audit
+from failclosed_interp.directions import save_directions
+from failclosed_interp.plots import layer_position_heatmap, matrix_heatmap, rate_curves, refusal_rate_bars, save_figure
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 13px; }
+.verdict { font-size: 1.25em; font-weight: 600; padding: 0.6em 1em; border-radius: 6px; }
+.fail-open { background: #fde2e1; } .fail-closed { background: #dff3e3; }
+.no-refusal, .undetermined { background: #eee; }
+section.figure { margin: 2em 0; } section.figure p { max-width: 800px; }
+table { border-collapse: collapse; } td, th { border: 1px solid #ccc; padding: 0.3em 0.6em; font-size: 13px; }
+"""
+
+
+def audit_figures(result: AuditResult) -> list[tuple[str, str, go.Figure]]:
+    """(id, what it shows, figure) for every figure of the report."""
+    dirs, thr = result.directions, result.config.threshold
+    if not result.single:
+        return [("refusal", "Harmful refusal with nothing ablated, and harmless refusal.",
+                 refusal_rate_bars({"harmful": result.baseline, "harmless": result.harmless_baseline},
+                                   title="Refusal with nothing ablated"))]
+    labels = [f"d{i} (L{d.layer})" for i, d in enumerate(dirs)]
+    k = len(dirs)
+    joint = rate_curves(list(range(k + 1)), {"found order": result.joint.found, "worst order": result.joint.worst},
+                        title="Joint ablation curve", xaxis="number of directions ablated", threshold=thr)
+    joint.update_xaxes(dtick=1)
+    figs = [
+        ("single", "Harmful refusal with each direction ablated alone (all layers; block input, attention and MLP "
+                   "output), with 95% bootstrap CIs. One bar near 0 means fail-open.",
+         refusal_rate_bars({"none": result.baseline, **dict(zip(labels, result.single)), f"all {k}": result.joint.found[-1]},
+                           title="Harmful refusal, each direction ablated alone")),
+        ("cosine", "Cosine similarity between the directions. Orthogonal (0) does not mean causally independent.",
+         matrix_heatmap(dirs.cosine().tolist(), labels, title="Cosine similarity of the directions", colorbar="cosine",
+                        zmin=-1, zmax=1)),
+        ("pairwise", "Harmful refusal with directions i and j ablated together (diagonal: i alone); cell text "
+                     "gives the 95% CI.",
+         matrix_heatmap([[r.value for r in row] for row in result.pairwise], labels,
+                        title="Harmful refusal, pairs of directions ablated", colorbar="refusal", zmin=0, zmax=1,
+                        colorscale="Viridis",
+                        text=[[f"{r.value:.2f}<br>[{r.low:.2f}, {r.high:.2f}]" for r in row] for row in result.pairwise])),
+        ("joint", "Harmful refusal with the first m directions ablated: in the order found or given, and in the "
+                  f"worst order {list(result.joint.worst_order)} (each step ablates the direction that lowers refusal "
+                  f"most). The redundancy number is where refusal first drops below the threshold.",
+         joint),
+        ("steering", "Refusal on harmless prompts with one direction added at its own layer (coefficient x its norm), "
+                     "at every position. A direction that induces refusal alone is sufficient for refusal.",
+         rate_curves(list(result.steering_coeffs), dict(zip(labels, result.steering)),
+                     title="Steering sufficiency: refusal induced on harmless prompts", xaxis="coefficient x norm",
+                     threshold=result.config.steer_threshold)),
+    ]
+    if result.rep is not None:
+        change, tol = result.rep.change(), result.config.ri_tolerance
+        figs.append(("rep-independence", "Representational independence: how much ablating direction i (row) "
+                     "changes the cosine of harmful activations with direction j (column), at the layer where it changes "
+                     f"most, relative to how strongly j is represented. Independent pairs stay <= {tol}.",
+                     matrix_heatmap([[None if v != v else v for v in row] for row in change.tolist()], labels,
+                                    title="Representational dependence (0 = independent)", colorbar="relative change",
+                                    zmin=0, zmax=max(2 * tol, float(torch.nan_to_num(change).max())), colorscale="Reds")))
+        shift = result.rep.shift()
+        layers = rate_curves(list(range(shift.shape[0])), {f"ablate {labels[i]} -> {labels[j]}": shift[:, i, j].tolist()
+                                                          for i in range(k) for j in range(k) if i != j},
+                             title="Representational independence per layer", xaxis="layer", yaxis="|change in cosine|")
+        judged = result.rep.layers
+        if max(judged) + 1 < shift.shape[0]:
+            layers.add_vrect(x0=max(judged) + 0.5, x1=shift.shape[0] - 0.5, fillcolor="gray", opacity=0.15, line_width=0,
+                             annotation_text="output layers: not judged")
+        figs.append(("rep-layers", "Per layer: |change in the mean cosine with j| when i is ablated. Independence "
+                     "is judged on the layers directions are chosen from (the last 20% are left out: there every "
+                     "pathway has merged into the refusal output).", layers))
+    if result.sweep is not None:
+        for i, d in enumerate(dirs):
+            chosen = (d.layer, d.position) if d.position in result.positions else None
+            figs.append((f"sweep-{i}", f"Cosine of the difference-in-means candidate at every layer x position with "
+                         f"{labels[i]} (star: where it came from).",
+                         layer_position_heatmap(result.sweep[i], list(result.positions), chosen=chosen, colorbar="cosine",
+                                                title=f"Where {labels[i]} lives: DIM candidates' cosine with it")))
+    if result.discovery is not None:
+        for r, selection in enumerate(result.discovery.selections):
+            figs.append((f"discovery-{r}", f"Discovery round {r}: harmful refusal score with each candidate ablated, "
+                         f"{r} earlier direction(s) already ablated (blank: excluded by the selection rules).",
+                         layer_position_heatmap(selection.ablation_score, list(selection.positions),
+                                                chosen=(selection.layer, selection.position), colorbar="refusal score",
+                                                title=f"Discovery round {r}: ablation score per candidate")))
+    return figs
+
+
+def _directions_table(result: AuditResult) -> str:
+    rows = "".join(
+        f"<tr><td>d{i}</td><td>{d.layer}</td><td>{d.position}</td><td>{d.method}</td><td>{d.round}</td>"
+        f"<td>{d.norm:.3g}</td><td>{html.escape(d.fitted_on)}</td></tr>" for i, d in enumerate(result.directions))
+    head = "<tr><th>dir</th><th>layer</th><th>position</th><th>method</th><th>round</th><th>norm</th><th>fitted on</th></tr>"
+    return f"<table>{head}{rows}</table>" if rows else "<p>No directions.</p>"
+
+
+def report_html(result: AuditResult) -> str:
+    """The whole report as one HTML page that needs no network."""
+    sections = "".join(
+        f'<section class="figure" id="section-{name}"><p>{html.escape(text)}</p>'
+        f'{fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{name}")}</section>'
+        for name, text, fig in audit_figures(result))
+    return (f'<!doctype html><html><head><meta charset="utf-8"><title>Refusal audit: {html.escape(result.model)}</title>'
+            f'<script type="text/javascript">{get_plotlyjs()}</script><style>{_STYLE}</style></head><body>'
+            f'<h1>Refusal audit: {html.escape(result.model)}</h1>'
+            f'<p class="verdict {result.verdict_label}">{html.escape(result.verdict)}</p>'
+            f'<h2>Summary</h2><pre>{html.escape(format_audit(result))}</pre>'
+            f'<h2>Directions ({result.source})</h2>{_directions_table(result)}'
+            f'<h2>Figures</h2>{sections}</body></html>')
+
+
+def write_audit(result: AuditResult, out: str | Path, *, extra: dict | None = None, figures: bool = False) -> list[Path]:
+    """`out/audit.json`, `out/report.html`, `out/directions/` (when there are any) and, with `figures`,
+    each figure as `out/figures/<id>.html` (+ PNG where Chromium is available)."""
+    out = Path(out)
+    written = [write_json(out / "audit.json", {**result.to_dict(), **(extra or {})})]
+    page = report_html(result)
+    written.append(atomic_write(out / "report.html", lambda tmp: Path(tmp).write_text(page)))
+    if len(result.directions):
+        save_directions(result.directions, out / "directions", result.identity)
+        written.append(out / "directions")
+    if figures:
+        for name, _, fig in audit_figures(result):
+            written += save_figure(fig, out / "figures" / name)
+    return written
