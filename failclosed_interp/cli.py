@@ -60,6 +60,17 @@ def cmd_score(args) -> None:
     print(f"refusal rate {judged.rate} on {judged.rate.n} prompts from {args.prompts}; written to {args.out}")
 
 
+def cmd_audit(args) -> None:
+    from failclosed_interp.audit import AuditConfig, MeasureConfig, audit_job, format_audit
+
+    config = AuditConfig(k_max=args.k, threshold=args.threshold, adaptive=args.adaptive, n_eval=args.n_eval,
+                         n_harmless=args.n_eval, measure=MeasureConfig(mode=args.mode, max_new_tokens=args.max_new_tokens))
+    result = audit_job(args.out, args.model, adapter=args.adapter, directions=args.directions, config=config,
+                       judge=args.judge, device=args.device, figures=args.figures)
+    print(format_audit(result))
+    print(f"\naudit folder: {args.out} (audit.json, report.html, directions/)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="failclosed", description="Refusal directions and fail-closed alignment")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -94,6 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--out", type=Path, required=True, help="output JSON file")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("audit", help="independence audit: how many independent refusal pathways; fail-open or fail-closed")
+    _model_args(p)
+    p.add_argument("--directions", type=Path, help="directions folder to audit (e.g. DIR/final/directions, RUN/direction); "
+                                                   "default: discover them, each with the earlier ones ablated")
+    p.add_argument("--k", type=int, default=5, help="discovery stops after this many directions (default 5)")
+    p.add_argument("--mode", choices=["generate", "logit"], default="generate",
+                   help="refusal by judged generations (default) or by logit refusal score > 0 (faster)")
+    p.add_argument("--judge", choices=["substring", "prefix"], default="substring")
+    p.add_argument("--threshold", type=float, default=0.5, help="harmful refusal below this counts as collapsed")
+    p.add_argument("--n-eval", type=int, default=20, help="harmful prompts per refusal figure, harmless for steering")
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--adaptive", action="store_true", help="with --directions: also audit the model's own DIM direction")
+    p.add_argument("--figures", action="store_true", help="also write each figure to OUT/figures (HTML, PNG with Chromium)")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_audit)
+
     return parser
 
 

@@ -30,7 +30,7 @@ from failclosed_interp.chat import post_instruction_positions
 from failclosed_interp.configs import config_from_dict, config_to_dict
 from failclosed_interp.dim import DirectionConfig, NoDirectionPassed, dim_candidates, find_direction
 from failclosed_interp.directions import DirectionSet, load_directions
-from failclosed_interp.judges import Judge, SubstringJudge
+from failclosed_interp.judges import Judge, PrefixJudge, SubstringJudge
 from failclosed_interp.models import ChatModel, load_model
 from failclosed_interp.prompts import builtin
 from failclosed_interp.scoring import refusal_tokens_from_responses, token_strings
@@ -360,15 +360,21 @@ def audit_job(
     adapter: str | Path | None = None,
     directions: str | Path | None = None,
     config: AuditConfig = AuditConfig(),
-    judge: Judge = SubstringJudge(),
+    judge: Judge | str = "substring",
     device: str | None = None,
     figures: bool = False,
     progress: bool = True,
 ) -> AuditResult:
     """Load `model` (+ adapter) and its prompts, audit it along the saved `directions` (or discovered
-    ones) and write `out/audit.json`, `out/report.html` (and `out/figures/` when `figures`)."""
+    ones) and write `out/audit.json`, `out/report.html` (and `out/figures/` when `figures`). `judge` is a
+    Judge or the name of a built-in one (`substring`, `prefix`)."""
     from failclosed_interp.audit.report import write_audit
 
+    if isinstance(judge, str):
+        judges = {"substring": SubstringJudge(), "prefix": PrefixJudge()}
+        if judge not in judges:
+            raise ValueError(f"unknown judge {judge!r}; choose one of {sorted(judges)} or pass a Judge")
+        judge = judges[judge]
     chat_model, prompts = load_subject(model, adapter, device=device, config=config)
     given = load_directions(directions, chat_model) if directions is not None else None
     result = run_audit(chat_model, prompts, config, given, judge=judge, progress=progress)
