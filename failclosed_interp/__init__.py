@@ -11,6 +11,7 @@ from failclosed_interp.interventions import Ablation, Addition, hook_name, inter
 from failclosed_interp.judges import LLMJudge, PrefixJudge, SubstringJudge
 from failclosed_interp.models import EMBEDDED_MODEL, ChatModel, load_model
 from failclosed_interp.prompts import PromptSet, builtin, load_prompts
+from failclosed_interp.rdo import RDOConfig, RDOTargets, optimize_direction, rdo_targets
 from failclosed_interp.scoring import refusal_rate, refusal_scores
 from failclosed_interp.stats import RateEstimate, bootstrap_mean
 from failclosed_interp.utility import Perplexity, perplexity
@@ -21,4 +22,5 @@ __all__ = [
     "SubstringJudge", "bootstrap_mean", "builtin", "dim_candidates", "find_direction", "format_prompt", "generate",
     "hook_name", "intervene", "load_directions", "load_model", "load_prompts", "perplexity", "post_instruction_positions",
     "refusal_rate", "refusal_scores", "save_adapter", "save_directions", "select_direction", "tokenize_prompts",
+    "RDOConfig", "RDOTargets", "optimize_direction", "rdo_targets",
 ]

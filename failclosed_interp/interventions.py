@@ -103,7 +103,8 @@ class Ablation:
     basis: Tensor = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "basis", orthonormal_basis(self.directions.detach()))
+        # Not detached: a direction that requires grad (RDO's parameter) gets gradients through the hooks.
+        object.__setattr__(self, "basis", orthonormal_basis(self.directions))
 
     def hooks(self, model: ChatModel) -> list[Hook]:
         _check_width(model, self.basis.shape[-1], "the ablated direction")
@@ -133,7 +134,7 @@ class Addition:
     def hooks(self, model: ChatModel) -> list[Hook]:
         _check_width(model, self.direction.shape[-1], "the added direction")
         _check_layers(model, [self.layer])
-        vector = (self.coeff * self.direction.detach()).to(device=model.device, dtype=model.dtype)
+        vector = (self.coeff * self.direction).to(device=model.device, dtype=model.dtype)  # differentiable, as Ablation
         return [(hook_name(self.layer, self.site), addition_hook(vector, self.positions))]
 
 
