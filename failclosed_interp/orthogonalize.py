@@ -138,8 +138,22 @@ def export_orthogonalized(
 ) -> Path:
     """Write a HF checkpoint of `name` (with `adapter` merged) with span(basis) projected out of its weights.
 
-    The folder loads anywhere HF checkpoints load, including `load_model(str(out_dir))`. It is written to a
-    temporary folder next to `out_dir` and renamed into place, so a crash leaves no half-written model."""
+    The folder loads anywhere HF checkpoints load, including `load_model(str(out_dir))`."""
+    return export_checkpoint(name, out_dir, adapter=adapter, basis=basis, dtype=dtype, overwrite=overwrite)
+
+
+def export_checkpoint(
+    name: str,
+    out_dir: str | Path,
+    *,
+    adapter: str | Path | None = None,
+    basis: Float[Tensor, "n_dirs d_model"] | Float[Tensor, "d_model"] | None = None,
+    dtype: torch.dtype = torch.float32,
+    overwrite: bool = False,
+) -> Path:
+    """Write a plain HF checkpoint of `name` with `adapter` merged into its weights and, if `basis` is
+    given, span(basis) projected out of them. It is written to a temporary folder next to `out_dir` and
+    renamed into place, so a crash leaves no half-written model."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists; choose a new folder or pass overwrite=True")
@@ -147,17 +161,19 @@ def export_orthogonalized(
     hf_model.to(dtype)  # tiny-llama is built in float32 whatever dtype asks
     if adapter is not None:
         hf_model = _merge_adapter(hf_model, adapter, name)
-    orthogonalize_(hf_model, basis)
+    if basis is not None:
+        orthogonalize_(hf_model, basis)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     try:
         hf_model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        save_file({"basis": basis.detach().reshape(-1, basis.shape[-1]).float().cpu().contiguous()}, tmp / BASIS_FILE)
-        record = {"base_model": name, "adapter": None if adapter is None else str(adapter),
-                  "n_dirs": int(basis.reshape(-1, basis.shape[-1]).shape[0]), "d_model": int(basis.shape[-1])}
-        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        if basis is not None:
+            save_file({"basis": basis.detach().reshape(-1, basis.shape[-1]).float().cpu().contiguous()}, tmp / BASIS_FILE)
+            record = {"base_model": name, "adapter": None if adapter is None else str(adapter),
+                      "n_dirs": int(basis.reshape(-1, basis.shape[-1]).shape[0]), "d_model": int(basis.shape[-1])}
+            (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,296 @@
+"""The progressive fail-closed loop (`failclosed align`, DESIGN.md §4) and its baselines, through one trainer.
+
+Round 0 is plain refusal SFT. At the end of every round the refusal direction the model now uses is
+found (DIM with the selection rules, refined by RDO); round k then fine-tunes the same LoRA with
+the directions found so far ablated on the safety batches only, so the model has to rebuild refusal
+along a new direction, while the utility batches keep the model close to its frozen reference.
+
+Methods, same data, steps and LoRA settings:
+- `failclosed`: ablate the span of all found directions (mode "cumulative") or only the last one
+  ("last-only"); each new direction is found with the trained-against ones ablated.
+- `sft`: no ablation; the "standard alignment" baseline trained as long as the others.
+- `refat`: refusal-feature adversarial training: ablate the single direction found on the current
+  model at the end of the previous round (re-found every round, with nothing ablated).
+
+A run folder holds `examples.json`, `round_K/` (adapter, directions, metrics.json, training.json) for
+every completed round, `state.json` (the last completed round), then `final/` and `summary.json`.
+Rounds are written completely before `state.json` names them, so a killed run resumes from the last
+completed round and ends with the same result as an uninterrupted one."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from failclosed_interp.adapters import save_adapter
+from failclosed_interp.artifacts import read_json, write_json
+from failclosed_interp.configs import config_from_dict, config_to_dict
+from failclosed_interp.dim import NoDirectionPassed
+from failclosed_interp.directions import DirectionSet, load_directions, save_directions
+from failclosed_interp.generation import GenerationConfig, generate
+from failclosed_interp.interventions import Intervention
+from failclosed_interp.models import ChatModel, load_model
+from failclosed_interp.orthogonalize import export_checkpoint
+from failclosed_interp.pipeline import DirectionJobConfig, builtin_prompts, direction_job
+from failclosed_interp.rdo import RDOConfig, optimize_direction
+from failclosed_interp.scoring import NoRefusals, refusal_rate
+from failclosed_interp.training import Example, SFTConfig, build_sft_examples, train_lora
+from failclosed_interp.training.sft import fresh_lora_model, sft_prompts
+from failclosed_interp.training.trainer import StepCallback, adapters_disabled
+from failclosed_interp.utility import perplexity
+
+METHODS = ("failclosed", "sft", "refat")
+MODES = ("cumulative", "last-only")
+STATE_FILE = "state.json"
+EXAMPLES_FILE = "examples.json"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass(frozen=True)
+class AlignConfig:
+    """One progressive run. `rounds` counts the rounds after round 0 (plain SFT); every round trains
+    `sft.train.epochs` epochs on the same examples. `min_new_component` is the smallest norm the
+    unit-length new direction may keep outside the span of the earlier ones."""
+
+    method: str = "failclosed"
+    rounds: int = 3
+    mode: str = "cumulative"
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    directions: DirectionJobConfig = field(default_factory=DirectionJobConfig)
+    rdo: RDOConfig | None = field(default_factory=RDOConfig)
+    min_new_component: float = 0.1
+    n_eval: int = 20
+    eval_tokens: int = 48
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1 (round 0 is plain SFT; each further round retrains), got {self.rounds}")
+        if not 0 < self.min_new_component <= 1:
+            raise ValueError(f"min_new_component must be in (0, 1], got {self.min_new_component}")
+        if self.n_eval < 1 or self.eval_tokens < 1:
+            raise ValueError(f"n_eval and eval_tokens must be >= 1, got {self.n_eval} and {self.eval_tokens}")
+
+    @property
+    def model(self) -> str:
+        return self.sft.model
+
+    def to_dict(self) -> dict:
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> AlignConfig:
+        return config_from_dict(cls, data)
+
+
+def _round_dir(out: Path, k: int) -> Path:
+    return out / f"round_{k}"
+
+
+def _start(out: Path, config: AlignConfig) -> int:
+    """The last completed round of a run in `out` (-1 for a new run); refuses a folder of another run."""
+    state_path = out / STATE_FILE
+    if not state_path.exists():
+        write_json(out / "config.json", config.to_dict())
+        return -1
+    state = read_json(state_path)
+    if state["config"] != config.to_dict():
+        changed = sorted(k for k in config.to_dict() if state["config"].get(k) != config.to_dict()[k])
+        raise ValueError(
+            f"{out} holds a run with other settings ({', '.join(changed)} differ); resume it with the same "
+            f"settings (see {out / 'config.json'}) or choose a new --out folder"
+        )
+    return int(state["completed_round"])
+
+
+def _examples(model: ChatModel, out: Path, config: AlignConfig, progress: bool) -> list[Example]:
+    """Training examples, generated once by the untrained model and kept in the run folder."""
+    path = out / EXAMPLES_FILE
+    if path.exists():
+        return [Example.from_dict(e) for e in read_json(path)]
+    harmful, harmless, borderline = sft_prompts(config.sft)
+    examples = build_sft_examples(model, harmful, harmless, borderline,
+                                  generation=GenerationConfig(max_new_tokens=config.sft.answer_tokens),
+                                  progress=progress)
+    write_json(path, [e.to_dict() for e in examples])
+    return examples
+
+
+def training_ablation(config: AlignConfig, found: DirectionSet) -> list[Intervention]:
+    """What the safety batches of the next round train against."""
+    if config.method == "sft" or len(found) == 0:
+        return []
+    if config.method == "refat" or config.mode == "last-only":
+        return [found[len(found) - 1 :].ablation()]
+    return [found.ablation()]  # QR-orthonormalised span, every layer's block input, attention and MLP output
+
+
+def _next_direction(model: ChatModel, config: AlignConfig, found: DirectionSet, folder: Path, progress: bool):
+    """(the direction found on the current model, None) or (None, why the loop stops)."""
+    base = training_ablation(config, found) if config.method == "failclosed" else []
+    try:
+        selection = direction_job(model, folder, config.directions, interventions=base, progress=progress)
+    except NoRefusals as err:
+        return None, f"this round's model refuses none of the validation prompts, so it has no refusal to locate: {err}"
+    except NoDirectionPassed as err:
+        return None, f"no refusal direction passed the selection rules on this round's model: {err}"
+    direction = selection.direction
+    if config.rdo is not None:
+        jc = config.directions
+        harmful = builtin_prompts("harmful", "train", jc.n_train, jc.seed)
+        harmless = builtin_prompts("harmless", "train", jc.n_train, jc.seed)
+        earlier = found if config.method == "failclosed" and len(found) else None
+        direction = optimize_direction(model, harmful, harmless, direction, config.rdo, orthogonal_to=earlier,
+                                       progress=progress)
+    if config.method == "failclosed" and len(found):
+        outside = found.residual_norm(direction.vector)
+        if outside < config.min_new_component:
+            return None, (f"the new direction (layer {direction.layer}) lies inside the span of the {len(found)} earlier "
+                          f"ones (component outside {outside:.3f} < min_new_component={config.min_new_component})")
+    return direction, None
+
+
+def _round_metrics(model: ChatModel, config: AlignConfig, found: DirectionSet) -> dict:
+    """Refusal on held-out harmful and harmless prompts, plain and with everything found so far ablated."""
+    gen = GenerationConfig(max_new_tokens=config.eval_tokens)
+    harmful = builtin_prompts("harmful", "test", config.n_eval, config.sft.seed)
+    harmless = builtin_prompts("harmless", "test", config.n_eval, config.sft.seed)
+    metrics = {"refusal_harmful": refusal_rate(model, harmful, generation=gen, progress=False).rate.value,
+               "refusal_harmless": refusal_rate(model, harmless, generation=gen, progress=False).rate.value}
+    if len(found):
+        metrics["refusal_harmful_all_ablated"] = refusal_rate(
+            model, harmful, generation=gen, interventions=[found.ablation()], progress=False).rate.value
+    return metrics
+
+
+def align(
+    config: AlignConfig, out: str | Path, *, merge: bool = False, progress: bool = True,
+    on_step: StepCallback | None = None,
+) -> dict:
+    """Run (or resume) the progressive loop in `out`; returns the summary (also `out/summary.json`).
+
+    `merge=True` also writes `out/final/merged`, a plain HF checkpoint with the adapter merged in.
+    `on_step(step, losses)` is called after every optimiser step of every round."""
+    out = Path(out)
+    done = _start(out, config)
+    if done >= 0:
+        model = load_model(config.model, adapter=_round_dir(out, done) / "adapter")
+        found = _load_found(out, done, model)
+        stop_reason = read_json(out / STATE_FILE).get("stop_reason")
+    else:
+        model, found, stop_reason = fresh_lora_model(config.sft), DirectionSet(), None
+    examples = _examples(model, out, config, progress)
+    rounds = tqdm(range(done + 1, config.rounds + 1), desc=f"{config.method} rounds", disable=not progress)
+    for k in rounds if stop_reason is None else ():
+        folder = _round_dir(out, k)
+        train = dataclasses.replace(config.sft.train, seed=config.sft.train.seed + k)
+        result = train_lora(model, examples, train, safety_interventions=training_ablation(config, found),
+                            progress=progress, on_step=on_step)
+        save_adapter(model, folder / "adapter", train.lora)
+        write_json(folder / "training.json", result.to_dict())
+        if config.method != "sft":
+            direction, stop_reason = _next_direction(model, config, found, folder / "search", progress)
+            if direction is not None:
+                found = found.append(direction) if config.method == "failclosed" else DirectionSet([direction])
+        if len(found):
+            save_directions(found, folder / "directions", model.identity())
+        write_json(folder / "metrics.json", {"round": k, "stop_reason": stop_reason, "n_directions": len(found),
+                                             **_round_metrics(model, config, found)})
+        write_json(out / STATE_FILE, {"config": config.to_dict(), "completed_round": k, "stop_reason": stop_reason})
+        done = k
+        if stop_reason is not None:
+            break
+    summary = _finish(model, config, out, found, done, stop_reason, progress)
+    if merge:
+        export_checkpoint(config.model, out / "final" / "merged", adapter=out / "final" / "adapter", overwrite=True)
+    return summary
+
+
+def _load_found(out: Path, k: int, model: ChatModel) -> DirectionSet:
+    folder = _round_dir(out, k) / "directions"
+    return load_directions(folder, model) if folder.exists() else DirectionSet()
+
+
+def reference_answers(model: ChatModel, prompts: list[str], max_new_tokens: int) -> list[str]:
+    """Greedy answers of the frozen reference (the model with its adapters switched off)."""
+    with adapters_disabled(model.hf_model):
+        return generate(model, prompts, GenerationConfig(max_new_tokens=max_new_tokens), progress=False)
+
+
+def _finish(model: ChatModel, config: AlignConfig, out: Path, found: DirectionSet, done: int, stop_reason, progress) -> dict:
+    """Copy the last round to `final/` and write the held-out evaluation of the final model."""
+    final = out / "final"
+    last = _round_dir(out, done)
+    for part in ("adapter", "directions"):
+        if (last / part).exists():
+            tmp = final / f".{part}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(last / part, tmp)
+            shutil.rmtree(final / part, ignore_errors=True)
+            tmp.rename(final / part)
+    summary = {"method": config.method, "mode": config.mode, "model": config.model,
+               "rounds_completed": done, "stop_reason": stop_reason, "n_directions": len(found),
+               "direction_layers": [d.layer for d in found],
+               **evaluate_final(model, config, found, out / "final" / "adaptive", progress)}
+    write_json(out / SUMMARY_FILE, summary)
+    return summary
+
+
+def evaluate_final(model: ChatModel, config: AlignConfig, found: DirectionSet, adaptive_dir: Path, progress: bool) -> dict:
+    """The summary figures of issue 3 on held-out built-in TEST prompts."""
+    gen = GenerationConfig(max_new_tokens=config.eval_tokens)
+    seed = config.sft.seed
+    test = {kind: builtin_prompts(kind, "test", config.n_eval, seed) for kind in ("harmful", "harmless", "borderline")}
+    rates = {f"refusal_{kind}": refusal_rate(model, prompts, generation=gen, progress=False)
+             for kind, prompts in test.items()}
+
+    def ablated(directions: DirectionSet):
+        return refusal_rate(model, test["harmful"], generation=gen, interventions=[directions.ablation()], progress=False)
+
+    each = [ablated(found[i : i + 1]) for i in range(len(found))]
+    if len(found):
+        rates["refusal_harmful_all_ablated"] = ablated(found)
+    try:  # the adaptive attack: the refusal direction re-found on this model itself, selection rules on
+        adaptive = direction_job(model, adaptive_dir, config.directions, progress=progress).direction
+        rates["refusal_harmful_adaptive_ablated"] = ablated(DirectionSet((adaptive,)))
+        adaptive_note = {"adaptive_direction_layer": adaptive.layer, "adaptive_direction_position": adaptive.position}
+    except (NoDirectionPassed, NoRefusals) as err:
+        adaptive_note = {"adaptive_direction_layer": None, "adaptive_failure": str(err)}
+    answers = reference_answers(model, test["harmless"], config.eval_tokens)
+    ppl = perplexity(model, test["harmless"], answers, complete=False)
+    return {
+        **{name: judged.rate.value for name, judged in rates.items()},
+        "refusal_harmful_all_ablated": rates["refusal_harmful_all_ablated"].rate.value if len(found) else None,
+        "refusal_harmful_adaptive_ablated": (rates["refusal_harmful_adaptive_ablated"].rate.value
+                                             if "refusal_harmful_adaptive_ablated" in rates else None),
+        "refusal_harmful_each_ablated": [judged.rate.value for judged in each],
+        **adaptive_note,
+        "perplexity_harmless": ppl.value,
+        "ci": {**{name: judged.rate.to_dict() for name, judged in rates.items()},
+               "refusal_harmful_each_ablated": [judged.rate.to_dict() for judged in each],
+               "perplexity_harmless": ppl.to_dict()},
+    }
+
+
+def format_align_summary(summary: dict) -> str:
+    """The printed table of `failclosed align`."""
+    each = ", ".join(f"{r:.2f}" for r in summary["refusal_harmful_each_ablated"]) or "-"
+    rows = [("harmful refusal", summary["refusal_harmful"]), ("harmless refusal", summary["refusal_harmless"]),
+            ("borderline refusal", summary["refusal_borderline"]),
+            ("harmful, all found directions ablated", summary["refusal_harmful_all_ablated"]),
+            ("harmful, adaptive direction ablated", summary["refusal_harmful_adaptive_ablated"]),
+            ("perplexity of reference answers", summary["perplexity_harmless"])]
+    lines = [f"method {summary['method']}: {summary['rounds_completed']} round(s) completed, "
+             f"{summary['n_directions']} direction(s) from layers {summary['direction_layers']}"]
+    lines += [f"  {label:<40}{'-' if value is None else f'{value:.2f}':>8}" for label, value in rows]
+    lines.append(f"  {'harmful, each direction ablated alone':<40}{each:>8}")
+    if summary["stop_reason"]:
+        lines.append(f"stopped early: {summary['stop_reason']}")
+    return "\n".join(lines)

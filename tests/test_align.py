@@ -1,0 +1,131 @@
+"""The progressive loop on tiny models: folders, baselines, stop reasons, resume after a kill, bad input."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from failclosed_interp.adapters import LoraSettings
+from failclosed_interp.align import AlignConfig, align, training_ablation
+from failclosed_interp.directions import Direction, DirectionSet
+from failclosed_interp.interventions import orthonormal_basis
+from failclosed_interp.pipeline import DirectionJobConfig
+from failclosed_interp.rdo import RDOConfig
+from failclosed_interp.training import SFTConfig, TrainConfig
+
+
+def tiny_config(method: str = "sft", rounds: int = 1, **kw) -> AlignConfig:
+    sft = SFTConfig(model="tiny-llama", n_harmful=4, n_harmless=4, n_borderline=2, answer_tokens=4,
+                    train=TrainConfig(epochs=1, batch_size=4, lr=1e-2, max_length=200, lora=LoraSettings(r=2, alpha=4)))
+    return AlignConfig(method=method, rounds=rounds, sft=sft, directions=DirectionJobConfig(n_train=4, n_val=2),
+                       rdo=RDOConfig(steps=2, batch_size=2, target_tokens=4), n_eval=3, eval_tokens=4, **kw)
+
+
+def test_sft_baseline_writes_every_round_and_a_summary(tmp_path):
+    summary = align(tiny_config("sft", rounds=2), tmp_path, progress=False)
+    for k in range(3):
+        assert (tmp_path / f"round_{k}" / "adapter" / "adapter_model.safetensors").is_file()
+        assert json.loads((tmp_path / f"round_{k}" / "training.json").read_text())["steps"] == 2  # 6 utility / batch 4
+    assert (tmp_path / "final" / "adapter" / "adapter_config.json").is_file()
+    assert summary["method"] == "sft" and summary["rounds_completed"] == 2 and summary["stop_reason"] is None
+    for key in ("refusal_harmful", "refusal_harmless", "refusal_borderline", "perplexity_harmless"):
+        assert summary[key] is not None
+    assert summary["refusal_harmful_each_ablated"] == []  # the baseline never ablates anything
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    # the final adapter is the last round's, byte for byte
+    assert (tmp_path / "final/adapter/adapter_model.safetensors").read_bytes() == \
+        (tmp_path / "round_2/adapter/adapter_model.safetensors").read_bytes()
+
+
+def test_failclosed_stops_and_says_why_when_the_model_never_refuses(tmp_path):
+    summary = align(tiny_config("failclosed", rounds=3), tmp_path, progress=False)
+    assert summary["rounds_completed"] == 0  # round 0 trained; no direction to train against afterwards
+    assert "refuses none" in summary["stop_reason"]
+    assert not (tmp_path / "round_1").exists()
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["completed_round"] == 0 and state["stop_reason"] == summary["stop_reason"]
+    assert summary["adaptive_direction_layer"] is None and "adaptive_failure" in summary
+
+
+def test_a_killed_run_resumes_from_the_last_completed_round_with_the_same_result(tmp_path):
+    config = tiny_config("sft", rounds=2)
+    align(config, tmp_path / "whole", progress=False)
+
+    calls = []
+
+    def kill_in_round_2(step, losses):
+        calls.append(step)
+        if len(calls) == 2 * 2 + 1:  # rounds 0 and 1 (2 steps each) done, 1 step into round 2
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        align(config, tmp_path / "killed", progress=False, on_step=kill_in_round_2)
+    state = json.loads((tmp_path / "killed" / "state.json").read_text())
+    assert state["completed_round"] == 1 and not (tmp_path / "killed" / "summary.json").exists()
+
+    resumed_steps = []
+    align(config, tmp_path / "killed", progress=False, on_step=lambda s, _: resumed_steps.append(s))
+    assert resumed_steps == [0, 1]  # only round 2 ran again
+    whole = load_file(tmp_path / "whole/final/adapter/adapter_model.safetensors")
+    resumed = load_file(tmp_path / "killed/final/adapter/adapter_model.safetensors")
+    assert whole.keys() == resumed.keys()
+    for key in whole:
+        torch.testing.assert_close(resumed[key], whole[key], rtol=0, atol=0)
+
+
+def test_a_folder_of_another_run_is_refused_and_left_alone(tmp_path):
+    align(tiny_config("sft", rounds=1), tmp_path, progress=False)
+    before = (tmp_path / "state.json").read_text()
+    with pytest.raises(ValueError, match="other settings.*rounds"):
+        align(tiny_config("sft", rounds=2), tmp_path, progress=False)
+    assert (tmp_path / "state.json").read_text() == before
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(rounds=0), "rounds must be >= 1"),
+    (dict(method="dpo"), "method must be one of"),
+    (dict(mode="sometimes"), "mode must be one of"),
+    (dict(min_new_component=0.0), "min_new_component"),
+])
+def test_bad_settings_are_refused(bad, match):
+    with pytest.raises(ValueError, match=match):
+        AlignConfig(**bad)
+
+
+def _directions(n: int, d_model: int = 16) -> DirectionSet:
+    vectors = torch.randn(n, d_model, generator=torch.Generator().manual_seed(0))
+    return DirectionSet(tuple(Direction(v, layer=i, position=-1, method="dim") for i, v in enumerate(vectors)))
+
+
+def _span(intervention) -> torch.Tensor:
+    basis = orthonormal_basis(intervention.directions.double())
+    return basis.T @ basis
+
+
+@pytest.mark.parametrize("method, mode, expected", [
+    ("failclosed", "cumulative", [0, 1, 2]), ("failclosed", "last-only", [2]), ("refat", "cumulative", [2]),
+])
+def test_safety_batches_train_against_the_right_directions(method, mode, expected):
+    found = _directions(3)
+    (ablation,) = training_ablation(AlignConfig(method=method, mode=mode), found)
+    torch.testing.assert_close(_span(ablation), _span(found[expected].ablation()))
+    assert ablation.sites == found.ablation().sites and ablation.layers is None  # every layer, all three sites
+
+
+def test_nothing_is_ablated_for_the_sft_baseline_or_before_the_first_direction():
+    assert training_ablation(AlignConfig(method="sft"), _directions(2)) == []
+    assert training_ablation(AlignConfig(method="failclosed"), DirectionSet()) == []
+
+
+def test_cli_align_runs_the_baseline_and_prints_the_table(tmp_path, capsys):
+    from failclosed_interp.cli import main
+
+    code = main(["align", "--model", "tiny-llama", "--method", "sft", "--rounds", "1", "--epochs", "1",
+                 "--n-eval", "2", "--n-harmful", "4", "--n-harmless", "4", "--n-borderline", "0", "--out", str(tmp_path / "run")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "method sft: 1 round(s) completed" in out and "perplexity" in out
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["rounds_completed"] == 1
+    assert main(["align", "--model", "tiny-llama", "--rounds", "0", "--out", str(tmp_path / "bad")]) == 2
+
