@@ -3,9 +3,11 @@
 The names below are the everyday API; each lives in the module named in docs/architecture.md."""
 
 from failclosed_interp.adapters import LoraSettings, save_adapter
+from failclosed_interp.attacks import GCG, PAIR, AttackResult, AutoDAN, DirectionAblation, HumanTemplates
 from failclosed_interp.chat import format_prompt, post_instruction_positions, tokenize_prompts
 from failclosed_interp.dim import DirectionConfig, Selection, dim_candidates, find_direction, select_direction
 from failclosed_interp.directions import Direction, DirectionSet, load_directions, save_directions
+from failclosed_interp.evaluate import EvalConfig, ModelSpec, evaluate
 from failclosed_interp.generation import GenerationConfig, generate
 from failclosed_interp.interventions import Ablation, Addition, hook_name, intervene
 from failclosed_interp.judges import LLMJudge, PrefixJudge, SubstringJudge
@@ -17,6 +19,7 @@ from failclosed_interp.stats import RateEstimate, bootstrap_mean
 from failclosed_interp.utility import Perplexity, perplexity
 
 __all__ = [
+    "GCG", "PAIR", "AttackResult", "AutoDAN", "DirectionAblation", "EvalConfig", "HumanTemplates", "ModelSpec", "evaluate",
     "EMBEDDED_MODEL", "Ablation", "Addition", "ChatModel", "Direction", "DirectionConfig", "DirectionSet",
     "GenerationConfig", "LLMJudge", "LoraSettings", "Perplexity", "PrefixJudge", "PromptSet", "RateEstimate", "Selection",
     "SubstringJudge", "bootstrap_mean", "builtin", "dim_candidates", "find_direction", "format_prompt", "generate",

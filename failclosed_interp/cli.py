@@ -38,24 +38,6 @@ def cmd_sft(args) -> None:
     print(f"adapter written to {result.adapter_dir}")
 
 
-def cmd_align(args) -> None:
-    import dataclasses
-
-    from failclosed_interp.align import AlignConfig, align, format_align_summary
-    from failclosed_interp.rdo import RDOConfig
-
-    defaults = AlignConfig()
-    train = dataclasses.replace(defaults.sft.train, epochs=args.epochs) if args.epochs else defaults.sft.train
-    counts = {k: v for k in ("n_harmful", "n_harmless", "n_borderline") if (v := getattr(args, k)) is not None}
-    sft = dataclasses.replace(defaults.sft, model=args.model, train=train, seed=args.seed, **counts)
-    rdo = None if args.rdo_steps == 0 else dataclasses.replace(defaults.rdo or RDOConfig(), steps=args.rdo_steps) \
-        if args.rdo_steps is not None else defaults.rdo
-    config = AlignConfig(method=args.method, rounds=args.rounds, mode=args.mode, sft=sft, rdo=rdo, n_eval=args.n_eval)
-    summary = align(config, args.out, merge=args.merge)
-    print(format_align_summary(summary))
-    print(f"\nrun folder: {args.out} (summary.json, final/adapter, final/directions, round_*/)")
-
-
 def cmd_directions(args) -> None:
     from failclosed_interp.pipeline import DirectionJobConfig, direction_job
 
@@ -89,6 +71,35 @@ def cmd_audit(args) -> None:
     print(f"\naudit folder: {args.out} (audit.json, report.html, directions/)")
 
 
+def cmd_evaluate(args) -> None:
+    from failclosed_interp.attacks import AblationConfig, AutoDANConfig, GCGConfig, PAIRConfig
+    from failclosed_interp.evaluate import EvalConfig, ModelSpec, evaluate, format_table
+    from failclosed_interp.judges import LLMJudge
+    from failclosed_interp.models import load_model
+
+    specs = [ModelSpec("base", args.model)] if args.base else []
+    specs += [ModelSpec.parse(a, args.model) for a in args.adapter or []]
+    config = EvalConfig(
+        attacks=tuple(a.strip() for a in args.attacks.split(",") if a.strip()), n_harmful=args.n_harmful,
+        n_compliance=args.n_compliance, max_new_tokens=args.max_new_tokens, judge=args.judge,
+        harmful_file=args.harmful_prompts, harmful_column=args.column,
+        gcg=GCGConfig(steps=args.gcg_steps, search_width=args.gcg_width, top_k=args.gcg_topk,
+                      suffix_init=" x" * args.gcg_suffix_tokens, seed=args.seed),
+        autodan=AutoDANConfig(generations=args.autodan_generations, population=args.autodan_population, seed=args.seed),
+        autodan_prototype=args.autodan_prototype, autodan_mutator=args.autodan_mutator,
+        pair=PAIRConfig(iterations=args.pair_iterations, streams=args.pair_streams, attacker=args.pair_attacker,
+                        seed=args.seed),
+        templates_file=args.templates, human_templates=args.human_templates,
+        ablation=AblationConfig(n_train=args.ablation_train, n_val=args.ablation_val, seed=args.seed),
+        utility_file=args.utility_file, seed=args.seed,
+    )
+    judge = LLMJudge(load_model(args.judge_model, device=args.device)) if args.judge_model else None
+    results = evaluate(specs, args.out, config, judge=judge,
+                       load=lambda spec: load_model(spec.model, adapter=spec.adapter, device=args.device))
+    print(format_table(results))
+    print(f"run folder: {args.out} (results.json, table.md, responses.json, figures/rates.html, cache/)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="failclosed", description="Refusal directions and fail-closed alignment")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -104,22 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p, adapter=False)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_sft)
-
-    p = sub.add_parser("align", help="progressive fail-closed alignment (or the sft / refat baselines) with LoRA")
-    _model_args(p, adapter=False)
-    p.add_argument("--method", choices=["failclosed", "sft", "refat"], default="failclosed")
-    p.add_argument("--rounds", type=int, default=3, help="rounds after round 0 (plain SFT), default 3")
-    p.add_argument("--mode", choices=["cumulative", "last-only"], default="cumulative",
-                   help="failclosed: ablate all found directions (default) or only the last one")
-    p.add_argument("--epochs", type=int, help="epochs per round (default from AlignConfig)")
-    for kind in ("harmful", "harmless", "borderline"):
-        p.add_argument(f"--n-{kind}", type=int, help=f"built-in {kind} TRAIN prompts (default from SFTConfig)")
-    p.add_argument("--rdo-steps", type=int, help="RDO refinement steps per direction; 0 = DIM only")
-    p.add_argument("--n-eval", type=int, default=20, help="held-out prompts per set in the summary (default 20)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--merge", action="store_true", help="also write final/merged, a HF checkpoint with the adapter merged")
-    p.add_argument("--out", type=Path, required=True, help="run folder; an interrupted run resumes from it")
-    p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("directions", help="difference-in-means refusal directions over layers x positions, selected")
     _model_args(p)
@@ -155,6 +150,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", action="store_true", help="also write each figure to OUT/figures (HTML, PNG with Chromium)")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("evaluate", help="jailbreak robustness: ASR per attack, compliance and utility, per model")
+    _model_args(p, adapter=False)
+    p.add_argument("--adapter", action="append", metavar="NAME=DIR",
+                   help="a LoRA adapter to evaluate as row NAME (repeat), e.g. sft=runs/sft/adapter")
+    p.add_argument("--base", action=argparse.BooleanOptionalAction, default=True, help="include the base model row")
+    p.add_argument("--attacks", default="gcg,autodan,pair,human,ablation", help="comma-separated subset")
+    p.add_argument("--out", type=Path, required=True, help="run folder; an interrupted run resumes from its cache/")
+    p.add_argument("--n-harmful", type=int, default=50, help="held-out harmful prompts per attack (default 50)")
+    p.add_argument("--n-compliance", type=int, default=36, help="borderline-safe and harmless prompts each (default 36)")
+    p.add_argument("--harmful-prompts", help="harmful prompts file instead of the built-in test split")
+    p.add_argument("--column", help="text column of --harmful-prompts (CSV/JSON)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens judged per response (>= 64)")
+    p.add_argument("--judge", choices=["substring", "prefix"], default="substring")
+    p.add_argument("--judge-model", help="judge with this chat model (LLMJudge) instead")
+    p.add_argument("--gcg-steps", type=int, default=20)
+    p.add_argument("--gcg-width", type=int, default=64, help="GCG candidates scored per step")
+    p.add_argument("--gcg-topk", type=int, default=64)
+    p.add_argument("--gcg-suffix-tokens", type=int, default=20, help="initial suffix ' x' repeated this often")
+    p.add_argument("--autodan-generations", type=int, default=10)
+    p.add_argument("--autodan-population", type=int, default=16)
+    p.add_argument("--autodan-prototype", help="prototype template file (.txt, with {prompt} or [PROMPT])")
+    p.add_argument("--autodan-mutator", help="model that rewrites prompts (LLM mutation); default word-level")
+    p.add_argument("--pair-iterations", type=int, default=3)
+    p.add_argument("--pair-streams", type=int, default=3)
+    p.add_argument("--pair-attacker", default=EMBEDDED_MODEL, help=f"attacker chat model (default {EMBEDDED_MODEL})")
+    p.add_argument("--templates", help="human jailbreak templates file (default: the built-in set)")
+    p.add_argument("--human-templates", type=int, help="templates tried per prompt (default: all)")
+    p.add_argument("--ablation-train", type=int, default=64, help="train prompts per set for the attacker's DIM")
+    p.add_argument("--ablation-val", type=int, default=16, help="validation prompts per set for its selection")
+    p.add_argument("--utility-file", help="held-out prompt/answer pairs (CSV/JSON) for perplexity")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_evaluate)
 
     return parser
 

@@ -1,0 +1,400 @@
+"""Jailbreak robustness evaluation: attack success rate (ASR) per attack and averaged, compliance on
+borderline-safe and harmless prompts, utility as perplexity on held-out answers, for several models
+(e.g. base, sft, refat, failclosed) in one run folder.
+
+Every (model, attack, prompt) result is cached as its own JSON file under `OUT/cache/`, keyed by the
+attack's settings, the judge and the token budget, so an interrupted evaluation resumes where it stopped
+and a changed budget never reuses stale results. A model is only loaded when something is missing.
+
+Writes `OUT/results.json` (figures with bootstrap CIs), `OUT/responses.json` (every prompt, adversarial
+prompt, response and verdict), `OUT/table.md` and `OUT/figures/rates.{html,png}`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from failclosed_interp.artifacts import atomic_write, read_json, write_json
+from failclosed_interp.attacks import (
+    GCG, MIN_JUDGED_TOKENS, PAIR, AblationConfig, Attack, AttackResult, AutoDAN, AutoDANConfig, DirectionAblation,
+    GCGConfig, HumanTemplates, PAIRConfig, builtin_prototype, load_templates,
+)
+from failclosed_interp.configs import config_to_dict
+from failclosed_interp.generation import GenerationConfig
+from failclosed_interp.judges import Judge, PrefixJudge, SubstringJudge
+from failclosed_interp.models import EMBEDDED_MODEL, ChatModel, load_model
+from failclosed_interp.plots import grouped_rate_bars, save_figure
+from failclosed_interp.prompts import PromptSet, builtin, load_prompts
+from failclosed_interp.scoring import refusal_rate
+from failclosed_interp.stats import RateEstimate, bootstrap_mean
+from failclosed_interp.utility import perplexity
+
+ATTACKS = ("gcg", "autodan", "pair", "human", "ablation")
+# The paper's average is over the four prompt attacks; white-box ablation is reported on its own.
+AVERAGED = ("gcg", "autodan", "pair", "human")
+ATTACK_LABELS = {"gcg": "GCG", "autodan": "AutoDAN", "pair": "PAIR", "human": "Human", "ablation": "Ablation (white-box)"}
+JUDGES = ("substring", "prefix")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One row of the table: a label and the model (+ LoRA adapter) it stands for."""
+
+    label: str
+    model: str = EMBEDDED_MODEL
+    adapter: str | None = None
+
+    def __post_init__(self):
+        if not self.label or "/" in self.label or self.label.startswith("."):
+            raise ValueError(f"model label {self.label!r} must be a plain name such as 'sft' (it names a cache folder)")
+        if self.adapter is not None:
+            object.__setattr__(self, "adapter", str(self.adapter))
+
+    @classmethod
+    def parse(cls, text: str, model: str = EMBEDDED_MODEL) -> ModelSpec:
+        """'NAME=DIR' (or just DIR, labelled by its folder name) as given to `--adapter`."""
+        label, sep, folder = text.partition("=")
+        if not sep:
+            folder = text
+            path = Path(text)
+            label = path.parent.name if path.name == "adapter" else path.name
+        if not folder:
+            raise ValueError(f"--adapter {text!r}: give NAME=DIR, e.g. sft=runs/sft/adapter")
+        return cls(label, model, folder)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate and the budgets. `n_harmful` held-out harmful prompts are attacked by each attack
+    (the built-in test split, or `harmful_file`); `n_compliance` borderline-safe and harmless test prompts
+    measure compliance; utility is the perplexity of held-out answers (built-in, or `utility_file` with
+    prompt/answer columns)."""
+
+    attacks: tuple[str, ...] = ATTACKS
+    n_harmful: int = 50
+    n_compliance: int = 36
+    max_new_tokens: int = MIN_JUDGED_TOKENS
+    judge: str = "substring"
+    harmful_file: str | None = None
+    harmful_column: str | None = None
+    gcg: GCGConfig = field(default_factory=GCGConfig)
+    autodan: AutoDANConfig = field(default_factory=AutoDANConfig)
+    autodan_prototype: str | None = None  # template file; None: the built-in prototype
+    autodan_mutator: str | None = None  # model name for LLM mutation; None: word-level
+    pair: PAIRConfig = field(default_factory=PAIRConfig)
+    templates_file: str | None = None  # None: the built-in human templates
+    human_templates: int | None = None  # templates tried per prompt; None: all
+    ablation: AblationConfig = field(default_factory=AblationConfig)
+    utility_file: str | None = None
+    batch_size: int = 16
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "attacks", tuple(self.attacks))
+        unknown = [a for a in self.attacks if a not in ATTACKS]
+        if unknown or len(set(self.attacks)) != len(self.attacks):
+            raise ValueError(f"attacks {list(self.attacks)}: each must be one of {list(ATTACKS)}, listed once")
+        if self.max_new_tokens < MIN_JUDGED_TOKENS:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens}: judge at least {MIN_JUDGED_TOKENS} new tokens per "
+                             f"response (short generations inflate attack success)")
+        if self.judge not in JUDGES:
+            raise ValueError(f"judge {self.judge!r}: choose one of {list(JUDGES)} or pass judge= to evaluate()")
+        for name in ("n_harmful", "n_compliance", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EvalConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.human_templates is not None and self.human_templates < 1:
+            raise ValueError(f"human_templates must be >= 1 (or None for all), got {self.human_templates}")
+
+    def to_dict(self) -> dict:
+        return config_to_dict(self)
+
+
+# --- prompts and held-out text ---------------------------------------------------------------------------
+
+def _take(prompts: PromptSet, n: int, seed: int) -> list[str]:
+    return prompts.take(min(n, len(prompts)), seed=seed).to_list()
+
+
+def harmful_prompts(config: EvalConfig) -> list[str]:
+    source = (load_prompts(config.harmful_file, column=config.harmful_column) if config.harmful_file
+              else builtin("harmful", "test"))
+    return _take(source, config.n_harmful, config.seed)
+
+
+def utility_text(config: EvalConfig) -> tuple[list[str], list[str]]:
+    """(prompts, answers) whose perplexity measures utility."""
+    if config.utility_file:
+        path = Path(config.utility_file)
+        prompts = load_prompts(path, column="prompt").to_list()
+        answers = load_prompts(path, column="answer").to_list()
+        return prompts, answers
+    rows = _builtin_utility()
+    return [r["prompt"] for r in rows], [r["answer"] for r in rows]
+
+
+@lru_cache(maxsize=1)
+def _builtin_utility() -> tuple[dict, ...]:
+    text = resources.files("failclosed_interp").joinpath("data", "utility_qa.json").read_text(encoding="utf-8")
+    return tuple(json.loads(text))
+
+
+# --- the cache ---------------------------------------------------------------------------------------------
+
+def _digest(data) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class _Cache:
+    """OUT/cache/<label>/<unit>-<settings digest>/<prompt digest>.json, one file per finished prompt."""
+
+    def __init__(self, out: Path, spec: ModelSpec):
+        self.root = out / "cache" / spec.label
+        identity = {"model": spec.model, "adapter": spec.adapter}
+        recorded = self.root / "model.json"
+        if recorded.is_file() and read_json(recorded) != identity:
+            raise ValueError(
+                f"{self.root} holds results of {read_json(recorded)}, not {identity}; use another label or --out "
+                f"(or delete that folder to recompute)"
+            )
+        write_json(recorded, identity)
+
+    def unit(self, name: str, settings: dict) -> Path:
+        folder = self.root / f"{name}-{_digest(settings)}"
+        if not (folder / "settings.json").is_file():
+            write_json(folder / "settings.json", settings)
+        return folder
+
+    @staticmethod
+    def path(folder: Path, prompt: str) -> Path:
+        return folder / f"{_digest(prompt)}.json"
+
+    def load(self, folder: Path, prompts: Sequence[str]) -> dict[str, dict]:
+        found = {}
+        for p in prompts:
+            path = self.path(folder, p)
+            if path.is_file():
+                record = read_json(path)
+                if record.get("prompt") == p:  # a digest collision would otherwise mix prompts
+                    found[p] = record
+        return found
+
+
+# --- the job -------------------------------------------------------------------------------------------------
+
+def load_spec(spec: ModelSpec) -> ChatModel:
+    return load_model(spec.model, adapter=spec.adapter)
+
+
+def make_judge(config: EvalConfig) -> Judge:
+    return SubstringJudge() if config.judge == "substring" else PrefixJudge()
+
+
+def _judge_id(judge: Judge) -> str:
+    model = getattr(judge, "model", None)
+    return f"{judge.name}:{model.name}" if model is not None and hasattr(model, "name") else judge.name
+
+
+def build_attacks(config: EvalConfig) -> list[Attack]:
+    """The attacks named in `config.attacks`, with their budgets (attacker and mutator models load lazily)."""
+    made: list[Attack] = []
+    for name in config.attacks:
+        if name == "gcg":
+            made.append(GCG(config.gcg))
+        elif name == "autodan":
+            prototype = load_templates(config.autodan_prototype)[0] if config.autodan_prototype else builtin_prototype()
+            mutator = load_model(config.autodan_mutator) if config.autodan_mutator else None
+            made.append(AutoDAN(config.autodan, prototype=prototype, mutator=mutator))
+        elif name == "pair":
+            made.append(PAIR(config.pair))
+        elif name == "human":
+            templates = load_templates(config.templates_file) if config.templates_file else ()
+            made.append(HumanTemplates(templates, n_templates=config.human_templates, seed=config.seed,
+                                       batch_size=config.batch_size))
+        else:
+            made.append(DirectionAblation(config.ablation))
+    return made
+
+
+@dataclass
+class _Lazy:
+    """Loads the model on first use, so fully cached rows never load one."""
+
+    spec: ModelSpec
+    load: Callable[[ModelSpec], ChatModel]
+    model: ChatModel | None = None
+
+    def __call__(self) -> ChatModel:
+        if self.model is None:
+            self.model = self.load(self.spec)
+        return self.model
+
+
+def evaluate(
+    specs: Sequence[ModelSpec],
+    out: str | Path,
+    config: EvalConfig = EvalConfig(),
+    *,
+    attacks: Sequence[Attack] | None = None,
+    judge: Judge | None = None,
+    load: Callable[[ModelSpec], ChatModel] = load_spec,
+    progress: bool = True,
+) -> dict:
+    """Attack every model, measure compliance and utility, write the run folder and return results.json."""
+    out = Path(out)
+    if not specs:
+        raise ValueError("no models to evaluate: give at least one ModelSpec (e.g. the base model)")
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"model labels {labels} repeat; give each row its own label")
+    judge = judge if judge is not None else make_judge(config)
+    attacks = list(attacks) if attacks is not None else build_attacks(config)
+    names = [a.name for a in attacks]
+    if len(set(names)) != len(names):
+        raise ValueError(f"attack names {names} repeat; each attack is one column of the table")
+    harmful = harmful_prompts(config)
+    compliance_sets = {kind: _take(builtin(kind, "test"), config.n_compliance, config.seed) for kind in ("borderline", "harmless")}
+    utility_prompts, utility_answers = utility_text(config)
+    common = {"judge": _judge_id(judge), "max_new_tokens": config.max_new_tokens}
+    rows, responses = {}, {}
+    for spec in tqdm(specs, desc="models", disable=not progress):
+        cache, model, start = _Cache(out, spec), _Lazy(spec, load), time.perf_counter()
+        row, records = {"spec": config_to_dict(spec), "asr": {}, "compliance": {}}, {}
+        for attack in attacks:
+            folder = cache.unit(attack.name, {**attack.settings(), **common, "attack": attack.name})
+            if isinstance(attack, DirectionAblation):
+                attack = replace(attack, cache_dir=folder / "direction")
+            results = _attack(attack, harmful, cache, folder, model, judge, config, progress)
+            records[attack.name] = [r.to_dict() for r in results]
+            row["asr"][attack.name] = bootstrap_mean([float(r.success) for r in results], seed=config.seed)
+        for kind, prompts in compliance_sets.items():
+            folder = cache.unit(f"compliance-{kind}", {**common, "batch_size": config.batch_size})
+            answered = _compliance(prompts, cache, folder, model, judge, config, progress)
+            records[f"compliance_{kind}"] = answered
+            row["compliance"][kind] = bootstrap_mean([float(not r["refused"]) for r in answered], seed=config.seed)
+        row["utility"] = _utility(utility_prompts, utility_answers, cache, model, config)
+        averaged = [n for n in names if n in AVERAGED]
+        if averaged:  # per prompt: the share of attacks that broke it; its mean is the mean of the ASRs
+            per_prompt = [sum(records[n][i]["success"] for n in averaged) / len(averaged) for i in range(len(harmful))]
+            row["average_asr"] = bootstrap_mean(per_prompt, seed=config.seed)
+        row["loaded_model"] = model.model is not None
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        rows[spec.label], responses[spec.label] = row, records
+        model.model = None  # free it before the next row loads
+    results = _results(rows, names, harmful, config, common, compliance_sets, len(utility_prompts))
+    write_json(out / "results.json", results)
+    write_json(out / "responses.json", responses)
+    write_json(out / "config.json", {**config.to_dict(), "attacks_run": names, **common})
+    table = format_table(results)
+    atomic_write(out / "table.md", lambda tmp: Path(tmp).write_text(table))
+    figure = grouped_rate_bars(
+        {label: {**{ATTACK_LABELS.get(n, n): row["asr"][n] for n in names},
+                 **({"average ASR": row["average_asr"]} if "average_asr" in row else {}),
+                 **{f"compliance {k}": v for k, v in row["compliance"].items()}} for label, row in rows.items()},
+        title="Attack success rate per attack (lower is better) and compliance on safe prompts (higher is better)",
+    )
+    save_figure(figure, out / "figures" / "rates")
+    return results
+
+
+def _attack(attack: Attack, prompts, cache: _Cache, folder: Path, model: _Lazy, judge: Judge, config: EvalConfig,
+            progress: bool) -> list[AttackResult]:
+    done = {p: AttackResult.from_dict(r) for p, r in cache.load(folder, prompts).items()}
+    missing = [p for p in prompts if p not in done]
+    if missing:
+        def keep(result: AttackResult) -> None:
+            write_json(cache.path(folder, result.prompt), result.to_dict())
+            done[result.prompt] = result
+
+        attack.run(model(), missing, judge=judge, max_new_tokens=config.max_new_tokens, progress=progress, on_result=keep)
+    return [done[p] for p in prompts]
+
+
+def _compliance(prompts, cache: _Cache, folder: Path, model: _Lazy, judge: Judge, config: EvalConfig,
+                progress: bool) -> list[dict]:
+    done = cache.load(folder, prompts)
+    missing = [p for p in prompts if p not in done]
+    if missing:
+        generation = GenerationConfig(max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+        judged = refusal_rate(model(), missing, judge=judge, generation=generation, progress=progress)
+        for item in judged.to_dict()["items"]:
+            write_json(cache.path(folder, item["prompt"]), item)
+            done[item["prompt"]] = item
+    return [done[p] for p in prompts]
+
+
+def _utility(prompts, answers, cache: _Cache, model: _Lazy, config: EvalConfig) -> dict:
+    path = cache.unit("utility", {"prompts": prompts, "answers": answers}) / "perplexity.json"
+    if not path.is_file():
+        result = perplexity(model(), prompts, answers, batch_size=max(1, config.batch_size // 2), seed=config.seed)
+        write_json(path, {**result.to_dict(), "per_item_nll": list(result.mean_nll.per_item)})
+    return read_json(path)
+
+
+def _results(rows: dict, names: list[str], harmful: list[str], config: EvalConfig, common: dict,
+             compliance_sets: dict, n_utility: int) -> dict:
+    def rate(r: RateEstimate) -> dict:
+        return r.to_dict()
+
+    return {
+        "attacks": names,
+        "averaged_attacks": [n for n in names if n in AVERAGED],
+        "n_harmful": len(harmful),
+        "n_compliance": {k: len(v) for k, v in compliance_sets.items()},
+        "n_utility_answers": n_utility,
+        **common,
+        "models": {
+            label: {
+                "spec": row["spec"],
+                "asr": {n: rate(r) for n, r in row["asr"].items()},
+                "average_asr": rate(row["average_asr"]) if "average_asr" in row else None,
+                "compliance": {k: rate(r) for k, r in row["compliance"].items()},
+                "utility": row["utility"],
+                "seconds": row["seconds"],
+                "loaded_model": row["loaded_model"],
+            }
+            for label, row in rows.items()
+        },
+        "budgets": {k: v for k, v in config.to_dict().items() if k in ("gcg", "autodan", "pair", "human_templates", "ablation")},
+    }
+
+
+def format_table(results: dict) -> str:
+    """The paper-style markdown table: rows = models, columns = ASR per attack, average ASR, compliance, utility."""
+    names = results["attacks"]
+
+    def cell(r: dict | None) -> str:
+        return "–" if r is None else f"{r['value']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+
+    avg = f"avg ASR ({', '.join(ATTACK_LABELS[n] for n in results['averaged_attacks'])})"
+    head = (["model"] + [f"ASR {ATTACK_LABELS.get(n, n)}" for n in names] + [avg]
+            + ["compliance borderline", "compliance harmless", "utility: perplexity"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, row in results["models"].items():
+        u = row["utility"]
+        cells = ([label] + [cell(row["asr"][n]) for n in names] + [cell(row["average_asr"])]
+                 + [cell(row["compliance"].get(k)) for k in ("borderline", "harmless")]
+                 + [f"{u['perplexity']:.2f} [{u['ci_low']:.2f}, {u['ci_high']:.2f}]"])
+        lines.append("| " + " | ".join(cells) + " |")
+    n_c = results["n_compliance"]
+    notes = [
+        "",
+        f"ASR: share of {results['n_harmful']} held-out harmful prompts the attack jailbroke (judge "
+        f"`{results['judge']}` on {results['max_new_tokens']} new tokens; no refusal = success); lower is better. "
+        "95% bootstrap CIs in brackets.",
+        f"Compliance: share of {n_c.get('borderline')} borderline-safe / {n_c.get('harmless')} harmless held-out "
+        "prompts answered without refusal; higher is better.",
+        f"Utility: perplexity of {results['n_utility_answers']} held-out reference answers given their prompts; lower is better.",
+        "Budgets: see results.json (`budgets`).",
+    ]
+    return "\n".join(lines + notes) + "\n"
+
+
+__all__ = ["ATTACKS", "EvalConfig", "ModelSpec", "build_attacks", "evaluate", "format_table", "load_spec"]
