@@ -38,6 +38,24 @@ def cmd_sft(args) -> None:
     print(f"adapter written to {result.adapter_dir}")
 
 
+def cmd_align(args) -> None:
+    import dataclasses
+
+    from failclosed_interp.align import AlignConfig, align, format_align_summary
+    from failclosed_interp.rdo import RDOConfig
+
+    defaults = AlignConfig()
+    train = dataclasses.replace(defaults.sft.train, epochs=args.epochs) if args.epochs else defaults.sft.train
+    counts = {k: v for k in ("n_harmful", "n_harmless", "n_borderline") if (v := getattr(args, k)) is not None}
+    sft = dataclasses.replace(defaults.sft, model=args.model, train=train, seed=args.seed, **counts)
+    rdo = None if args.rdo_steps == 0 else dataclasses.replace(defaults.rdo or RDOConfig(), steps=args.rdo_steps) \
+        if args.rdo_steps is not None else defaults.rdo
+    config = AlignConfig(method=args.method, rounds=args.rounds, mode=args.mode, sft=sft, rdo=rdo, n_eval=args.n_eval)
+    summary = align(config, args.out, merge=args.merge)
+    print(format_align_summary(summary))
+    print(f"\nrun folder: {args.out} (summary.json, final/adapter, final/directions, round_*/)")
+
+
 def cmd_directions(args) -> None:
     from failclosed_interp.pipeline import DirectionJobConfig, direction_job
 
@@ -115,6 +133,22 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p, adapter=False)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_sft)
+
+    p = sub.add_parser("align", help="progressive fail-closed alignment (or the sft / refat baselines) with LoRA")
+    _model_args(p, adapter=False)
+    p.add_argument("--method", choices=["failclosed", "sft", "refat"], default="failclosed")
+    p.add_argument("--rounds", type=int, default=3, help="rounds after round 0 (plain SFT), default 3")
+    p.add_argument("--mode", choices=["cumulative", "last-only"], default="cumulative",
+                   help="failclosed: ablate all found directions (default) or only the last one")
+    p.add_argument("--epochs", type=int, help="epochs per round (default from AlignConfig)")
+    for kind in ("harmful", "harmless", "borderline"):
+        p.add_argument(f"--n-{kind}", type=int, help=f"built-in {kind} TRAIN prompts (default from SFTConfig)")
+    p.add_argument("--rdo-steps", type=int, help="RDO refinement steps per direction; 0 = DIM only")
+    p.add_argument("--n-eval", type=int, default=20, help="held-out prompts per set in the summary (default 20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--merge", action="store_true", help="also write final/merged, a HF checkpoint with the adapter merged")
+    p.add_argument("--out", type=Path, required=True, help="run folder; an interrupted run resumes from it")
+    p.set_defaults(func=cmd_align)
 
     p = sub.add_parser("directions", help="difference-in-means refusal directions over layers x positions, selected")
     _model_args(p)
