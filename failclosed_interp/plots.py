@@ -90,7 +90,7 @@ def matrix_heatmap(
 
 
 def rate_curves(
-    x: Sequence[float],
+    x: Sequence[int | float],
     curves: Mapping[str, Sequence[RateEstimate] | Sequence[float]],
     *,
     title: str,

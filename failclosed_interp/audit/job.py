@@ -45,7 +45,7 @@ class AuditConfig:
     threshold: float = 0.5  # harmful refusal below this = collapsed
     k_max: int = 5  # discovery stops after this many directions
     max_exact: int = 4  # exact subset search up to this size, greedy bound beyond
-    steering_coeffs: tuple[float, ...] = (0.5, 1.0, 2.0)  # x each direction's own norm
+    steering_coeffs: tuple[float | int, ...] = (0.5, 1.0, 2.0)  # x each direction's own norm
     steer_threshold: float = 0.5  # a direction "induces refusal" if some coefficient reaches this harmless refusal
     ri_tolerance: float = 0.2  # representationally independent if ablating one moves the other's cosine by <= this (relative)
     adaptive: bool = False  # with given directions: also find the model's own current DIM direction and audit it too

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from failclosed_interp.configs import config_from_dict, config_to_dict
 from failclosed_interp.directions import Direction, DirectionSet
@@ -30,7 +29,7 @@ class MeasureConfig:
     """How refusal is measured: `generate` judges greedy responses of `max_new_tokens` tokens;
     `logit` counts prompts whose refusal score (log-odds of the refusal tokens) is > 0."""
 
-    mode: Literal["generate", "logit"] = "generate"
+    mode: str = "generate"  # one of MODES
     max_new_tokens: int = 24
     batch_size: int = 16
     seed: int = 0

@@ -45,11 +45,11 @@ def audit_figures(result: AuditResult) -> list[tuple[str, str, go.Figure]]:
                            title="Harmful refusal, each direction ablated alone")),
         ("cosine", "Cosine similarity between the directions. Orthogonal (0) does not mean causally independent.",
          matrix_heatmap(dirs.cosine().tolist(), labels, title="Cosine similarity of the directions", colorbar="cosine",
-                        zmin=-1, zmax=1)),
+                        zmin=-1.0, zmax=1.0)),
         ("pairwise", "Harmful refusal with directions i and j ablated together (diagonal: i alone); cell text "
                      "gives the 95% CI.",
          matrix_heatmap([[r.value for r in row] for row in result.pairwise], labels,
-                        title="Harmful refusal, pairs of directions ablated", colorbar="refusal", zmin=0, zmax=1,
+                        title="Harmful refusal, pairs of directions ablated", colorbar="refusal", zmin=0.0, zmax=1.0,
                         colorscale="Viridis",
                         text=[[f"{r.value:.2f}<br>[{r.low:.2f}, {r.high:.2f}]" for r in row] for row in result.pairwise])),
         ("joint", "Harmful refusal with the first m directions ablated: in the order found or given, and in the "
@@ -69,7 +69,7 @@ def audit_figures(result: AuditResult) -> list[tuple[str, str, go.Figure]]:
                      f"most, relative to how strongly j is represented. Independent pairs stay <= {tol}.",
                      matrix_heatmap([[None if v != v else v for v in row] for row in change.tolist()], labels,
                                     title="Representational dependence (0 = independent)", colorbar="relative change",
-                                    zmin=0, zmax=max(2 * tol, float(torch.nan_to_num(change).max())), colorscale="Reds")))
+                                    zmin=0.0, zmax=max(2 * tol, float(torch.nan_to_num(change).max())), colorscale="Reds")))
         shift = result.rep.shift()
         layers = rate_curves(list(range(shift.shape[0])), {f"ablate {labels[i]} -> {labels[j]}": shift[:, i, j].tolist()
                                                           for i in range(k) for j in range(k) if i != j},
