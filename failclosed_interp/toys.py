@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from failclosed_interp.audit.prompts import AuditPrompts
 from failclosed_interp.directions import Direction, DirectionSet
 from failclosed_interp.models import ChatModel, boot_bridge, tiny_llama_hf, tiny_tokenizer
 
@@ -55,24 +56,12 @@ _TEXTS = (
 )
 
 
-@dataclass(frozen=True)
-class ToyPrompts:
-    """Harmful (marked) and harmless prompts of a toy model, split for direction finding and evaluation."""
-
-    harmful_train: tuple[str, ...]
-    harmless_train: tuple[str, ...]
-    harmful_val: tuple[str, ...]
-    harmless_val: tuple[str, ...]
-    harmful_eval: tuple[str, ...]
-    harmless_eval: tuple[str, ...]
-
-
 @dataclass(frozen=True, eq=False)
 class ToyModel:
     """A planted model, its prompts, and the ground truth: the pathway vectors and readout weights."""
 
     model: ChatModel
-    prompts: ToyPrompts
+    prompts: AuditPrompts  # marked (harmful) and unmarked (harmless) prompts, split
     pathways: torch.Tensor  # [n, d_model] unit vectors: pathway k, then the derived vector if any
     sites: tuple[tuple[int, int], ...]  # (layer, position) where each row is first in the residual stream
     readouts: tuple[float, ...]
@@ -102,7 +91,7 @@ class ToyModel:
                                   for i in range(n)))
 
 
-def toy_prompts(seed: int = 0, n_train: int = 16, n_val: int = 8, n_eval: int = 16) -> ToyPrompts:
+def toy_prompts(seed: int = 0, n_train: int = 16, n_val: int = 8, n_eval: int = 16) -> AuditPrompts:
     """Splits with disjoint texts; harmful = a harmless text of the split with 2-4 markers inserted."""
     rng = random.Random(seed)
     texts = list(_TEXTS)
@@ -120,8 +109,9 @@ def toy_prompts(seed: int = 0, n_train: int = 16, n_val: int = 8, n_eval: int = 
 
     harmful, harmless = [mark(t) for t in texts], texts
     cuts = [0, n_train, n_train + n_val, sum(sizes)]
-    split = [(tuple(harmful[a:b]), tuple(harmless[a:b])) for a, b in zip(cuts, cuts[1:])]
-    return ToyPrompts(*split[0], *split[1], *split[2])
+    (h_train, b_train), (h_val, b_val), (h_eval, b_eval) = (
+        (tuple(harmful[a:b]), tuple(harmless[a:b])) for a, b in zip(cuts, cuts[1:]))
+    return AuditPrompts(h_eval, b_eval, h_train, b_train, h_val, b_val)
 
 
 def planted_pathways_model(
@@ -223,4 +213,4 @@ def load_toy(name: str, seed: int = 0) -> ToyModel:
     return planted_pathways_model(TOY_MODELS[name], seed=seed, name=name)
 
 
-__all__ = ["MARKER", "REFUSAL", "TOY_MODELS", "ToyModel", "ToyPrompts", "load_toy", "planted_pathways_model", "toy_prompts"]
+__all__ = ["MARKER", "REFUSAL", "TOY_MODELS", "ToyModel", "load_toy", "planted_pathways_model", "toy_prompts"]

@@ -22,9 +22,7 @@ def planted(n_pathways: int, **kwargs) -> ToyModel:
 
 
 def prompts_of(toy: ToyModel) -> AuditPrompts:
-    p = toy.prompts
-    return AuditPrompts(p.harmful_eval, p.harmless_eval, p.harmful_train, p.harmless_train, p.harmful_val,
-                        p.harmless_val).limited(FAST)
+    return toy.prompts.limited(FAST.n_eval, FAST.n_harmless, FAST.n_train, FAST.n_val)
 
 
 def with_decoys(toy: ToyModel, layout: Sequence[str | int]) -> DirectionSet:

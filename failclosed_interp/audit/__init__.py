@@ -1,6 +1,6 @@
 """The independence audit: how many independent refusal pathways does a model have, and is its refusal
 fail-open or fail-closed? `audit_job` (CLI: `failclosed audit`) loads, audits and writes a report;
-`run_audit` works on a loaded model; the pieces are usable on their own (docs/audit.md)."""
+`audit_model` / `run_audit` return the result; the pieces work on their own (docs/audit.md)."""
 
 from failclosed_interp.audit.analyses import (
     JointCurves, RepIndependence, independent_pathways, joint_curves, pairwise_ablation,
@@ -8,16 +8,17 @@ from failclosed_interp.audit.analyses import (
 )
 from failclosed_interp.audit.discover import Discovery, discover_directions
 from failclosed_interp.audit.job import (
-    AuditConfig, AuditPrompts, AuditResult, audit_job, format_audit, load_subject, run_audit, verdict,
+    AuditConfig, AuditResult, audit_job, audit_model, format_audit, load_subject, run_audit, verdict,
 )
 from failclosed_interp.audit.meter import AblationRefusal, MeasureConfig, RefusalMeter
+from failclosed_interp.audit.prompts import AuditPrompts
 from failclosed_interp.audit.redundancy import Redundancy, greedy_order, redundancy_number
-from failclosed_interp.audit.report import audit_figures, report_html, write_audit
+from failclosed_interp.audit.report import audit_figures, compare_html, comparison_table, report_html, write_audit
 
 __all__ = [
     "AblationRefusal", "AuditConfig", "AuditPrompts", "AuditResult", "Discovery", "JointCurves", "MeasureConfig",
-    "Redundancy", "RefusalMeter", "RepIndependence", "audit_figures", "audit_job", "discover_directions",
-    "format_audit", "greedy_order", "independent_pathways", "joint_curves", "load_subject", "pairwise_ablation",
-    "redundancy_number", "report_html", "representational_independence", "run_audit", "single_ablation",
-    "steering_sweep", "verdict", "write_audit",
+    "Redundancy", "RefusalMeter", "RepIndependence", "audit_figures", "audit_job", "audit_model", "compare_html",
+    "comparison_table", "discover_directions", "format_audit", "greedy_order", "independent_pathways", "joint_curves",
+    "load_subject", "pairwise_ablation", "redundancy_number", "report_html", "representational_independence",
+    "run_audit", "single_ablation", "steering_sweep", "verdict", "write_audit",
 ]

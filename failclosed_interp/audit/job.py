@@ -25,6 +25,7 @@ from failclosed_interp.audit.analyses import (
 )
 from failclosed_interp.audit.discover import Discovery, discover_directions
 from failclosed_interp.audit.meter import AblationRefusal, MeasureConfig, RefusalMeter
+from failclosed_interp.audit.prompts import AuditPrompts
 from failclosed_interp.audit.redundancy import Redundancy, redundancy_number
 from failclosed_interp.chat import post_instruction_positions
 from failclosed_interp.configs import config_from_dict, config_to_dict
@@ -32,10 +33,8 @@ from failclosed_interp.dim import DirectionConfig, NoDirectionPassed, dim_candid
 from failclosed_interp.directions import DirectionSet, load_directions
 from failclosed_interp.judges import Judge, PrefixJudge, SubstringJudge
 from failclosed_interp.models import ChatModel, load_model
-from failclosed_interp.prompts import builtin
 from failclosed_interp.scoring import refusal_tokens_from_responses, token_strings
 from failclosed_interp.stats import RateEstimate
-from failclosed_interp.toys import TOY_MODELS, load_toy
 
 
 @dataclass(frozen=True)
@@ -81,47 +80,19 @@ class AuditConfig:
         return config_from_dict(cls, data)
 
 
-@dataclass(frozen=True)
-class AuditPrompts:
-    """Harmful prompts for refusal figures, harmless ones for steering, train/val splits for directions."""
-
-    harmful_eval: tuple[str, ...]
-    harmless_eval: tuple[str, ...]
-    harmful_train: tuple[str, ...]
-    harmless_train: tuple[str, ...]
-    harmful_val: tuple[str, ...]
-    harmless_val: tuple[str, ...]
-
-    @classmethod
-    def builtin(cls, config: AuditConfig = AuditConfig()) -> AuditPrompts:
-        """The built-in sets: test splits for evaluation, train/val for direction finding."""
-        def take(kind: str, split: str, n: int) -> tuple[str, ...]:
-            prompts = builtin(kind, split)
-            return tuple(prompts.take(min(n, len(prompts)), seed=config.seed).to_list())
-
-        return cls(take("harmful", "test", config.n_eval), take("harmless", "test", config.n_harmless),
-                   take("harmful", "train", config.n_train), take("harmless", "train", config.n_train),
-                   take("harmful", "val", config.n_val), take("harmless", "val", config.n_val))
-
-    def limited(self, config: AuditConfig) -> AuditPrompts:
-        """At most the configured number of prompts of each split."""
-        return AuditPrompts(self.harmful_eval[: config.n_eval], self.harmless_eval[: config.n_harmless],
-                            self.harmful_train[: config.n_train], self.harmless_train[: config.n_train],
-                            self.harmful_val[: config.n_val], self.harmless_val[: config.n_val])
-
-
 def load_subject(name: str, adapter: str | Path | None = None, *, device: str | None = None,
                  config: AuditConfig = AuditConfig()) -> tuple[ChatModel, AuditPrompts]:
     """The model to audit and its prompts: a toy (`toy-fail-open`, `toy-fail-closed`) with its own
     marked prompts, or any `load_model` name with the built-in prompt sets."""
+    from failclosed_interp.toys import TOY_MODELS, load_toy  # toys build on the audit's prompt splits
+
+    sizes = dict(n_eval=config.n_eval, n_harmless=config.n_harmless, n_train=config.n_train, n_val=config.n_val)
     if name in TOY_MODELS:
         if adapter is not None:
             raise ValueError(f"the toy model {name!r} takes no adapter")
         toy = load_toy(name, seed=config.seed)
-        return toy.model, AuditPrompts(toy.prompts.harmful_eval, toy.prompts.harmless_eval, toy.prompts.harmful_train,
-                                       toy.prompts.harmless_train, toy.prompts.harmful_val,
-                                       toy.prompts.harmless_val).limited(config)
-    return load_model(name, adapter=adapter, device=device), AuditPrompts.builtin(config)
+        return toy.model, toy.prompts.limited(**sizes)
+    return load_model(name, adapter=adapter, device=device), AuditPrompts.builtin(**sizes, seed=config.seed)
 
 
 @dataclass(frozen=True, eq=False)
@@ -181,7 +152,8 @@ class AuditResult:
             "sweep": {"positions": list(self.positions), "dim_cosine": self.sweep.tolist()} if self.sweep is not None else None,
             "threshold": self.config.threshold, "judge": self.judge, "mode": self.config.measure.mode,
             "refusal_tokens": list(self.refusal_tokens), "notes": list(self.notes),
-            "n_evaluations": self.n_evaluations, "timings_s": self.timings, "config": self.config.to_dict(),
+            "n_evaluations": self.n_evaluations, "timings_s": self.timings,
+            "seconds_total": round(sum(self.timings.values()), 2), "config": self.config.to_dict(),
         }
 
 
@@ -353,6 +325,28 @@ def format_audit(result: AuditResult) -> str:
     return "\n".join(lines)
 
 
+def audit_model(
+    model: str,
+    adapter: str | Path | None = None,
+    directions: str | Path | None = None,
+    *,
+    config: AuditConfig = AuditConfig(),
+    judge: Judge | str = "substring",
+    device: str | None = None,
+    progress: bool = False,
+) -> AuditResult:
+    """Load `model` (+ `adapter`) and its prompts and audit it along the directions saved in `directions`
+    (discovered when None). `judge` is a Judge or a built-in one's name (`substring`, `prefix`)."""
+    if isinstance(judge, str):
+        judges = {"substring": SubstringJudge(), "prefix": PrefixJudge()}
+        if judge not in judges:
+            raise ValueError(f"unknown judge {judge!r}; choose one of {sorted(judges)} or pass a Judge")
+        judge = judges[judge]
+    chat_model, prompts = load_subject(model, adapter, device=device, config=config)
+    given = load_directions(directions, chat_model) if directions is not None else None
+    return run_audit(chat_model, prompts, config, given, judge=judge, progress=progress)
+
+
 def audit_job(
     out: str | Path,
     model: str,
@@ -365,19 +359,11 @@ def audit_job(
     figures: bool = False,
     progress: bool = True,
 ) -> AuditResult:
-    """Load `model` (+ adapter) and its prompts, audit it along the saved `directions` (or discovered
-    ones) and write `out/audit.json`, `out/report.html` (and `out/figures/` when `figures`). `judge` is a
-    Judge or the name of a built-in one (`substring`, `prefix`)."""
+    """`audit_model`, then write `out/audit.json`, `out/report.html`, `out/directions/` (and `out/figures/`
+    when `figures`)."""
     from failclosed_interp.audit.report import write_audit
 
-    if isinstance(judge, str):
-        judges = {"substring": SubstringJudge(), "prefix": PrefixJudge()}
-        if judge not in judges:
-            raise ValueError(f"unknown judge {judge!r}; choose one of {sorted(judges)} or pass a Judge")
-        judge = judges[judge]
-    chat_model, prompts = load_subject(model, adapter, device=device, config=config)
-    given = load_directions(directions, chat_model) if directions is not None else None
-    result = run_audit(chat_model, prompts, config, given, judge=judge, progress=progress)
+    result = audit_model(model, adapter, directions, config=config, judge=judge, device=device, progress=progress)
     write_audit(result, out, extra={"adapter": str(adapter) if adapter else None,
                                     "directions_from": str(directions) if directions else None}, figures=figures)
     return result

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -119,6 +120,44 @@ def report_html(result: AuditResult) -> str:
             f'<h2>Summary</h2><pre>{html.escape(format_audit(result))}</pre>'
             f'<h2>Directions ({result.source})</h2>{_directions_table(result)}'
             f'<h2>Figures</h2>{sections}</body></html>')
+
+
+def comparison_table(results: Mapping[str, AuditResult]) -> str:
+    """Audits side by side (e.g. SFT vs fail-closed): one column per model, the headline figures as rows."""
+    def weakest(r: AuditResult) -> str:
+        if not r.single:
+            return "-"
+        i = min(range(len(r.single)), key=lambda j: r.single[j].value)
+        return f"{r.single[i].value:.2f} (d{i}, L{r.directions[i].layer})"
+
+    rows = {
+        "verdict": lambda r: r.verdict_label,
+        "harmful refusal": lambda r: f"{r.baseline.value:.2f}",
+        "harmless refusal": lambda r: f"{r.harmless_baseline.value:.2f}",
+        "directions": lambda r: f"{len(r.directions)} {r.source}",
+        "lowest, one ablated": weakest,
+        "all ablated": lambda r: f"{r.joint.found[-1].value:.2f}" if r.joint else "-",
+        "redundancy number": lambda r: ("-" if not r.single else f"> {len(r.directions)}" if r.redundancy.number is None
+                                        else f"{r.redundancy.number}" + ("" if r.redundancy.exact else " (bound)")),
+        "independent pathways": lambda r: str(len(r.pathways)),
+    }
+    width = max(14, *(len(name) + 2 for name in results))
+    lines = [f"{'':<22}" + "".join(f"{name:>{width}}" for name in results)]
+    lines += [f"{label:<22}" + "".join(f"{cell(r):>{width}}" for r in results.values()) for label, cell in rows.items()]
+    return "\n".join(lines)
+
+
+def compare_html(results: Mapping[str, AuditResult],
+                 figures: Sequence[str] = ("single", "joint", "steering", "pairwise", "rep-independence")) -> str:
+    """An HTML fragment (plotly.js inlined) with the same figures of several audits side by side."""
+    by_model = {name: {fid: fig for fid, _, fig in audit_figures(r)} for name, r in results.items()}
+    head = "".join(f"<th>{html.escape(name)}</th>" for name in results)
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{by_model[name][fid].to_html(full_html=False, include_plotlyjs=False)}</td>"
+                         if fid in by_model[name] else "<td>-</td>" for name in results) + "</tr>"
+        for fid in figures)
+    return (f'<script type="text/javascript">{get_plotlyjs()}</script>'
+            f'<pre>{html.escape(comparison_table(results))}</pre><table><tr>{head}</tr>{rows}</table>')
 
 
 def write_audit(result: AuditResult, out: str | Path, *, extra: dict | None = None, figures: bool = False) -> list[Path]:
