@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from failclosed_interp.audit.prompts import AuditPrompts
+from failclosed_interp.splits import PromptSplits
 from failclosed_interp.directions import Direction, DirectionSet
 from failclosed_interp.models import ChatModel, boot_bridge, tiny_llama_hf, tiny_tokenizer
 
@@ -61,7 +61,7 @@ class ToyModel:
     """A planted model, its prompts, and the ground truth: the pathway vectors and readout weights."""
 
     model: ChatModel
-    prompts: AuditPrompts  # marked (harmful) and unmarked (harmless) prompts, split
+    prompts: PromptSplits  # marked (harmful) and unmarked (harmless) prompts, split
     pathways: torch.Tensor  # [n, d_model] unit vectors: pathway k, then the derived vector if any
     sites: tuple[tuple[int, int], ...]  # (layer, position) where each row is first in the residual stream
     readouts: tuple[float, ...]
@@ -91,7 +91,7 @@ class ToyModel:
                                   for i in range(n)))
 
 
-def toy_prompts(seed: int = 0, n_train: int = 16, n_val: int = 8, n_eval: int = 16) -> AuditPrompts:
+def toy_prompts(seed: int = 0, n_train: int = 16, n_val: int = 8, n_eval: int = 16) -> PromptSplits:
     """Splits with disjoint texts; harmful = a harmless text of the split with 2-4 markers inserted."""
     rng = random.Random(seed)
     texts = list(_TEXTS)
@@ -111,7 +111,7 @@ def toy_prompts(seed: int = 0, n_train: int = 16, n_val: int = 8, n_eval: int = 
     cuts = [0, n_train, n_train + n_val, sum(sizes)]
     (h_train, b_train), (h_val, b_val), (h_eval, b_eval) = (
         (tuple(harmful[a:b]), tuple(harmless[a:b])) for a, b in zip(cuts, cuts[1:]))
-    return AuditPrompts(h_eval, b_eval, h_train, b_train, h_val, b_val)
+    return PromptSplits(h_eval, b_eval, h_train, b_train, h_val, b_val)
 
 
 def planted_pathways_model(

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
-from failclosed_interp.audit import AuditConfig, AuditPrompts, MeasureConfig
+from failclosed_interp.audit import AuditConfig, MeasureConfig, PromptSplits
 from failclosed_interp.directions import DirectionSet
 from failclosed_interp.toys import ToyModel, planted_pathways_model
 
@@ -21,7 +21,7 @@ def planted(n_pathways: int, **kwargs) -> ToyModel:
     return planted_pathways_model(n_pathways, **kwargs)
 
 
-def prompts_of(toy: ToyModel) -> AuditPrompts:
+def prompts_of(toy: ToyModel) -> PromptSplits:
     return toy.prompts.limited(FAST.n_eval, FAST.n_harmless, FAST.n_train, FAST.n_val)
 
 

@@ -11,12 +11,12 @@ from failclosed_interp.audit.job import (
     AuditConfig, AuditResult, audit_job, audit_model, format_audit, load_subject, run_audit, verdict,
 )
 from failclosed_interp.audit.meter import AblationRefusal, MeasureConfig, RefusalMeter
-from failclosed_interp.audit.prompts import AuditPrompts
+from failclosed_interp.splits import PromptSplits
 from failclosed_interp.audit.redundancy import Redundancy, greedy_order, redundancy_number
 from failclosed_interp.audit.report import audit_figures, compare_html, comparison_table, report_html, write_audit
 
 __all__ = [
-    "AblationRefusal", "AuditConfig", "AuditPrompts", "AuditResult", "Discovery", "JointCurves", "MeasureConfig",
+    "AblationRefusal", "AuditConfig", "AuditResult", "Discovery", "JointCurves", "MeasureConfig", "PromptSplits",
     "Redundancy", "RefusalMeter", "RepIndependence", "audit_figures", "audit_job", "audit_model", "compare_html",
     "comparison_table", "discover_directions", "format_audit", "greedy_order", "independent_pathways", "joint_curves",
     "load_subject", "pairwise_ablation", "redundancy_number", "report_html", "representational_independence",

@@ -25,7 +25,6 @@ from failclosed_interp.audit.analyses import (
 )
 from failclosed_interp.audit.discover import Discovery, discover_directions
 from failclosed_interp.audit.meter import AblationRefusal, MeasureConfig, RefusalMeter
-from failclosed_interp.audit.prompts import AuditPrompts
 from failclosed_interp.audit.redundancy import Redundancy, redundancy_number
 from failclosed_interp.chat import post_instruction_positions
 from failclosed_interp.configs import config_from_dict, config_to_dict
@@ -34,7 +33,9 @@ from failclosed_interp.directions import DirectionSet, load_directions
 from failclosed_interp.judges import Judge, PrefixJudge, SubstringJudge
 from failclosed_interp.models import ChatModel, load_model
 from failclosed_interp.scoring import refusal_tokens_from_responses, token_strings
+from failclosed_interp.splits import PromptSplits
 from failclosed_interp.stats import RateEstimate
+from failclosed_interp.toys import TOY_MODELS, load_toy
 
 
 @dataclass(frozen=True)
@@ -81,18 +82,16 @@ class AuditConfig:
 
 
 def load_subject(name: str, adapter: str | Path | None = None, *, device: str | None = None,
-                 config: AuditConfig = AuditConfig()) -> tuple[ChatModel, AuditPrompts]:
+                 config: AuditConfig = AuditConfig()) -> tuple[ChatModel, PromptSplits]:
     """The model to audit and its prompts: a toy (`toy-fail-open`, `toy-fail-closed`) with its own
     marked prompts, or any `load_model` name with the built-in prompt sets."""
-    from failclosed_interp.toys import TOY_MODELS, load_toy  # toys build on the audit's prompt splits
-
     sizes = dict(n_eval=config.n_eval, n_harmless=config.n_harmless, n_train=config.n_train, n_val=config.n_val)
     if name in TOY_MODELS:
         if adapter is not None:
             raise ValueError(f"the toy model {name!r} takes no adapter")
         toy = load_toy(name, seed=config.seed)
         return toy.model, toy.prompts.limited(**sizes)
-    return load_model(name, adapter=adapter, device=device), AuditPrompts.builtin(**sizes, seed=config.seed)
+    return load_model(name, adapter=adapter, device=device), PromptSplits.builtin(**sizes, seed=config.seed)
 
 
 @dataclass(frozen=True, eq=False)
@@ -187,7 +186,7 @@ def _refusal_tokens(model: ChatModel, judged) -> list[int]:
 
 def run_audit(
     model: ChatModel,
-    prompts: AuditPrompts,
+    prompts: PromptSplits,
     config: AuditConfig = AuditConfig(),
     directions: DirectionSet | None = None,
     *,
@@ -290,7 +289,7 @@ def _check_directions(model: ChatModel, directions: DirectionSet) -> None:
     directions.basis()  # ValueError if they are linearly dependent
 
 
-def _add_adaptive(model, refusal: AblationRefusal, prompts: AuditPrompts, tokens, config: AuditConfig, progress) -> str:
+def _add_adaptive(model, refusal: AblationRefusal, prompts: PromptSplits, tokens, config: AuditConfig, progress) -> str:
     """Append the model's own current DIM direction unless it lies in the span of the given ones."""
     try:
         selection = find_direction(model, prompts.harmful_train, prompts.harmless_train, prompts.harmful_val,
