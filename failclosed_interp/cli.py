@@ -80,9 +80,12 @@ def cmd_score(args) -> None:
 
 def cmd_audit(args) -> None:
     from failclosed_interp.audit import AuditConfig, MeasureConfig, audit_job, format_audit
+    from failclosed_interp.dim import DirectionConfig
 
+    positions = tuple(int(p) for p in args.positions.split(",")) if args.positions else None
     config = AuditConfig(k_max=args.k, threshold=args.threshold, adaptive=args.adaptive, n_eval=args.n_eval,
-                         n_harmless=args.n_eval, measure=MeasureConfig(mode=args.mode, max_new_tokens=args.max_new_tokens))
+                         n_harmless=args.n_eval, measure=MeasureConfig(mode=args.mode, max_new_tokens=args.max_new_tokens),
+                         directions=DirectionConfig(lazy=True, positions=positions))
     result = audit_job(args.out, args.model, adapter=args.adapter, directions=args.directions, config=config,
                        judge=args.judge, device=args.device, figures=args.figures)
     print(format_audit(result))
@@ -181,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-eval", type=int, default=20, help="harmful prompts per refusal figure, harmless for steering")
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--adaptive", action="store_true", help="with --directions: also audit the model's own DIM direction")
+    p.add_argument("--positions", help="token positions for direction finding, e.g. -1 or -3,-1 (default: every "
+                                       "post-instruction token; fewer positions = cheaper discovery)")
     p.add_argument("--figures", action="store_true", help="also write each figure to OUT/figures (HTML, PNG with Chromium)")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_audit)

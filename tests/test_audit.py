@@ -288,3 +288,14 @@ def test_cli_on_a_model_that_never_refuses_and_on_bad_input(tmp_path, capsys):
     assert main(["audit", "--model", "toy-fail-open", "--adapter", str(folder), "--out", str(out)]) == 2
     assert "no adapter" in capsys.readouterr().err
 
+
+
+def test_cli_discovers_at_the_given_positions(tmp_path, capsys):
+    out = tmp_path / "audit"
+    assert main(["audit", "--model", "toy-fail-open", "--positions=-2,-1", "--out", str(out), "--n-eval", "6",
+                 "--max-new-tokens", "10"]) == 0
+    saved = json.loads((out / "audit.json").read_text())
+    assert saved["source"] == "discovered" and saved["redundancy_number"] == 1
+    assert saved["config"]["directions"]["positions"] == [-2, -1]
+    assert saved["sweep"]["positions"] == [-2, -1] and [d["position"] for d in saved["directions"]] == [-1]
+    assert "verdict: fail-open" in capsys.readouterr().out
