@@ -109,7 +109,7 @@ def cmd_evaluate(args) -> None:
         autodan=AutoDANConfig(generations=args.autodan_generations, population=args.autodan_population, seed=args.seed),
         autodan_prototype=args.autodan_prototype, autodan_mutator=args.autodan_mutator,
         pair=PAIRConfig(iterations=args.pair_iterations, streams=args.pair_streams, attacker=args.pair_attacker,
-                        seed=args.seed),
+                        attacker_max_new_tokens=args.pair_attacker_tokens, seed=args.seed),
         templates_file=args.templates, human_templates=args.human_templates,
         ablation=AblationConfig(n_train=args.ablation_train, n_val=args.ablation_val, seed=args.seed),
         utility_file=args.utility_file, seed=args.seed,
@@ -215,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair-iterations", type=int, default=3)
     p.add_argument("--pair-streams", type=int, default=3)
     p.add_argument("--pair-attacker", default=EMBEDDED_MODEL, help=f"attacker chat model (default {EMBEDDED_MODEL})")
+    p.add_argument("--pair-attacker-tokens", type=int, default=128, help="tokens the attacker writes per prompt")
     p.add_argument("--templates", help="human jailbreak templates file (default: the built-in set)")
     p.add_argument("--human-templates", type=int, help="templates tried per prompt (default: all)")
     p.add_argument("--ablation-train", type=int, default=64, help="train prompts per set for the attacker's DIM")

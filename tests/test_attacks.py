@@ -199,6 +199,31 @@ def test_pair_calls_the_judge_and_stops_on_success(tiny_llama):
     assert result.adversarial_prompt == result.details["history"][-1][result.details["stream"]]["prompt"]
 
 
+def test_pair_refines_a_group_of_prompts_together_and_stops_each_on_its_own(tiny_llama):
+    @dataclass
+    class RefusesFirst:
+        """A real Judge: the first goal is always refused, every other goal never."""
+
+        first: str
+        name: str = "refuses-first"
+        calls: list = field(default_factory=list)
+
+        def __call__(self, prompts, responses):
+            self.calls.append(list(prompts))
+            return [p == self.first for p in prompts]
+
+    prompts = ["goal one", "goal two", "goal three"]
+    judge, seen = RefusesFirst(prompts[0]), []
+    config = PAIRConfig(**{**PAIR_TEST.__dict__, "iterations": 3, "group_size": 3})
+    results = PAIR(config, attacker=tiny_llama).run(tiny_llama, prompts, judge=judge, progress=False,
+                                                    on_result=seen.append)
+    assert [r.success for r in results] == [False, True, True] and [r.prompt for r in results] == prompts
+    assert [r.details["iterations_run"] for r in results] == [3, 1, 1]
+    assert judge.calls[0] == [p for p in prompts for _ in range(2)]  # one batched call, two streams each
+    assert judge.calls[1:] == [[prompts[0]] * 2] * 2  # finished prompts are not attacked again
+    assert [r.prompt for r in seen] == ["goal two", "goal three", "goal one"]  # reported as each finishes
+
+
 def test_pair_spends_the_whole_budget_when_every_reply_is_refused(tiny_llama):
     judge = ScriptedJudge(refusals=10**6)
     (result,) = PAIR(PAIR_TEST, attacker=tiny_llama).run(tiny_llama, [PROMPT], judge=judge, progress=False)

@@ -9,17 +9,13 @@ direction to ablate: the prompts are sent unchanged and the reason is recorded w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from failclosed_interp.artifacts import read_json, write_json
-from failclosed_interp.attacks.base import (
-    MIN_JUDGED_TOKENS, AttackResult, ResultCallback, check_budget, check_judged_tokens, check_prompts,
-    respond_and_judge,
-)
+from failclosed_interp.attacks.base import AttackResult, AttackRunner, ResultCallback, check_budget, respond_and_judge
 from failclosed_interp.chat import batches
 from failclosed_interp.configs import config_to_dict
 from failclosed_interp.dim import DirectionConfig, Selection, find_direction, save_selection
@@ -103,7 +99,7 @@ def find_attack_direction(
 
 
 @dataclass(frozen=True)
-class DirectionAblation:
+class DirectionAblation(AttackRunner):
     """The adaptive white-box attack. With `cache_dir`, the found direction (or the reason there is none)
     is saved there and reused on the next run with the same model."""
 
@@ -127,18 +123,8 @@ class DirectionAblation:
             write_json(folder / _NO_DIRECTION, {"reason": found.reason})
         return found
 
-    def run(
-        self,
-        model: ChatModel,
-        prompts: Sequence[str],
-        *,
-        judge: Judge = SubstringJudge(),
-        max_new_tokens: int = MIN_JUDGED_TOKENS,
-        progress: bool = True,
-        on_result: ResultCallback | None = None,
-    ) -> list[AttackResult]:
-        prompts = check_prompts(prompts)
-        check_judged_tokens(max_new_tokens)
+    def attack(self, model: ChatModel, prompts: list[str], judge: Judge, max_new_tokens: int, progress: bool,
+               emit: ResultCallback) -> list[AttackResult]:
         found = self.direction(model, judge, progress=progress)
         interventions = [] if found.direction is None else [DirectionSet((found.direction,)).ablation()]
         results = []
@@ -147,6 +133,5 @@ class DirectionAblation:
                                             details=[found.to_dict()] * len(chunk), interventions=interventions,
                                             batch_size=self.config.batch_size):
                 results.append(result)
-                if on_result is not None:
-                    on_result(result)
+                emit(result)
         return results

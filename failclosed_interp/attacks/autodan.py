@@ -20,7 +20,7 @@ from functools import lru_cache
 from tqdm.auto import tqdm
 
 from failclosed_interp.attacks.base import (
-    MIN_JUDGED_TOKENS, AttackResult, ResultCallback, attack_data, check_budget, check_judged_tokens, check_prompts, prompt_seed,
+    MIN_JUDGED_TOKENS, AttackResult, AttackRunner, ResultCallback, attack_data, check_budget, prompt_seed,
     respond_and_judge,
 )
 from failclosed_interp.attacks.templates import Template
@@ -139,7 +139,7 @@ def _repair(text: str, like: Template) -> Template:
 
 
 @dataclass
-class AutoDAN:
+class AutoDAN(AttackRunner):
     """The AutoDAN attack. `mutator` (any loaded chat model) rewrites prompts instead of word swaps."""
 
     config: AutoDANConfig = field(default_factory=AutoDANConfig)
@@ -269,22 +269,11 @@ class AutoDAN:
 
     # --- the Attack protocol ---------------------------------------------------------------------------------
 
-    def run(
-        self,
-        model: ChatModel,
-        prompts: Sequence[str],
-        *,
-        judge: Judge = SubstringJudge(),
-        max_new_tokens: int = MIN_JUDGED_TOKENS,
-        progress: bool = True,
-        on_result: ResultCallback | None = None,
-    ) -> list[AttackResult]:
-        prompts = check_prompts(prompts)
-        check_judged_tokens(max_new_tokens)
+    def attack(self, model: ChatModel, prompts: list[str], judge: Judge, max_new_tokens: int, progress: bool,
+               emit: ResultCallback) -> list[AttackResult]:
         results = []
         for prompt in tqdm(prompts, desc="AutoDAN", disable=not progress):
             result = self.search(model, prompt, judge, max_new_tokens)
             results.append(result)
-            if on_result is not None:
-                on_result(result)
+            emit(result)
         return results

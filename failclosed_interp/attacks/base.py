@@ -66,6 +66,31 @@ class Attack(Protocol):
     ) -> list[AttackResult]: ...
 
 
+class AttackRunner:
+    """Base of the built-in attacks: `run` checks the input once and hands the attack-specific `attack` a
+    non-empty prompt list and `emit`, to call with each result as soon as it is final."""
+
+    def run(
+        self,
+        model: ChatModel,
+        prompts: Sequence[str],
+        *,
+        judge: Judge = SubstringJudge(),
+        max_new_tokens: int = MIN_JUDGED_TOKENS,
+        progress: bool = True,
+        on_result: ResultCallback | None = None,
+    ) -> list[AttackResult]:
+        prompts = check_prompts(prompts)
+        check_judged_tokens(max_new_tokens)
+        results = self.attack(model, prompts, judge, max_new_tokens, progress, on_result or (lambda result: None))
+        assert [r.prompt for r in results] == prompts, "an attack must return one result per prompt, in order"
+        return results
+
+    def attack(self, model: ChatModel, prompts: list[str], judge: Judge, max_new_tokens: int, progress: bool,
+               emit: ResultCallback) -> list[AttackResult]:
+        raise NotImplementedError
+
+
 def check_budget(owner: str, **budgets: int) -> None:
     """Every budget (steps, candidates, templates...) must be a positive integer: a zero budget runs no attack."""
     for name, value in budgets.items():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -20,12 +19,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from failclosed_interp.attacks.base import (
-    MIN_JUDGED_TOKENS, AttackResult, ResultCallback, check_budget, check_judged_tokens, check_prompts, prompt_seed,
-    respond_and_judge,
+    AttackResult, AttackRunner, ResultCallback, check_budget, prompt_seed, respond_and_judge,
 )
-from failclosed_interp.chat import format_prompt
+from failclosed_interp.chat import batches, format_prompt
 from failclosed_interp.configs import config_to_dict
-from failclosed_interp.judges import Judge, SubstringJudge
+from failclosed_interp.judges import Judge
 from failclosed_interp.models import ChatModel
 
 _SLOT = "\x00GCG-SUFFIX\x00"
@@ -45,11 +43,12 @@ class GCGConfig:
     allow_non_ascii: bool = False
     early_stop: bool = True  # stop once greedy decoding would emit the target
     prefix_cache: bool = True  # reuse the KV cache of the tokens before the suffix
+    group_size: int = 8  # prompts whose final responses are generated in one batch
     seed: int = 0
 
     def __post_init__(self):
         check_budget("GCGConfig", steps=self.steps, search_width=self.search_width, top_k=self.top_k,
-                      n_replace=self.n_replace, batch_size=self.batch_size)
+                      n_replace=self.n_replace, batch_size=self.batch_size, group_size=self.group_size)
         if not self.suffix_init.strip():
             raise ValueError("GCGConfig.suffix_init is empty; give an initial suffix such as ' x x x x x'")
         if not self.target:
@@ -254,7 +253,7 @@ def optimize_suffix(
 
 
 @dataclass(frozen=True)
-class GCG:
+class GCG(AttackRunner):
     """The GCG attack: optimise a suffix per prompt, then judge the model's response to prompt + suffix."""
 
     config: GCGConfig = GCGConfig()
@@ -263,25 +262,22 @@ class GCG:
     def settings(self) -> dict:
         return config_to_dict(self.config)
 
-    def run(
-        self,
-        model: ChatModel,
-        prompts: Sequence[str],
-        *,
-        judge: Judge = SubstringJudge(),
-        max_new_tokens: int = MIN_JUDGED_TOKENS,
-        progress: bool = True,
-        on_result: ResultCallback | None = None,
-    ) -> list[AttackResult]:
-        prompts = check_prompts(prompts)
-        check_judged_tokens(max_new_tokens)
+    def attack(self, model: ChatModel, prompts: list[str], judge: Judge, max_new_tokens: int, progress: bool,
+               emit: ResultCallback) -> list[AttackResult]:
         allowed = allowed_tokens(model, self.config.allow_non_ascii)
         results = []
-        for prompt in tqdm(prompts, desc="GCG", disable=not progress):
-            search = optimize_suffix(model, prompt, self.config, allowed=allowed)
-            (result,) = respond_and_judge(model, self.name, [prompt], [prompt + search.suffix], judge, max_new_tokens,
-                                          details=[{**search.to_dict(), "target": self.config.target}])
-            results.append(result)
-            if on_result is not None:
-                on_result(result)
+        bar = tqdm(total=len(prompts), desc="GCG", disable=not progress)
+        # Responses are generated per group of prompts: one batched decode instead of one per prompt.
+        for group in batches(prompts, self.config.group_size):
+            searches = []
+            for prompt in group:
+                searches.append(optimize_suffix(model, prompt, self.config, allowed=allowed))
+                bar.update(1)
+            judged = respond_and_judge(model, self.name, group, [p + s.suffix for p, s in zip(group, searches)], judge,
+                                       max_new_tokens, details=[{**s.to_dict(), "target": self.config.target}
+                                                                for s in searches], batch_size=len(group))
+            for result in judged:
+                results.append(result)
+                emit(result)
+        bar.close()
         return results

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -15,11 +14,10 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from failclosed_interp.attacks.base import (
-    MIN_JUDGED_TOKENS, AttackResult, ResultCallback, attack_data, check_budget, check_judged_tokens, check_prompts,
-    respond_and_judge,
+    AttackResult, AttackRunner, ResultCallback, attack_data, check_budget, respond_and_judge,
 )
 from failclosed_interp.chat import batches
-from failclosed_interp.judges import Judge, SubstringJudge
+from failclosed_interp.judges import Judge
 from failclosed_interp.models import ChatModel
 from failclosed_interp.prompts import load_prompts
 
@@ -82,7 +80,7 @@ def load_templates(path: str | Path, *, column: str | None = "template") -> tupl
 
 
 @dataclass(frozen=True)
-class HumanTemplates:
+class HumanTemplates(AttackRunner):
     """Each prompt inside each of `n_templates` templates (a seeded subset, the same for every prompt; all
     when None). A prompt counts as jailbroken when any template's response is judged not a refusal."""
 
@@ -110,18 +108,8 @@ class HumanTemplates:
         return {"templates": [{"id": t.id, "source": t.source, "text": t.text} for t in self.chosen()],
                 "n_templates": self.n_templates, "seed": self.seed}
 
-    def run(
-        self,
-        model: ChatModel,
-        prompts: Sequence[str],
-        *,
-        judge: Judge = SubstringJudge(),
-        max_new_tokens: int = MIN_JUDGED_TOKENS,
-        progress: bool = True,
-        on_result: ResultCallback | None = None,
-    ) -> list[AttackResult]:
-        prompts = check_prompts(prompts)
-        check_judged_tokens(max_new_tokens)
+    def attack(self, model: ChatModel, prompts: list[str], judge: Judge, max_new_tokens: int, progress: bool,
+               emit: ResultCallback) -> list[AttackResult]:
         templates = self.chosen()
         # Whole prompts per chunk, so each result is final (and cacheable) when its chunk is done.
         per_chunk = max(1, self.batch_size // len(templates))
@@ -139,6 +127,5 @@ class HumanTemplates:
                            "per_template": {t.id: r.success for t, r in zip(templates, own)}}
                 result = AttackResult(self.name, prompt, shown.adversarial_prompt, shown.response, bool(wins), details)
                 results.append(result)
-                if on_result is not None:
-                    on_result(result)
+                emit(result)
         return results
