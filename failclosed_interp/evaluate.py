@@ -62,10 +62,10 @@ class ModelSpec:
     def parse(cls, text: str, model: str = EMBEDDED_MODEL) -> ModelSpec:
         """'NAME=DIR' (or just DIR, labelled by its folder name) as given to `--adapter`."""
         label, sep, folder = text.partition("=")
-        if not sep:
+        if not sep:  # label from the folder, skipping generic names: runs/align-sft/final/adapter -> align-sft
             folder = text
-            path = Path(text)
-            label = path.parent.name if path.name == "adapter" else path.name
+            parts = [p for p in Path(text).parts if p not in ("adapter", "final", ".", "/")]
+            label = parts[-1] if parts else ""
         if not folder:
             raise ValueError(f"--adapter {text!r}: give NAME=DIR, e.g. sft=runs/sft/adapter")
         return cls(label, model, folder)

@@ -123,6 +123,9 @@ def test_bad_input_is_a_clear_error(tmp_path):
         ModelSpec("a/b")
     assert ModelSpec.parse("sft=runs/sft/adapter") == ModelSpec("sft", adapter="runs/sft/adapter")
     assert ModelSpec.parse("runs/refat/adapter").label == "refat"
+    assert ModelSpec.parse("runs/align-sft/final/adapter").label == "align-sft"
+    with pytest.raises(ValueError, match="NAME=DIR"):
+        ModelSpec.parse("sft=")
     evaluate(SPECS[:1], tmp_path, CONFIG, attacks=[HumanTemplates(TEMPLATES)], judge=JUDGE, load=CountingLoader(),
              progress=False)
     with pytest.raises(ValueError, match="holds results of"):
