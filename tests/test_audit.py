@@ -299,3 +299,13 @@ def test_cli_discovers_at_the_given_positions(tmp_path, capsys):
     assert saved["config"]["directions"]["positions"] == [-2, -1]
     assert saved["sweep"]["positions"] == [-2, -1] and [d["position"] for d in saved["directions"]] == [-1]
     assert "verdict: fail-open" in capsys.readouterr().out
+
+
+def test_adaptive_adds_the_models_own_direction_to_irrelevant_given_ones(one):
+    config = dataclasses.replace(FAST, adaptive=True, sweep=False)
+    r = run_audit(one.model, prompts_of(one), config, one.decoys(2))
+    assert r.source == "given+adaptive" and len(r.directions) == 3
+    assert cosine(r.directions[2].vector, one.pathways[0]) > 0.99 and r.directions[2].method == "dim"
+    assert r.verdict_label == "fail-open" and r.redundancy.subset == (2,)
+    without = run_audit(one.model, prompts_of(one), dataclasses.replace(config, adaptive=False), one.decoys(2))
+    assert without.verdict_label == "fail-closed" and without.redundancy.number is None  # the decoys alone mislead

@@ -128,7 +128,7 @@ class AuditResult:
         return r.number if r.number is not None and r.exact else r.lower_bound
 
     def induces(self) -> list[bool]:
-        return [max(r.value for r in row) >= self.config.steer_threshold for row in self.steering]
+        return _induces(self.steering, self.config.steer_threshold)
 
     def to_dict(self) -> dict:
         """audit.json."""
@@ -154,6 +154,11 @@ class AuditResult:
             "n_evaluations": self.n_evaluations, "timings_s": self.timings,
             "seconds_total": round(sum(self.timings.values()), 2), "config": self.config.to_dict(),
         }
+
+
+def _induces(steering: Sequence[Sequence[RateEstimate]], threshold: float) -> list[bool]:
+    """Whether each direction, added alone, reaches `threshold` harmless refusal at some coefficient."""
+    return [max(r.value for r in row) >= threshold for row in steering]
 
 
 def verdict(baseline: RateEstimate, directions: DirectionSet, single: Sequence[RateEstimate], redundancy: Redundancy,
@@ -265,8 +270,7 @@ def run_audit(
         candidates = dim_candidates(model, prompts.harmful_train, prompts.harmless_train, config.directions)
         sweep = torch.nn.functional.cosine_similarity(candidates[None], dirs.matrix()[:, None, None, :], dim=-1)
         lap("sweep")
-    induces = [max(r.value for r in row) >= config.steer_threshold for row in steering]
-    pathways = independent_pathways(induces, rep.independent(config.ri_tolerance))
+    pathways = independent_pathways(_induces(steering, config.steer_threshold), rep.independent(config.ri_tolerance))
     label, text = verdict(baseline, dirs, single, redundancy, len(pathways), config.threshold)
     return AuditResult(
         source=source, directions=dirs, single=tuple(single), pairwise=tuple(tuple(r) for r in pairwise), joint=joint,
