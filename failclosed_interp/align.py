@@ -147,7 +147,7 @@ def _next_direction(model: ChatModel, config: AlignConfig, found: DirectionSet, 
         harmful = builtin_prompts("harmful", "train", jc.n_train, jc.seed)
         harmless = builtin_prompts("harmless", "train", jc.n_train, jc.seed)
         earlier = found if config.method == "failclosed" and len(found) else None
-        direction = optimize_direction(model, harmful, harmless, direction, config.rdo, orthogonal_to=earlier,
+        direction = optimize_direction(model, harmful, harmless, direction, config.rdo, base, orthogonal_to=earlier,
                                        progress=progress)
     if config.method == "failclosed" and len(found):
         outside = found.residual_norm(direction.vector)
@@ -171,7 +171,7 @@ def _round_metrics(model: ChatModel, config: AlignConfig, found: DirectionSet) -
 
 
 def align(
-    config: AlignConfig, out: str | Path, *, merge: bool = False, progress: bool = True,
+    config: AlignConfig, out: str | Path, *, merge: bool = False, device: str | None = None, progress: bool = True,
     on_step: StepCallback | None = None,
 ) -> dict:
     """Run (or resume) the progressive loop in `out`; returns the summary (also `out/summary.json`).
@@ -181,11 +181,11 @@ def align(
     out = Path(out)
     done = _start(out, config)
     if done >= 0:
-        model = load_model(config.model, adapter=_round_dir(out, done) / "adapter")
+        model = load_model(config.model, adapter=_round_dir(out, done) / "adapter", device=device)
         found = _load_found(out, done, model)
         stop_reason = read_json(out / STATE_FILE).get("stop_reason")
     else:
-        model, found, stop_reason = fresh_lora_model(config.sft), DirectionSet(), None
+        model, found, stop_reason = fresh_lora_model(config.sft, device), DirectionSet(), None
     examples = _examples(model, out, config, progress)
     rounds = tqdm(range(done + 1, config.rounds + 1), desc=f"{config.method} rounds", disable=not progress)
     for k in rounds if stop_reason is None else ():

@@ -34,10 +34,12 @@ def _post_instruction_len(tokenizer) -> int:
     return _suffix_len(tokenizer, tokenizer.chat_template)
 
 
+_PROBES = ("Name three colours of the rainbow", "zq7 vexing quartz jumbo fjord")  # differ in first and last token
+
+
 @lru_cache(maxsize=16)
 def _suffix_len(tokenizer, chat_template: str) -> int:  # keyed on the template: it can be replaced
-    probes = ["Name three colours of the rainbow", "zq7 vexing quartz jumbo fjord"]
-    ids = [tokenizer(format_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in probes]
+    ids = [tokenizer(format_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in _PROBES]
     n = 0
     while n < min(map(len, ids)) and ids[0][-1 - n] == ids[1][-1 - n]:
         n += 1
@@ -51,6 +53,22 @@ def post_instruction_positions(model: ChatModel) -> list[int]:
     `<|im_end|> \\n <|im_start|> assistant \\n`. Negative indices stay valid under left padding."""
     n = _post_instruction_len(model.tokenizer)
     return list(range(-n, 0))
+
+
+def template_prefix_ids(tokenizer) -> tuple[int, ...]:
+    """Token ids the chat template puts before every user text (e.g. `<|im_start|>system ...
+    <|im_start|>user\n`). Their activations are the same for every prompt (causal attention), and
+    they include the attention sink, whose activations are massive."""
+    return _prefix_ids(tokenizer, tokenizer.chat_template)
+
+
+@lru_cache(maxsize=16)
+def _prefix_ids(tokenizer, chat_template: str) -> tuple[int, ...]:
+    ids = [tokenizer(format_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in _PROBES]
+    n = 0
+    while n < min(map(len, ids)) and ids[0][n] == ids[1][n]:
+        n += 1
+    return tuple(ids[0][:n])
 
 
 @dataclass(frozen=True)

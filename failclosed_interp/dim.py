@@ -47,8 +47,8 @@ class DirectionConfig:
             raise ValueError(f"exclude_last_fraction must be in [0, 1) (0.2 drops the last 20% of layers), got {self.exclude_last_fraction}")
         if not (math.isfinite(self.kl_threshold) and self.kl_threshold >= 0):
             raise ValueError(f"kl_threshold must be a finite number >= 0 (default 0.1), got {self.kl_threshold}")
-        if not math.isfinite(self.induce_threshold):
-            raise ValueError(f"induce_threshold must be finite (default 0.0), got {self.induce_threshold}")
+        if math.isnan(self.induce_threshold) or self.induce_threshold == math.inf:
+            raise ValueError(f"induce_threshold must be a number or -inf (rule off; default 0.0), got {self.induce_threshold}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 

@@ -164,12 +164,13 @@ class DirectionSet:
 
     def ablation(
         self, *, layers: tuple[int, ...] | None = None, sites: tuple[Site, ...] = ABLATION_SITES,
-        positions: tuple[int, ...] | None = None,
+        positions: tuple[int, ...] | None = None, skip_template_prefix: bool = True,
     ) -> Ablation:
         """Project the whole set's span out (all layers and the authors' sites by default)."""
         if not self.directions:
             raise ValueError("cannot ablate an empty DirectionSet; with no directions, use no intervention")
-        return Ablation(self.matrix(), layers=layers, sites=sites, positions=positions)
+        return Ablation(self.matrix(), layers=layers, sites=sites, positions=positions,
+                        skip_template_prefix=skip_template_prefix)
 
 
 def save_directions(dirset: DirectionSet | Direction, folder: str | Path, identity: dict) -> Path:

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
+from failclosed_interp.chat import template_prefix_ids
 from failclosed_interp.models import ChatModel
 
 Site = Literal["resid_pre", "attn_out", "mlp_out", "resid_post"]
@@ -59,6 +60,14 @@ def _position_mask(n_pos: int, positions: tuple[int, ...] | None, like: Tensor) 
     return mask
 
 
+def _prefix_tracker(model: ChatModel) -> PrefixTracker | None:
+    if EMBED_INPUT_HOOK not in model.bridge.hook_dict:
+        raise ValueError(f"this bridge has no {EMBED_INPUT_HOOK!r} hook to see token ids; "
+                         f"use Ablation(..., skip_template_prefix=False)")
+    prefix = template_prefix_ids(model.tokenizer)
+    return PrefixTracker(prefix, model.tokenizer.pad_token_id) if prefix else None
+
+
 def _check_layers(model: ChatModel, layers: Sequence[int]) -> None:
     bad = [layer for layer in layers if not 0 <= layer < model.n_layers]
     if bad:
@@ -73,14 +82,60 @@ def _check_width(model: ChatModel, width: int, what: str) -> None:
         )
 
 
-def ablation_hook(basis: Float[Tensor, "n_dirs d_model"], positions: tuple[int, ...] | None = None):
-    """x -> x - (x Q^T) Q at the given positions (all when None)."""
+def ablation_hook(
+    basis: Float[Tensor, "n_dirs d_model"], positions: tuple[int, ...] | None = None, prefix: PrefixTracker | None = None,
+):
+    """x -> x - (x Q^T) Q at the given positions (all when None), except where `prefix` says the
+    chat template's constant prefix sits in this forward pass."""
 
     def hook(x: Float[Tensor, "batch pos d_model"], hook=None) -> Float[Tensor, "batch pos d_model"]:
         q = basis.to(device=x.device, dtype=x.dtype)
-        return x - _position_mask(x.shape[1], positions, x) * ((x @ q.T) @ q)
+        mask = _position_mask(x.shape[1], positions, x)
+        if prefix is not None:
+            mask = mask * prefix.keep(x)
+        return x - mask * ((x @ q.T) @ q)
 
     return hook
+
+
+EMBED_INPUT_HOOK = "embed.hook_in"  # sees the token ids of every forward pass, before any block
+
+
+class PrefixTracker:
+    """Finds, in each forward pass, the positions of the chat template's constant prefix (the tokens
+    before the user's text, attention sink included): the first len(prefix) tokens after any left
+    padding, when they are exactly the prefix. One-token decoding steps never contain it."""
+
+    def __init__(self, prefix_ids: Sequence[int], pad_id: int | None):
+        self.prefix = torch.tensor(prefix_ids, dtype=torch.long)
+        self.pad_id = pad_id
+        self.mask: Tensor | None = None  # [batch, pos] True at prefix positions, for the current pass
+
+    def record(self, ids: Tensor, hook=None) -> Tensor:
+        self.mask = self._locate(ids) if ids.ndim == 2 else None
+        return ids
+
+    def _locate(self, ids: Int[Tensor, "batch pos"]) -> Tensor | None:
+        n = len(self.prefix)
+        if n == 0 or ids.shape[1] <= n:
+            return None
+        prefix = self.prefix.to(ids.device)
+        matches = (ids.unfold(1, n, 1) == prefix).all(-1)  # [batch, starts]
+        start = matches.float().argmax(1)
+        found = matches.any(1)
+        padded = torch.arange(ids.shape[1], device=ids.device)[None] < start[:, None]
+        if self.pad_id is not None:  # only left padding may come before the prefix
+            found &= ~(padded & (ids != self.pad_id)).any(1)
+        else:
+            found &= start == 0
+        pos = torch.arange(ids.shape[1], device=ids.device)[None]
+        return found[:, None] & (pos >= start[:, None]) & (pos < start[:, None] + n)
+
+    def keep(self, x: Tensor) -> Tensor | float:
+        """1 where the ablation applies, 0 at prefix positions (float mask broadcastable to x)."""
+        if self.mask is None or tuple(self.mask.shape) != tuple(x.shape[:2]):
+            return 1.0
+        return (~self.mask).to(x.dtype)[..., None]
 
 
 def addition_hook(vector: Float[Tensor, "d_model"], positions: tuple[int, ...] | None = None):
@@ -100,6 +155,10 @@ class Ablation:
     layers: tuple[int, ...] | None = None
     sites: tuple[Site, ...] = ABLATION_SITES
     positions: tuple[int, ...] | None = None
+    # Leave the chat template's constant prefix alone: its activations are the same for every prompt,
+    # so no refusal direction lives there, and it holds the attention sink, whose massive activations
+    # a projection would disturb far beyond the direction itself (docs/interventions.md).
+    skip_template_prefix: bool = True
     basis: Tensor = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -111,8 +170,10 @@ class Ablation:
         layers = range(model.n_layers) if self.layers is None else self.layers
         _check_layers(model, layers)
         basis = self.basis.to(device=model.device, dtype=model.dtype)
-        fn = ablation_hook(basis, self.positions)
-        return [(hook_name(layer, site), fn) for layer in layers for site in self.sites]
+        tracker = _prefix_tracker(model) if self.skip_template_prefix else None
+        fn = ablation_hook(basis, self.positions, tracker)
+        hooks = [(hook_name(layer, site), fn) for layer in layers for site in self.sites]
+        return hooks if tracker is None else [(EMBED_INPUT_HOOK, tracker.record), *hooks]
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ def test_ablation_zeroes_projection_at_every_hooked_site(tiny_llama, unit_direct
     batch = batch_of(tiny_llama)
     with capture(tiny_llama, names) as clean:
         tiny_llama.bridge(batch.input_ids, attention_mask=batch.attention_mask)
-    with intervene(tiny_llama, [Ablation(d)]), capture(tiny_llama, names) as acts:
+    with intervene(tiny_llama, [Ablation(d, skip_template_prefix=False)]), capture(tiny_llama, names) as acts:
         tiny_llama.bridge(batch.input_ids, attention_mask=batch.attention_mask)
     for name in names:
         assert (clean[name] @ d).abs().max() > 1e-3, f"{name}: the direction was never there, test is vacuous"
@@ -30,7 +30,7 @@ def test_ablation_at_one_layer_leaves_earlier_sites_bit_identical(tiny_llama, un
     names = SITES_0_TO_3 + [hook_name(layer, s) for layer in (0, 1) for s in ("attn_out", "mlp_out", "resid_post")]
     with capture(tiny_llama, names) as clean:
         tiny_llama.bridge(batch.input_ids, attention_mask=batch.attention_mask)
-    with intervene(tiny_llama, [Ablation(unit_direction, layers=(2,))]), capture(tiny_llama, names) as acts:
+    with intervene(tiny_llama, [Ablation(unit_direction, layers=(2,), skip_template_prefix=False)]), capture(tiny_llama, names) as acts:
         tiny_llama.bridge(batch.input_ids, attention_mask=batch.attention_mask)
     for name in names:
         if name.startswith(("blocks.0.", "blocks.1.")):
@@ -70,7 +70,8 @@ def test_addition_shifts_the_residual_by_exactly_c_d(tiny_llama, unit_direction,
 def test_ablate_then_add_sets_the_projection_to_c(tiny_llama, unit_direction, batch_of, capture):
     batch, layer, c = batch_of(tiny_llama), 1, -2.0
     site = hook_name(layer, "resid_pre")
-    steps = [Ablation(unit_direction, layers=(layer,), sites=("resid_pre",)), Addition(unit_direction, layer, c)]
+    steps = [Ablation(unit_direction, layers=(layer,), sites=("resid_pre",), skip_template_prefix=False),
+             Addition(unit_direction, layer, c)]
     with intervene(tiny_llama, steps), capture(tiny_llama, [site]) as acts:
         tiny_llama.bridge(batch.input_ids, attention_mask=batch.attention_mask)
     proj = acts[site] @ unit_direction
@@ -94,7 +95,7 @@ def test_hooks_are_removed_on_exit_and_on_error(tiny_llama, unit_direction, hook
 def test_nested_intervene_removes_only_its_own_hooks(tiny_llama, unit_direction, hook_count, batch_of, capture):
     batch = batch_of(tiny_llama)
     before = hook_count(tiny_llama)
-    with intervene(tiny_llama, [Ablation(unit_direction)]):
+    with intervene(tiny_llama, [Ablation(unit_direction, skip_template_prefix=False)]):
         outer = hook_count(tiny_llama)
         with intervene(tiny_llama, [Addition(unit_direction, 1, 5.0)]):
             assert hook_count(tiny_llama) == outer + 1
@@ -162,7 +163,41 @@ def test_ablation_works_on_the_native_bridge(tiny_native, batch_of, capture):
     d = torch.randn(tiny_native.d_model, generator=torch.Generator().manual_seed(1))
     names = [hook_name(layer, "resid_pre") for layer in range(tiny_native.n_layers)]
     batch = batch_of(tiny_native)
-    with intervene(tiny_native, [Ablation(d)]), capture(tiny_native, names) as acts:
+    with intervene(tiny_native, [Ablation(d, skip_template_prefix=False)]), capture(tiny_native, names) as acts:
         tiny_native.bridge(batch.input_ids, attention_mask=batch.attention_mask)
     for name in names:
         assert (acts[name] @ (d / d.norm())).abs().max() < 1e-5, name
+
+
+def test_default_ablation_leaves_the_template_prefix_alone(tiny_llama, unit_direction, capture):
+    """The chat template's prefix (same tokens, same activations in every prompt; the attention sink)
+    keeps its activations; every later position loses the direction. Left padding and batching agree."""
+    from failclosed_interp.chat import template_prefix_ids, tokenize_prompts
+
+    n = len(template_prefix_ids(tiny_llama.tokenizer))
+    assert n > 0
+    names = [hook_name(layer, site) for layer in range(tiny_llama.n_layers) for site in ("resid_pre", "mlp_out")]
+    batch = tokenize_prompts(tiny_llama, ["hi", "a much longer prompt than the first one"])  # row 0 is left-padded
+    with capture(tiny_llama, names) as clean:
+        tiny_llama.bridge(batch.input_ids, attention_mask=batch.attention_mask)
+    with intervene(tiny_llama, [Ablation(unit_direction)]), capture(tiny_llama, names) as acts:
+        tiny_llama.bridge(batch.input_ids, attention_mask=batch.attention_mask)
+    starts = (batch.attention_mask == 0).sum(1).tolist()
+    assert starts[0] > 0 and starts[1] == 0
+    for name in names:
+        for row, start in enumerate(starts):
+            prefix, rest = slice(start, start + n), slice(start + n, None)
+            if name.endswith("resid_pre") and name.startswith("blocks.0."):
+                torch.testing.assert_close(acts[name][row, prefix], clean[name][row, prefix], rtol=0, atol=0)
+            assert (acts[name][row, rest] @ unit_direction).abs().max() < 1e-5, name
+            assert (clean[name][row, rest] @ unit_direction).abs().max() > 1e-3  # not vacuous
+    # the prefix's downstream activations are untouched too: it only attends to itself
+    torch.testing.assert_close(acts[names[-2]][1, :n], clean[names[-2]][1, :n], rtol=0, atol=0)
+
+
+def test_text_without_the_template_prefix_is_ablated_everywhere(tiny_llama, unit_direction, capture):
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]])
+    name = hook_name(1, "resid_pre")
+    with intervene(tiny_llama, [Ablation(unit_direction)]), capture(tiny_llama, [name]) as acts:
+        tiny_llama.bridge(ids)
+    assert (acts[name] @ unit_direction).abs().max() < 1e-5

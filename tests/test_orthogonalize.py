@@ -33,7 +33,7 @@ def _tied_llama(seed: int = 0) -> LlamaForCausalLM:
 
 
 def _hook_ablated_logits(model, basis, batch, logits_of):
-    with intervene(model, [Ablation(basis)]):
+    with intervene(model, [Ablation(basis, skip_template_prefix=False)]):  # weights act at every position
         return logits_of(model, batch)
 
 

@@ -14,7 +14,7 @@ import failclosed_interp.training.trainer as trainer_module
 from failclosed_interp.adapters import LoraSettings, lora_parameters
 from failclosed_interp.artifacts import read_json
 from failclosed_interp.generation import GenerationConfig, generate
-from failclosed_interp.interventions import Ablation
+from failclosed_interp.interventions import EMBED_INPUT_HOOK, Ablation
 from failclosed_interp.models import load_model
 from failclosed_interp.training import (
     DEFAULT_REFUSALS,
@@ -90,7 +90,7 @@ def test_training_teaches_the_answer_and_moves_only_lora():
     json.dumps(result.to_dict())
 
 
-class CountingAblation(Ablation):
+class CountingAblation(Ablation):  # skip_template_prefix=False below: every position must lose the direction
     """An Ablation whose hooks record, per call, the largest remaining projection onto its basis."""
 
     calls: list[float] = []
@@ -104,7 +104,7 @@ class CountingAblation(Ablation):
 
             return hook
 
-        return [(name, counted(fn)) for name, fn in super().hooks(model)]
+        return [(name, fn if name == EMBED_INPUT_HOOK else counted(fn)) for name, fn in super().hooks(model)]
 
 
 def test_ablation_runs_on_safety_steps_only_and_gradients_flow():
@@ -114,7 +114,7 @@ def test_ablation_runs_on_safety_steps_only_and_gradients_flow():
     examples = safety(PROMPTS[:2]) + [Example(p, "Sure.", "utility") for p in HARMLESS[:2]]
     config = TrainConfig(epochs=3, batch_size=2, lr=1e-2, lora=TINY_LORA)
     before = [p.detach().clone() for p in lora_parameters(model.hf_model)]
-    result = train_lora(model, examples, config, safety_interventions=[CountingAblation(direction[None])], progress=False)
+    result = train_lora(model, examples, config, safety_interventions=[CountingAblation(direction[None], skip_template_prefix=False)], progress=False)
     hooks_per_forward = model.n_layers * 3
     assert len(CountingAblation.calls) == result.steps * hooks_per_forward  # safety forwards only
     assert max(CountingAblation.calls) < 1e-4

@@ -31,12 +31,12 @@ class SFTConfig:
     are (`answer_tokens`), and the training settings. `seed` picks the prompt subsets and the LoRA init."""
 
     model: str = EMBEDDED_MODEL
-    # Measured on the embedded model (docs/benchmarks.md): the whole train splits with short
-    # self-distilled answers over-refuse least; 48/32/16 prompts reached 0.90 harmful but 0.45 harmless.
-    n_harmful: int = 140
-    n_harmless: int = 144
-    n_borderline: int = 72
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2))
+    # Measured on the embedded model (docs/benchmarks.md): utility held to the untrained model by KL
+    # (weight 10) over-refuses least: 0.85 harmful / 0.05 harmless refusal, in about 4 min of training.
+    n_harmful: int = 64
+    n_harmless: int = 64
+    n_borderline: int = 32
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, utility_loss="kl", kl_weight=10.0))
     answer_tokens: int = 16
     seed: int = 0
 
@@ -79,11 +79,11 @@ def sft_prompts(config: SFTConfig) -> tuple[list[str], list[str], list[str]]:
     return take("harmful", config.n_harmful), take("harmless", config.n_harmless), take("borderline", config.n_borderline)
 
 
-def fresh_lora_model(config: SFTConfig) -> ChatModel:
+def fresh_lora_model(config: SFTConfig, device: str | None = None) -> ChatModel:
     """`config.model` with a fresh trainable LoRA whose initialisation depends only on `config.seed`."""
     with torch.random.fork_rng(devices=[]):  # the LoRA init draws from the global RNG
         torch.manual_seed(config.seed)
-        return load_model(config.model, lora=config.train.lora, seed=config.seed)
+        return load_model(config.model, lora=config.train.lora, seed=config.seed, device=device)
 
 
 def run_sft(config: SFTConfig, out_dir: str | Path, *, progress: bool = True) -> SFTResult:
