@@ -5,6 +5,8 @@
 1. KV-cached vs uncached greedy generation, 32 new tokens (target >= 5x faster).
 2. Forward with a one-direction ablation at every layer's block input, attention and MLP output
    vs a plain forward of the same bridge (target <= 1.15x).
+3. One progressive training step (LoRA, a 3-direction subspace ablated at every layer's block input,
+   attention and MLP output) vs one plain LoRA SFT step on the same batch (target <= 1.3x).
 Record results with the machine in docs/benchmarks.md.
 """
 
@@ -22,6 +24,8 @@ from failclosed_interp.generation import GenerationConfig, generate_tokens
 from failclosed_interp.interventions import Ablation, intervene
 from failclosed_interp.models import EMBEDDED_MODEL, load_model
 from failclosed_interp.prompts import builtin
+from failclosed_interp.adapters import LoraSettings
+from failclosed_interp.training import DEFAULT_REFUSALS, Example, TrainConfig, train_lora
 
 
 def timed(fn, repeats: int) -> float:
@@ -62,6 +66,18 @@ def bench_ablation_forward(model, prompts, repeats: int) -> dict:
             "tokens": int(batch.attention_mask.sum())}
 
 
+def bench_progressive_step(model_name: str, prompts, repeats: int) -> dict:
+    """Each `train_lora` call below is exactly one optimiser step on the same 8 safety examples."""
+    model = load_model(model_name, lora=LoraSettings())
+    examples = [Example(p, DEFAULT_REFUSALS[i % len(DEFAULT_REFUSALS)], "safety") for i, p in enumerate(prompts)]
+    config = TrainConfig(epochs=1, batch_size=len(examples))
+    directions = torch.randn(3, model.d_model, generator=torch.Generator().manual_seed(0))
+    ablation = [Ablation(directions)]
+    t_plain = timed(lambda: train_lora(model, examples, config, progress=False), repeats)
+    t_ablated = timed(lambda: train_lora(model, examples, config, safety_interventions=ablation, progress=False), repeats)
+    return {"plain_s": t_plain, "progressive_s": t_ablated, "ratio": t_ablated / t_plain}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=EMBEDDED_MODEL)
@@ -80,6 +96,9 @@ def main() -> None:
     fwd = bench_ablation_forward(model, prompts, args.repeats)
     print(f"forward, {fwd['tokens']} tokens: plain {fwd['plain_s'] * 1000:.0f} ms, with ablation at {fwd['hooks']} "
           f"sites {fwd['ablated_s'] * 1000:.0f} ms -> ratio {fwd['ratio']:.3f} (target <= 1.15)")
+    step = bench_progressive_step(args.model, prompts, args.repeats)
+    print(f"LoRA training step, batch {args.batch}: plain {step['plain_s']:.2f} s, with 3 directions ablated "
+          f"{step['progressive_s']:.2f} s -> ratio {step['ratio']:.3f} (target <= 1.3)")
 
 
 if __name__ == "__main__":

@@ -23,9 +23,13 @@ def _positions_arg(p: argparse.ArgumentParser) -> None:
                         "indices such as -1 or -1,-2 (fewer positions = faster selection)")
     p.add_argument("--kl-threshold", type=float, default=0.1,
                    help="selection rule: largest KL on harmless prompts when a candidate is ablated (default 0.1)")
-    p.add_argument("--induce-threshold", type=float, default=0.0,
+    p.add_argument("--induce-threshold", type=_threshold, default=0.0,
                    help="selection rule: the harmless refusal score with the candidate added must exceed this "
-                        "(default 0.0; -inf switches the sufficiency rule off)")
+                        "(default 0.0; 'off' switches the sufficiency rule off)")
+
+
+def _threshold(text: str) -> float | None:
+    return None if text.strip().lower() == "off" else float(text)
 
 
 def _positions(args) -> tuple[int, ...] | None:

@@ -31,7 +31,7 @@ class DirectionConfig:
     positions: tuple[int, ...] | None = None  # None: the chat template's post-instruction tokens
     exclude_last_fraction: float = 0.2
     kl_threshold: float = 0.1
-    induce_threshold: float = 0.0
+    induce_threshold: float | None = 0.0  # None: the sufficiency (induce) rule is off
     batch_size: int = 16
     lazy: bool = False  # score KL/induce only in ablation-score order until one passes
     layers: tuple[int, ...] | None = None  # restrict candidate layers
@@ -47,8 +47,9 @@ class DirectionConfig:
             raise ValueError(f"exclude_last_fraction must be in [0, 1) (0.2 drops the last 20% of layers), got {self.exclude_last_fraction}")
         if not (math.isfinite(self.kl_threshold) and self.kl_threshold >= 0):
             raise ValueError(f"kl_threshold must be a finite number >= 0 (default 0.1), got {self.kl_threshold}")
-        if math.isnan(self.induce_threshold) or self.induce_threshold == math.inf:
-            raise ValueError(f"induce_threshold must be a number or -inf (rule off; default 0.0), got {self.induce_threshold}")
+        if self.induce_threshold is not None and not math.isfinite(self.induce_threshold):
+            raise ValueError(f"induce_threshold must be finite, or None to switch the rule off (default 0.0), "
+                             f"got {self.induce_threshold}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
@@ -122,7 +123,7 @@ class Selection:
             return "not evaluated (lazy selection stopped at the chosen one)"
         if kl > cfg.kl_threshold:
             return f"KL {kl:.4g} > kl_threshold {cfg.kl_threshold}"
-        if not ind > cfg.induce_threshold:
+        if cfg.induce_threshold is not None and not ind > cfg.induce_threshold:
             return f"induce score {ind:.4g} <= induce_threshold {cfg.induce_threshold}"
         return "passed the filters, but its ablation score is higher than the chosen one's"
 
@@ -218,7 +219,8 @@ def select_direction(
         return Ablation(candidates[c][None])
 
     def passes(c) -> bool:  # NaN (not evaluated) never passes
-        return bool(kl[c] <= config.kl_threshold) and bool(ind[c] > config.induce_threshold)
+        induces = config.induce_threshold is None or bool(ind[c] > config.induce_threshold)
+        return bool(kl[c] <= config.kl_threshold) and induces
 
     def score_harmless(c, ablated_harmless: Tensor) -> None:
         kl[c] = float(kl_from_logits(clean_harmless, ablated_harmless).mean())

@@ -139,6 +139,11 @@ def test_kl_filter(planted, candidates, selection):
     assert rows[(0, -1)]["ablation_score"] is None  # zero candidate, never scored
     with pytest.raises(ValueError, match="induce_threshold"):
         select_direction(model, candidates, HARMFUL_VAL, HARMLESS_VAL, [refusal], DirectionConfig(induce_threshold=50.0))
+    # None switches the sufficiency rule off: only KL and the ablation score decide
+    necessity_only = select_direction(model, candidates, HARMFUL_VAL, HARMLESS_VAL, [refusal],
+                                      DirectionConfig(induce_threshold=None))
+    assert necessity_only.layer == 1
+    assert DirectionConfig.from_dict(DirectionConfig(induce_threshold=None).to_dict()).induce_threshold is None
 
 
 def test_lazy_selection_agrees_and_skips_work(planted, candidates, selection):
