@@ -83,22 +83,27 @@ def main() -> None:
     parser.add_argument("--model", default=EMBEDDED_MODEL)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", default="generation,forward,step", help="comma-separated subset to run")
     args = parser.parse_args()
+    only = set(args.only.split(","))
     torch.manual_seed(0)
     model = load_model(args.model)
     prompts = builtin("harmless", "test").take(args.batch, seed=0).to_list()
     print(f"model {model.name} ({model.n_layers} layers, d_model {model.d_model}), batch {args.batch}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
 
-    gen = bench_generation(model, prompts, args.repeats)
-    print(f"generation, 32 new tokens: cached {gen['cached_s']:.2f} s, uncached {gen['uncached_s']:.2f} s "
-          f"-> cached is {gen['speedup']:.1f}x faster (target >= 5x)")
-    fwd = bench_ablation_forward(model, prompts, args.repeats)
-    print(f"forward, {fwd['tokens']} tokens: plain {fwd['plain_s'] * 1000:.0f} ms, with ablation at {fwd['hooks']} "
-          f"sites {fwd['ablated_s'] * 1000:.0f} ms -> ratio {fwd['ratio']:.3f} (target <= 1.15)")
-    step = bench_progressive_step(args.model, prompts, args.repeats)
-    print(f"LoRA training step, batch {args.batch}: plain {step['plain_s']:.2f} s, with 3 directions ablated "
-          f"{step['progressive_s']:.2f} s -> ratio {step['ratio']:.3f} (target <= 1.3)")
+    if "generation" in only:
+        gen = bench_generation(model, prompts, args.repeats)
+        print(f"generation, 32 new tokens: cached {gen['cached_s']:.2f} s, uncached {gen['uncached_s']:.2f} s "
+              f"-> cached is {gen['speedup']:.1f}x faster (target >= 5x)")
+    if "forward" in only:
+        fwd = bench_ablation_forward(model, prompts, args.repeats)
+        print(f"forward, {fwd['tokens']} tokens: plain {fwd['plain_s'] * 1000:.0f} ms, with ablation at {fwd['hooks']} "
+              f"sites {fwd['ablated_s'] * 1000:.0f} ms -> ratio {fwd['ratio']:.3f} (target <= 1.15)")
+    if "step" in only:
+        step = bench_progressive_step(args.model, prompts, args.repeats)
+        print(f"LoRA training step, batch {args.batch}: plain {step['plain_s']:.2f} s, with 3 directions ablated "
+              f"{step['progressive_s']:.2f} s -> ratio {step['ratio']:.3f} (target <= 1.3)")
 
 
 if __name__ == "__main__":
