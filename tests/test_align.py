@@ -38,8 +38,9 @@ def test_sft_baseline_writes_every_round_and_a_summary(tmp_path):
         (tmp_path / "round_2/adapter/adapter_model.safetensors").read_bytes()
 
 
-def test_failclosed_stops_and_says_why_when_the_model_never_refuses(tmp_path):
-    summary = align(tiny_config("failclosed", rounds=3), tmp_path, progress=False)
+@pytest.mark.parametrize("method", ["failclosed", "refat"])
+def test_loop_stops_and_says_why_when_the_model_never_refuses(tmp_path, method):
+    summary = align(tiny_config(method, rounds=3), tmp_path, progress=False)
     assert summary["rounds_completed"] == 0  # round 0 trained; no direction to train against afterwards
     assert "refuses none" in summary["stop_reason"]
     assert not (tmp_path / "round_1").exists()
