@@ -198,6 +198,7 @@ def align(
         if config.method != "sft":
             direction, stop_reason = _next_direction(model, config, found, folder / "search", progress)
             if direction is not None:
+                direction = dataclasses.replace(direction, round=k)  # found at the end of round k
                 found = found.append(direction) if config.method == "failclosed" else DirectionSet([direction])
         if len(found):
             save_directions(found, folder / "directions", model.identity())

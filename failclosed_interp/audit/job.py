@@ -210,12 +210,15 @@ def run_audit(
         _check_directions(model, directions)
     measure = config.measure
     generated = RefusalMeter(model, prompts.harmful_eval, MeasureConfig("generate", measure.max_new_tokens,
-                                                                        measure.batch_size, measure.seed), judge=judge)
+                                                                        measure.batch_size, measure.seed), judge=judge,
+                             progress=progress)
     generated.rate(("ablate", frozenset()))
     tokens = _refusal_tokens(model, generated.judged(("ablate", frozenset())))
     harmful = generated if measure.mode == "generate" else RefusalMeter(model, prompts.harmful_eval, measure,
-                                                                         judge=judge, refusal_tokens=tokens or [0])
-    harmless = RefusalMeter(model, prompts.harmless_eval, measure, judge=judge, refusal_tokens=tokens or [0])
+                                                                         judge=judge, refusal_tokens=tokens or [0],
+                                                                         progress=progress)
+    harmless = RefusalMeter(model, prompts.harmless_eval, measure, judge=judge, refusal_tokens=tokens or [0],
+                            progress=progress)
     refusal = AblationRefusal(harmful)
     baseline, harmless_baseline = refusal([]), harmless.rate(("steer", None, 0.0))
     lap("baseline")

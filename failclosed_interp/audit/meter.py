@@ -12,6 +12,8 @@ import time
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
+from tqdm.auto import tqdm
+
 from failclosed_interp.configs import config_from_dict, config_to_dict
 from failclosed_interp.directions import Direction, DirectionSet
 from failclosed_interp.generation import GenerationConfig
@@ -86,7 +88,10 @@ class RefusalMeter:
                 scores = refusal_scores(self.model, self.instructions, self.refusal_tokens, interventions,
                                         batch_size=self.config.batch_size)
                 self._rates[key] = bootstrap_mean((scores > 0).double().tolist(), seed=self.config.seed)
-            self.seconds += time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            self.seconds += elapsed
+            if self.progress:  # long audits show what was measured as they go
+                tqdm.write(f"audit: {_describe(key)}: refusal {self._rates[key].value:.2f} ({elapsed:.0f} s)")
         return self._rates[key]
 
     def measured(self) -> dict[Hashable, RateEstimate]:
@@ -95,6 +100,12 @@ class RefusalMeter:
     def judged(self, key: Hashable) -> JudgedResponses | None:
         """Responses and verdicts behind `key` (generate mode only; None before it is measured)."""
         return self._judged.get(key)
+
+
+def _describe(key: Hashable) -> str:
+    if isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], frozenset):
+        return f"{key[0]} {sorted(key[1]) or 'nothing'}"
+    return str(key)
 
 
 class AblationRefusal:
