@@ -157,16 +157,23 @@ def _next_direction(model: ChatModel, config: AlignConfig, found: DirectionSet, 
     return direction, None
 
 
+def _held_out(config: AlignConfig, kinds: tuple[str, ...]) -> dict[str, list[str]]:
+    """The built-in TEST prompts every round's metrics and the final summary are measured on."""
+    return {kind: builtin_prompts(kind, "test", config.n_eval, config.sft.seed) for kind in kinds}
+
+
+def _refusal(model: ChatModel, config: AlignConfig, prompts: list[str], ablate: DirectionSet | None = None):
+    """Judged refusal of `prompts` (with `ablate`'s span projected out, if given)."""
+    return refusal_rate(model, prompts, generation=GenerationConfig(max_new_tokens=config.eval_tokens),
+                        interventions=[ablate.ablation()] if ablate is not None else [], progress=False)
+
+
 def _round_metrics(model: ChatModel, config: AlignConfig, found: DirectionSet) -> dict:
     """Refusal on held-out harmful and harmless prompts, plain and with everything found so far ablated."""
-    gen = GenerationConfig(max_new_tokens=config.eval_tokens)
-    harmful = builtin_prompts("harmful", "test", config.n_eval, config.sft.seed)
-    harmless = builtin_prompts("harmless", "test", config.n_eval, config.sft.seed)
-    metrics = {"refusal_harmful": refusal_rate(model, harmful, generation=gen, progress=False).rate.value,
-               "refusal_harmless": refusal_rate(model, harmless, generation=gen, progress=False).rate.value}
+    test = _held_out(config, ("harmful", "harmless"))
+    metrics = {f"refusal_{kind}": _refusal(model, config, prompts).rate.value for kind, prompts in test.items()}
     if len(found):
-        metrics["refusal_harmful_all_ablated"] = refusal_rate(
-            model, harmful, generation=gen, interventions=[found.ablation()], progress=False).rate.value
+        metrics["refusal_harmful_all_ablated"] = _refusal(model, config, test["harmful"], found).rate.value
     return metrics
 
 
@@ -246,31 +253,22 @@ def _finish(model: ChatModel, config: AlignConfig, out: Path, found: DirectionSe
 
 def evaluate_final(model: ChatModel, config: AlignConfig, found: DirectionSet, adaptive_dir: Path, progress: bool) -> dict:
     """The summary figures of issue 3 on held-out built-in TEST prompts."""
-    gen = GenerationConfig(max_new_tokens=config.eval_tokens)
-    seed = config.sft.seed
-    test = {kind: builtin_prompts(kind, "test", config.n_eval, seed) for kind in ("harmful", "harmless", "borderline")}
-    rates = {f"refusal_{kind}": refusal_rate(model, prompts, generation=gen, progress=False)
-             for kind, prompts in test.items()}
-
-    def ablated(directions: DirectionSet):
-        return refusal_rate(model, test["harmful"], generation=gen, interventions=[directions.ablation()], progress=False)
-
-    each = [ablated(found[i : i + 1]) for i in range(len(found))]
+    test = _held_out(config, ("harmful", "harmless", "borderline"))
+    rates = {f"refusal_{kind}": _refusal(model, config, prompts) for kind, prompts in test.items()}
+    each = [_refusal(model, config, test["harmful"], found[i : i + 1]) for i in range(len(found))]
     if len(found):
-        rates["refusal_harmful_all_ablated"] = ablated(found)
+        rates["refusal_harmful_all_ablated"] = _refusal(model, config, test["harmful"], found)
     try:  # the adaptive attack: the refusal direction re-found on this model itself, selection rules on
         adaptive = direction_job(model, adaptive_dir, config.directions, progress=progress).direction
-        rates["refusal_harmful_adaptive_ablated"] = ablated(DirectionSet((adaptive,)))
+        rates["refusal_harmful_adaptive_ablated"] = _refusal(model, config, test["harmful"], DirectionSet((adaptive,)))
         adaptive_note = {"adaptive_direction_layer": adaptive.layer, "adaptive_direction_position": adaptive.position}
     except (NoDirectionPassed, NoRefusals) as err:
         adaptive_note = {"adaptive_direction_layer": None, "adaptive_failure": str(err)}
     answers = reference_answers(model, test["harmless"], config.eval_tokens)
     ppl = perplexity(model, test["harmless"], answers, complete=False)
     return {
+        "refusal_harmful_all_ablated": None, "refusal_harmful_adaptive_ablated": None,  # unless measured below
         **{name: judged.rate.value for name, judged in rates.items()},
-        "refusal_harmful_all_ablated": rates["refusal_harmful_all_ablated"].rate.value if len(found) else None,
-        "refusal_harmful_adaptive_ablated": (rates["refusal_harmful_adaptive_ablated"].rate.value
-                                             if "refusal_harmful_adaptive_ablated" in rates else None),
         "refusal_harmful_each_ablated": [judged.rate.value for judged in each],
         **adaptive_note,
         "perplexity_harmless": ppl.value,

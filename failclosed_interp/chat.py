@@ -37,9 +37,14 @@ def _post_instruction_len(tokenizer) -> int:
 _PROBES = ("Name three colours of the rainbow", "zq7 vexing quartz jumbo fjord")  # differ in first and last token
 
 
+def _probe_ids(tokenizer, chat_template: str) -> list[list[int]]:
+    """Token ids of two chat-formatted probe prompts (`chat_template` keys the callers' caches)."""
+    return [tokenizer(format_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in _PROBES]
+
+
 @lru_cache(maxsize=16)
 def _suffix_len(tokenizer, chat_template: str) -> int:  # keyed on the template: it can be replaced
-    ids = [tokenizer(format_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in _PROBES]
+    ids = _probe_ids(tokenizer, chat_template)
     n = 0
     while n < min(map(len, ids)) and ids[0][-1 - n] == ids[1][-1 - n]:
         n += 1
@@ -64,7 +69,7 @@ def template_prefix_ids(tokenizer) -> tuple[int, ...]:
 
 @lru_cache(maxsize=16)
 def _prefix_ids(tokenizer, chat_template: str) -> tuple[int, ...]:
-    ids = [tokenizer(format_prompt(tokenizer, p), add_special_tokens=False)["input_ids"] for p in _PROBES]
+    ids = _probe_ids(tokenizer, chat_template)
     n = 0
     while n < min(map(len, ids)) and ids[0][n] == ids[1][n]:
         n += 1

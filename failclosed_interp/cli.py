@@ -80,8 +80,12 @@ def cmd_align(args) -> None:
     train = dataclasses.replace(defaults.sft.train, epochs=args.epochs) if args.epochs else defaults.sft.train
     counts = {k: v for k in ("n_harmful", "n_harmless", "n_borderline") if (v := getattr(args, k)) is not None}
     sft = dataclasses.replace(defaults.sft, model=args.model, train=train, seed=args.seed, **counts)
-    rdo = None if args.rdo_steps == 0 else dataclasses.replace(defaults.rdo or RDOConfig(), steps=args.rdo_steps) \
-        if args.rdo_steps is not None else defaults.rdo
+    if args.rdo_steps is None:
+        rdo = defaults.rdo
+    elif args.rdo_steps == 0:
+        rdo = None  # DIM directions only
+    else:
+        rdo = dataclasses.replace(defaults.rdo or RDOConfig(), steps=args.rdo_steps)
     directions = dataclasses.replace(defaults.directions, search=_search(args))
     config = AlignConfig(method=args.method, rounds=args.rounds, mode=args.mode, sft=sft, directions=directions, rdo=rdo,
                          n_eval=args.n_eval)

@@ -64,6 +64,11 @@ class DirectionConfig:
                              f"lower exclude_last_fraction or pick earlier layers")
         return chosen
 
+    def induces(self, induce_score: float) -> bool:
+        """The sufficiency rule: does adding the candidate push the harmless refusal score past the
+        threshold? Always true when the rule is off (`induce_threshold=None`)."""
+        return self.induce_threshold is None or induce_score > self.induce_threshold
+
     def to_dict(self) -> dict:
         return config_to_dict(self)
 
@@ -123,7 +128,7 @@ class Selection:
             return "not evaluated (lazy selection stopped at the chosen one)"
         if kl > cfg.kl_threshold:
             return f"KL {kl:.4g} > kl_threshold {cfg.kl_threshold}"
-        if cfg.induce_threshold is not None and not ind > cfg.induce_threshold:
+        if not cfg.induces(ind):
             return f"induce score {ind:.4g} <= induce_threshold {cfg.induce_threshold}"
         return "passed the filters, but its ablation score is higher than the chosen one's"
 
@@ -219,8 +224,7 @@ def select_direction(
         return Ablation(candidates[c][None])
 
     def passes(c) -> bool:  # NaN (not evaluated) never passes
-        induces = config.induce_threshold is None or bool(ind[c] > config.induce_threshold)
-        return bool(kl[c] <= config.kl_threshold) and induces
+        return bool(kl[c] <= config.kl_threshold) and config.induces(float(ind[c]))
 
     def score_harmless(c, ablated_harmless: Tensor) -> None:
         kl[c] = float(kl_from_logits(clean_harmless, ablated_harmless).mean())

@@ -20,7 +20,7 @@ from failclosed_interp.models import EMBEDDED_MODEL, ChatModel, load_model
 from failclosed_interp.plots import layer_position_heatmap, refusal_rate_bars, save_figure
 from failclosed_interp.prompts import PromptSet, builtin
 from failclosed_interp.scoring import JudgedResponses, NoRefusals, refusal_rate, refusal_tokens_from_responses, token_strings
-from failclosed_interp.training import SFTConfig, build_sft_examples, train_lora
+from failclosed_interp.training import SFTConfig, build_sft_examples, sft_prompts, train_lora
 
 
 @dataclass(frozen=True)
@@ -155,11 +155,8 @@ def demo_job(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
     rates: dict[str, JudgedResponses] = {"harmful_base": refusal_rate(model, test["harmful"], generation=gen, progress=progress)}
     lap("evaluate_base")
 
-    examples = build_sft_examples(
-        model, builtin_prompts("harmful", "train", sft.n_harmful, sft.seed), builtin_prompts("harmless", "train", sft.n_harmless, sft.seed),
-        builtin_prompts("borderline", "train", sft.n_borderline, sft.seed),
-        generation=GenerationConfig(max_new_tokens=sft.answer_tokens, seed=sft.seed),
-    )
+    examples = build_sft_examples(model, *sft_prompts(sft),
+                                  generation=GenerationConfig(max_new_tokens=sft.answer_tokens, seed=sft.seed))
     training = train_lora(model, examples, train, progress=progress)
     save_adapter(model, out / "sft" / "adapter", train.lora)
     write_json(out / "sft" / "training.json", {"config": train.to_dict(), **training.to_dict()})
