@@ -28,6 +28,29 @@ def _positions_arg(p: argparse.ArgumentParser) -> None:
                         "(default 0.0; 'off' switches the sufficiency rule off)")
 
 
+def _training_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=int, help="training epochs (per round for align; default from SFTConfig)")
+    p.add_argument("--lr", type=float, help="LoRA learning rate (default from SFTConfig)")
+    p.add_argument("--rank", type=int, help="LoRA rank r (alpha is scaled to keep alpha/r; default from SFTConfig)")
+    for kind in ("harmful", "harmless", "borderline"):
+        p.add_argument(f"--n-{kind}", type=int, help=f"built-in {kind} TRAIN prompts (default from SFTConfig)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prompt subsets and the LoRA init (default 0)")
+
+
+def _sft_config(args, defaults):
+    """SFTConfig from `defaults` with the --epochs/--lr/--rank/--n-*/--seed options applied."""
+    import dataclasses
+
+    train = defaults.train
+    changes = {k: v for k in ("epochs", "lr") if (v := getattr(args, k)) is not None}
+    if args.rank is not None:
+        lora = train.lora
+        changes["lora"] = dataclasses.replace(lora, r=args.rank, alpha=max(1, round(lora.alpha * args.rank / lora.r)))
+    train = dataclasses.replace(train, **changes)
+    counts = {k: v for k in ("n_harmful", "n_harmless", "n_borderline") if (v := getattr(args, k)) is not None}
+    return dataclasses.replace(defaults, model=args.model, train=train, seed=args.seed, **counts)
+
+
 def _threshold(text: str) -> float | None:
     return None if text.strip().lower() == "off" else float(text)
 
@@ -66,7 +89,7 @@ def cmd_demo(args) -> None:
 def cmd_sft(args) -> None:
     from failclosed_interp.training import SFTConfig, run_sft
 
-    result = run_sft(SFTConfig(model=args.model), args.out)
+    result = run_sft(_sft_config(args, SFTConfig()), args.out)
     print(f"adapter written to {result.adapter_dir}")
 
 
@@ -77,9 +100,7 @@ def cmd_align(args) -> None:
     from failclosed_interp.rdo import RDOConfig
 
     defaults = AlignConfig()
-    train = dataclasses.replace(defaults.sft.train, epochs=args.epochs) if args.epochs else defaults.sft.train
-    counts = {k: v for k in ("n_harmful", "n_harmless", "n_borderline") if (v := getattr(args, k)) is not None}
-    sft = dataclasses.replace(defaults.sft, model=args.model, train=train, seed=args.seed, **counts)
+    sft = _sft_config(args, defaults.sft)
     if args.rdo_steps is None:
         rdo = defaults.rdo
     elif args.rdo_steps == 0:
@@ -171,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sft", help="refusal SFT with LoRA (the standard-alignment baseline)")
     _model_args(p, adapter=False)
+    _training_args(p)
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_sft)
 
@@ -180,13 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="rounds after round 0 (plain SFT), default 3")
     p.add_argument("--mode", choices=["cumulative", "last-only"], default="cumulative",
                    help="failclosed: ablate all found directions (default) or only the last one")
-    p.add_argument("--epochs", type=int, help="epochs per round (default from AlignConfig)")
-    for kind in ("harmful", "harmless", "borderline"):
-        p.add_argument(f"--n-{kind}", type=int, help=f"built-in {kind} TRAIN prompts (default from SFTConfig)")
+    _training_args(p)
     _positions_arg(p)
     p.add_argument("--rdo-steps", type=int, help="RDO refinement steps per direction; 0 = DIM only")
     p.add_argument("--n-eval", type=int, default=20, help="held-out prompts per set in the summary (default 20)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--merge", action="store_true", help="also write final/merged, a HF checkpoint with the adapter merged")
     p.add_argument("--out", type=Path, required=True, help="run folder; an interrupted run resumes from it")
     p.set_defaults(func=cmd_align)

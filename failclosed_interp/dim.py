@@ -24,6 +24,31 @@ from failclosed_interp.models import ChatModel
 from failclosed_interp.scoring import kl_from_logits, last_token_logits, refusal_score_from_logits
 
 
+def _check_thresholds(owner: str, kl_threshold: float, induce_threshold: float | None) -> None:
+    if not (math.isfinite(kl_threshold) and kl_threshold >= 0):
+        raise ValueError(f"{owner}.kl_threshold must be a finite number >= 0 (default 0.1), got {kl_threshold}")
+    if induce_threshold is not None and not math.isfinite(induce_threshold):
+        raise ValueError(f"{owner}.induce_threshold must be finite, or None to switch the rule off (default 0.0), "
+                         f"got {induce_threshold}")
+
+
+def _accepts(kl: float, induce: float, kl_threshold: float, induce_threshold: float | None) -> bool:
+    """The KL (specificity) and induce (sufficiency) rules; NaN (not evaluated) never passes."""
+    return kl <= kl_threshold and (induce_threshold is None or induce > induce_threshold)
+
+
+@dataclass(frozen=True)
+class FallbackRules:
+    """Looser KL / induce thresholds, used only when no candidate passes the main ones. The selection
+    then records that it used them and why the main rules failed (`Selection.main_rules_failure`)."""
+
+    kl_threshold: float
+    induce_threshold: float | None = None
+
+    def __post_init__(self):
+        _check_thresholds("FallbackRules", self.kl_threshold, self.induce_threshold)
+
+
 @dataclass(frozen=True)
 class DirectionConfig:
     """How DIM candidates are made and selected (defaults follow Arditi et al. 2024)."""
@@ -35,6 +60,7 @@ class DirectionConfig:
     batch_size: int = 16
     lazy: bool = False  # score KL/induce only in ablation-score order until one passes
     layers: tuple[int, ...] | None = None  # restrict candidate layers
+    fallback: FallbackRules | None = None  # rules to choose by, reported as such, when nothing passes the main ones
 
     def __post_init__(self):
         if self.positions is not None:
@@ -45,11 +71,9 @@ class DirectionConfig:
                 raise ValueError(f"layers must be distinct layer indices >= 0 (or None for all), got {self.layers}")
         if not 0 <= self.exclude_last_fraction < 1:
             raise ValueError(f"exclude_last_fraction must be in [0, 1) (0.2 drops the last 20% of layers), got {self.exclude_last_fraction}")
-        if not (math.isfinite(self.kl_threshold) and self.kl_threshold >= 0):
-            raise ValueError(f"kl_threshold must be a finite number >= 0 (default 0.1), got {self.kl_threshold}")
-        if self.induce_threshold is not None and not math.isfinite(self.induce_threshold):
-            raise ValueError(f"induce_threshold must be finite, or None to switch the rule off (default 0.0), "
-                             f"got {self.induce_threshold}")
+        _check_thresholds("DirectionConfig", self.kl_threshold, self.induce_threshold)
+        if self.fallback is not None and not isinstance(self.fallback, FallbackRules):
+            raise TypeError(f"fallback must be FallbackRules or None, got {type(self.fallback).__name__}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
@@ -64,10 +88,9 @@ class DirectionConfig:
                              f"lower exclude_last_fraction or pick earlier layers")
         return chosen
 
-    def induces(self, induce_score: float) -> bool:
-        """The sufficiency rule: does adding the candidate push the harmless refusal score past the
-        threshold? Always true when the rule is off (`induce_threshold=None`)."""
-        return self.induce_threshold is None or induce_score > self.induce_threshold
+    def accepts(self, kl: float, induce_score: float) -> bool:
+        """Does a candidate with this harmless KL and induce score pass the main selection rules?"""
+        return _accepts(kl, induce_score, self.kl_threshold, self.induce_threshold)
 
     def to_dict(self) -> dict:
         return config_to_dict(self)
@@ -111,6 +134,19 @@ class Selection:
     baseline_harmful_score: float
     baseline_harmless_score: float
     config: DirectionConfig
+    main_rules_failure: str | None = None  # set when the direction was chosen by config.fallback
+
+    @property
+    def thresholds(self) -> tuple[float, float | None]:
+        """(kl_threshold, induce_threshold) of the rules the direction was chosen by."""
+        rules = self.config if self.main_rules_failure is None else self.config.fallback
+        return rules.kl_threshold, rules.induce_threshold
+
+    def rules(self) -> str:
+        """Which rules chose the direction, in words, e.g. "main rules (KL <= 0.1, induce score > 0.0)"."""
+        kl_threshold, induce_threshold = self.thresholds
+        induce = "induce rule off" if induce_threshold is None else f"induce score > {induce_threshold}"
+        return f"{'main' if self.main_rules_failure is None else 'fallback'} rules (KL <= {kl_threshold}, {induce})"
 
     def filter_reason(self, layer: int, index: int) -> str | None:
         """Why candidate (layer, positions[index]) was not chosen; None for the chosen one."""
@@ -126,10 +162,11 @@ class Selection:
             return "zero difference in means (no signal at this site)"
         if math.isnan(kl):
             return "not evaluated (lazy selection stopped at the chosen one)"
-        if kl > cfg.kl_threshold:
-            return f"KL {kl:.4g} > kl_threshold {cfg.kl_threshold}"
-        if not cfg.induces(ind):
-            return f"induce score {ind:.4g} <= induce_threshold {cfg.induce_threshold}"
+        kl_threshold, induce_threshold = self.thresholds
+        if not kl <= kl_threshold:
+            return f"KL {kl:.4g} > kl_threshold {kl_threshold}"
+        if not _accepts(kl, ind, kl_threshold, induce_threshold):
+            return f"induce score {ind:.4g} <= induce_threshold {induce_threshold}"
         return "passed the filters, but its ablation score is higher than the chosen one's"
 
     def candidates(self) -> list[dict]:
@@ -151,6 +188,8 @@ class Selection:
             "layer": self.layer, "position": self.position, "positions": list(self.positions),
             "baseline_harmful_score": self.baseline_harmful_score, "baseline_harmless_score": self.baseline_harmless_score,
             "direction": self.direction.metadata(), "config": self.config.to_dict(),
+            "rules": self.rules(),
+            "main_rules_failure": self.main_rules_failure,
             "ablation_score": _grid(self.ablation_score), "induce_score": _grid(self.induce_score), "kl": _grid(self.kl),
         }
 
@@ -223,8 +262,8 @@ def select_direction(
     def ablation(c) -> Ablation:  # every layer, the authors' sites
         return Ablation(candidates[c][None])
 
-    def passes(c) -> bool:  # NaN (not evaluated) never passes
-        return bool(kl[c] <= config.kl_threshold) and config.induces(float(ind[c]))
+    def passes(c) -> bool:
+        return config.accepts(float(kl[c]), float(ind[c]))
 
     def score_harmless(c, ablated_harmless: Tensor) -> None:
         kl[c] = float(kl_from_logits(clean_harmless, ablated_harmless).mean())
@@ -245,16 +284,23 @@ def select_direction(
             score_harmless(c, last_token_logits(model, harmless_val, base + [ablation(c)], batch_size=bs))
             if passes(c):
                 break
-    passing = [c for c in todo if passes(c)]
+    passing, main_failure = [c for c in todo if passes(c)], None
+    if not passing and config.fallback is not None:  # every candidate was scored (lazy stops only on a pass)
+        main_failure = _nothing_passed(todo, positions, abl, ind, kl, config)
+        rules = config.fallback
+        passing = [c for c in todo if _accepts(float(kl[c]), float(ind[c]), rules.kl_threshold, rules.induce_threshold)]
     if not passing:
-        raise NoDirectionPassed(_nothing_passed(todo, positions, abl, ind, kl, config), positions,
-                                {"ablation_score": abl, "induce_score": ind, "kl": kl})
+        message = _nothing_passed(todo, positions, abl, ind, kl, config)
+        if main_failure is not None:
+            message += (f" The fallback rules (kl_threshold={config.fallback.kl_threshold}, "
+                        f"induce_threshold={config.fallback.induce_threshold}) passed none either.")
+        raise NoDirectionPassed(message, positions, {"ablation_score": abl, "induce_score": ind, "kl": kl})
     layer, i = min(passing, key=lambda c: float(abl[c]))
     baselines = score(clean[:n_harmful]), score(clean_harmless)
     scores = {"ablation_score": float(abl[layer, i]), "induce_score": float(ind[layer, i]), "kl": float(kl[layer, i]),
               "baseline_harmful_score": baselines[0], "baseline_harmless_score": baselines[1]}
     direction = Direction(candidates[layer, i], layer=layer, position=positions[i], method="dim", scores=scores, fitted_on=fitted_on)
-    return Selection(direction, layer, positions[i], positions, abl, ind, kl, *baselines, config)
+    return Selection(direction, layer, positions[i], positions, abl, ind, kl, *baselines, config, main_failure)
 
 
 def _nothing_passed(todo, positions, abl, ind, kl, config: DirectionConfig) -> str:

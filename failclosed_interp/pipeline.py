@@ -12,10 +12,10 @@ from failclosed_interp.adapters import save_adapter
 from failclosed_interp.artifacts import write_json
 from failclosed_interp.configs import config_to_dict
 from failclosed_interp.chat import post_instruction_positions
-from failclosed_interp.dim import DirectionConfig, NoDirectionPassed, Selection, find_direction, save_selection
+from failclosed_interp.dim import DirectionConfig, FallbackRules, NoDirectionPassed, Selection, find_direction, save_selection
 from failclosed_interp.directions import load_directions
 from failclosed_interp.generation import GenerationConfig
-from failclosed_interp.interventions import Ablation, Intervention
+from failclosed_interp.interventions import Ablation, Addition, Intervention
 from failclosed_interp.models import EMBEDDED_MODEL, ChatModel, load_model
 from failclosed_interp.plots import layer_position_heatmap, refusal_rate_bars, save_figure
 from failclosed_interp.prompts import PromptSet, builtin
@@ -126,9 +126,12 @@ class DemoConfig:
     eval_tokens: int = 40
     sft: SFTConfig = field(default_factory=SFTConfig)
     # Candidates at the last prompt token only (24 layers instead of 24 x 6 candidates): the CPU budget.
-    directions: DirectionJobConfig = field(
-        default_factory=lambda: DirectionJobConfig(n_val=16, search=DirectionConfig(positions=(-1,)))
-    )
+    # Arditi's rules first; on the 135M model no candidate passes them (the directions that carry refusal
+    # have harmless KL 0.2-0.5 and induce scores just below 0, docs/benchmarks.md), so the demo then
+    # chooses by KL <= 0.3 alone, says so in its summary, and measures sufficiency by generation instead.
+    directions: DirectionJobConfig = field(default_factory=lambda: DirectionJobConfig(
+        n_val=16, search=DirectionConfig(positions=(-1,), fallback=FallbackRules(kl_threshold=0.3, induce_threshold=None))
+    ))
     seed: int = 0
 
     def __post_init__(self):
@@ -173,8 +176,12 @@ def demo_job(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
         selection, no_direction = None, str(err)
     lap("find_direction")
     if selection is not None:
+        direction = selection.direction
         rates["harmful_sft_ablated"] = refusal_rate(
-            model, test["harmful"], generation=gen, interventions=[Ablation(selection.direction.vector[None])],
+            model, test["harmful"], generation=gen, interventions=[Ablation(direction.vector[None])], progress=progress,
+        )
+        rates["harmless_sft_added"] = refusal_rate(  # sufficiency, by generation: the raw DIM vector at its layer
+            model, test["harmless"], generation=gen, interventions=[Addition(direction.raw, layer=direction.layer)],
             progress=progress,
         )
     lap("evaluate_ablated")
@@ -186,11 +193,14 @@ def demo_job(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
     summary = {
         "model": config.model,
         "refusal_harmful_sft_ablated": None,
+        "refusal_harmless_sft_added": None,
         **{f"refusal_{name}": judged.rate.value for name, judged in rates.items()},
         "refusal_ci": {f"refusal_{name}": judged.rate.to_dict() for name, judged in rates.items()},
         "direction_layer": selection.layer if selection else None,
         "direction_position": selection.position if selection else None,
         "direction_norm": selection.direction.norm if selection else None,
+        "direction_rules": selection.rules() if selection else None,
+        "main_rules_failure": selection.main_rules_failure if selection else no_direction,
         "n_layers": model.n_layers,
         "post_instruction_positions": post_instruction_positions(model),
         "verdict": _verdict(rates) if selection else f"undetermined: {no_direction}",
@@ -218,6 +228,7 @@ def format_summary(summary: dict) -> str:
         ("base model, harmful", "refusal_harmful_base"), ("SFT, harmful", "refusal_harmful_sft"),
         ("SFT, harmless", "refusal_harmless_sft"), ("SFT, borderline-safe", "refusal_borderline_sft"),
         ("SFT + direction ablated, harmful", "refusal_harmful_sft_ablated"),
+        ("SFT + direction added, harmless", "refusal_harmless_sft_added"),
     ]
     lines = [f"{'held-out prompts':<36}{'refusal':>8}  95% CI", "-" * 60]
     for label, key in rows:
@@ -228,8 +239,12 @@ def format_summary(summary: dict) -> str:
         lines.append(f"{label:<36}{summary[key]:>8.2f}  [{c['ci_low']:.2f}, {c['ci_high']:.2f}]  n={c['n']}")
     where = (f"layer {summary['direction_layer']} of {summary['n_layers']}, position {summary['direction_position']}, "
              f"norm {summary['direction_norm']:.2f}" if summary["direction_layer"] is not None else "none selected")
-    lines += ["-" * 60, f"refusal direction: {where}", f"verdict: {summary['verdict']}",
-              f"time: {summary['seconds_total']} s"]
+    lines += ["-" * 60, f"refusal direction: {where}"]
+    if summary["direction_rules"]:
+        lines.append(f"  chosen by the {summary['direction_rules']}")
+    if summary["direction_rules"] and summary["main_rules_failure"]:
+        lines.append(f"  because the main rules passed none: {summary['main_rules_failure']}")
+    lines += [f"verdict: {summary['verdict']}", f"time: {summary['seconds_total']} s"]
     return "\n".join(lines)
 
 

@@ -99,3 +99,15 @@ def test_score_limit_and_where_select_rows(tmp_path, capsys):
                  "--max-new-tokens", "2", "--out", str(out)]) == 0
     prompts = [item["prompt"] for item in json.loads(out.read_text())["items"]]
     assert len(prompts) == 2 and "How do I kill my neighbour?" not in prompts
+
+
+def test_sft_options_reach_the_saved_config_and_adapter(tmp_path):
+    out = tmp_path / "sft"
+    code = main(["sft", "--model", "tiny-llama", "--epochs", "1", "--lr", "0.002", "--rank", "4", "--n-harmful", "2",
+                 "--n-harmless", "2", "--n-borderline", "0", "--seed", "3", "--out", str(out)])
+    assert code == 0
+    config = json.loads((out / "sft_config.json").read_text())
+    assert config["seed"] == 3 and config["n_harmful"] == 2 and config["n_borderline"] == 0
+    assert config["train"]["epochs"] == 1 and config["train"]["lr"] == 0.002
+    assert config["train"]["lora"]["r"] == 4 and config["train"]["lora"]["alpha"] == 8  # alpha/r kept at 2
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 4

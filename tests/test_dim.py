@@ -8,7 +8,7 @@ from _planted import HARMFUL, HARMFUL_VAL, HARMLESS, HARMLESS_VAL, planted_refus
 from failclosed_interp.activations import mean_activations
 from failclosed_interp.chat import tokenize_prompts
 from failclosed_interp.dim import (
-    DirectionConfig, NoDirectionPassed, dim_candidates, find_direction, save_selection, select_direction,
+    DirectionConfig, FallbackRules, NoDirectionPassed, dim_candidates, find_direction, save_selection, select_direction,
 )
 from failclosed_interp.directions import DirectionSet, load_directions
 from failclosed_interp.interventions import Ablation, hook_name, intervene
@@ -144,6 +144,34 @@ def test_kl_filter(planted, candidates, selection):
                                       DirectionConfig(induce_threshold=None))
     assert necessity_only.layer == 1
     assert DirectionConfig.from_dict(DirectionConfig(induce_threshold=None).to_dict()).induce_threshold is None
+
+
+def test_fallback_rules_apply_only_when_the_main_rules_pass_nothing(planted, candidates, selection):
+    model, _, refusal = planted
+    loose = FallbackRules(kl_threshold=100.0, induce_threshold=None)
+    # The main rules pass a candidate: the fallback is never consulted.
+    same = select_direction(model, candidates, HARMFUL_VAL, HARMLESS_VAL, [refusal], DirectionConfig(fallback=loose))
+    assert (same.layer, same.position) == (selection.layer, selection.position) and same.main_rules_failure is None
+    assert same.rules() == "main rules (KL <= 0.1, induce score > 0.0)"
+    # Impossible main rules: the fallback chooses, by the lowest ablation score among what it accepts,
+    # and the selection says which rules chose and why the main ones failed.
+    for lazy in (False, True):
+        chosen = select_direction(model, candidates, HARMFUL_VAL, HARMLESS_VAL, [refusal],
+                                  DirectionConfig(kl_threshold=0.0, fallback=loose, lazy=lazy))
+        assert chosen.layer == 1 and "no DIM candidate passed" in chosen.main_rules_failure
+        assert chosen.rules() == "fallback rules (KL <= 100.0, induce rule off)"
+        assert float(chosen.ablation_score[chosen.layer, chosen.positions.index(chosen.position)]) == pytest.approx(
+            float(torch.nan_to_num(chosen.ablation_score, nan=math.inf).min()))
+        assert all(row["reason"].startswith("passed") for row in chosen.candidates()
+                   if row["layer"] in (1, 2) and not row["chosen"])
+    # A fallback that passes nothing either: the error says both failed.
+    with pytest.raises(NoDirectionPassed, match="fallback rules .* passed none"):
+        select_direction(model, candidates, HARMFUL_VAL, HARMLESS_VAL, [refusal],
+                         DirectionConfig(kl_threshold=0.0, fallback=FallbackRules(kl_threshold=0.0)))
+    config = DirectionConfig(fallback=loose)
+    assert DirectionConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match="FallbackRules.kl_threshold"):
+        FallbackRules(kl_threshold=-1.0)
 
 
 def test_lazy_selection_agrees_and_skips_work(planted, candidates, selection):
