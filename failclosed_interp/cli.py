@@ -26,6 +26,11 @@ def _positions_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--induce-threshold", type=_threshold, default=0.0,
                    help="selection rule: the harmless refusal score with the candidate added must exceed this "
                         "(default 0.0; 'off' switches the sufficiency rule off)")
+    p.add_argument("--fallback-kl-threshold", type=float, default=None,
+                   help="only if no candidate passes the rules above: choose among those with KL <= this "
+                        "(recorded as fallback rules in the output; default: no fallback, an error)")
+    p.add_argument("--fallback-induce-threshold", type=_threshold, default=None,
+                   help="induce rule of the fallback (default 'off')")
 
 
 def _training_args(p: argparse.ArgumentParser) -> None:
@@ -66,10 +71,15 @@ def _positions(args) -> tuple[int, ...] | None:
 
 
 def _search(args, **options):
-    from failclosed_interp.dim import DirectionConfig
+    from failclosed_interp.dim import DirectionConfig, FallbackRules
 
+    fallback = None
+    if args.fallback_kl_threshold is not None:
+        fallback = FallbackRules(kl_threshold=args.fallback_kl_threshold, induce_threshold=args.fallback_induce_threshold)
+    elif args.fallback_induce_threshold is not None:
+        raise ValueError("--fallback-induce-threshold needs --fallback-kl-threshold (the fallback's KL rule)")
     return DirectionConfig(positions=_positions(args), kl_threshold=args.kl_threshold,
-                           induce_threshold=args.induce_threshold, **options)
+                           induce_threshold=args.induce_threshold, fallback=fallback, **options)
 
 
 def _load(args):

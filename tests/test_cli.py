@@ -111,3 +111,17 @@ def test_sft_options_reach_the_saved_config_and_adapter(tmp_path):
     assert config["train"]["epochs"] == 1 and config["train"]["lr"] == 0.002
     assert config["train"]["lora"]["r"] == 4 and config["train"]["lora"]["alpha"] == 8  # alpha/r kept at 2
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 4
+
+
+def test_fallback_selection_options():
+    from failclosed_interp.cli import _search, build_parser
+    from failclosed_interp.dim import FallbackRules
+
+    args = build_parser().parse_args(["directions", "--out", "d", "--fallback-kl-threshold", "0.3"])
+    assert _search(args).fallback == FallbackRules(kl_threshold=0.3, induce_threshold=None)
+    args = build_parser().parse_args(["directions", "--out", "d", "--fallback-kl-threshold", "0.3",
+                                      "--fallback-induce-threshold", "-1"])
+    assert _search(args).fallback == FallbackRules(kl_threshold=0.3, induce_threshold=-1.0)
+    assert _search(build_parser().parse_args(["directions", "--out", "d"])).fallback is None
+    with pytest.raises(ValueError, match="needs --fallback-kl-threshold"):
+        _search(build_parser().parse_args(["directions", "--out", "d", "--fallback-induce-threshold", "0"]))
