@@ -188,7 +188,7 @@ def demo_job(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
 
     write_json(out / "responses.json", {name: judged.to_dict() for name, judged in rates.items()})
     save_figure(refusal_rate_bars({k: v.rate for k, v in rates.items()},
-                                  title="Refusal on held-out prompts: base, after SFT, SFT with the refusal direction ablated"),
+                                  title="Refusal on held-out prompts: base, after SFT, and SFT with the refusal direction ablated or added"),
                 out / "figures" / "refusal_rates")
     summary = {
         "model": config.model,
