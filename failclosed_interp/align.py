@@ -259,9 +259,11 @@ def evaluate_final(model: ChatModel, config: AlignConfig, found: DirectionSet, a
     if len(found):
         rates["refusal_harmful_all_ablated"] = _refusal(model, config, test["harmful"], found)
     try:  # the adaptive attack: the refusal direction re-found on this model itself, selection rules on
-        adaptive = direction_job(model, adaptive_dir, config.directions, progress=progress).direction
+        selection = direction_job(model, adaptive_dir, config.directions, progress=progress)
+        adaptive = selection.direction
         rates["refusal_harmful_adaptive_ablated"] = _refusal(model, config, test["harmful"], DirectionSet((adaptive,)))
-        adaptive_note = {"adaptive_direction_layer": adaptive.layer, "adaptive_direction_position": adaptive.position}
+        adaptive_note = {"adaptive_direction_layer": adaptive.layer, "adaptive_direction_position": adaptive.position,
+                         "adaptive_direction_rules": selection.rules()}
     except (NoDirectionPassed, NoRefusals) as err:
         adaptive_note = {"adaptive_direction_layer": None, "adaptive_failure": str(err)}
     answers = reference_answers(model, test["harmless"], config.eval_tokens)

@@ -130,3 +130,41 @@ def test_cli_align_runs_the_baseline_and_prints_the_table(tmp_path, capsys):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["rounds_completed"] == 1
     assert main(["align", "--model", "tiny-llama", "--rounds", "0", "--out", str(tmp_path / "bad")]) == 2
 
+
+
+def test_adaptive_attack_ablates_the_direction_refound_on_the_final_model(tmp_path, monkeypatch):
+    """evaluate_final re-finds a direction on the model itself and reports refusal with it ablated, and
+    which selection rules chose it (main or fallback)."""
+    import failclosed_interp.align as align_module
+    from failclosed_interp.models import load_model
+
+    model = load_model("tiny-llama")
+    direction = Direction(torch.randn(model.d_model), layer=1, position=-1, method="dim")
+    seen = {}
+
+    class FakeSelection:
+        def __init__(self):
+            self.direction = direction
+
+        def rules(self):
+            return "fallback rules (KL <= 0.3, induce rule off)"
+
+    def fake_direction_job(m, out, config, progress=True):
+        seen["model"] = m
+        return FakeSelection()
+
+    ablations = []
+    real_refusal = align_module._refusal
+
+    def spy_refusal(m, config, prompts, ablate=None):
+        ablations.append(ablate)
+        return real_refusal(m, config, prompts, ablate)
+
+    monkeypatch.setattr(align_module, "direction_job", fake_direction_job)
+    monkeypatch.setattr(align_module, "_refusal", spy_refusal)
+    result = align_module.evaluate_final(model, tiny_config("failclosed"), DirectionSet(), tmp_path, progress=False)
+    assert seen["model"] is model
+    assert result["adaptive_direction_layer"] == 1 and result["adaptive_direction_position"] == -1
+    assert result["adaptive_direction_rules"].startswith("fallback rules")
+    assert 0.0 <= result["refusal_harmful_adaptive_ablated"] <= 1.0
+    assert ablations[-1] is not None and ablations[-1][0] == direction  # the re-found direction was ablated
