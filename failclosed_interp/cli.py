@@ -167,7 +167,8 @@ def cmd_evaluate(args) -> None:
         pair=PAIRConfig(iterations=args.pair_iterations, streams=args.pair_streams, attacker=args.pair_attacker,
                         attacker_max_new_tokens=args.pair_attacker_tokens, seed=args.seed),
         templates_file=args.templates, human_templates=args.human_templates,
-        ablation=AblationConfig(n_train=args.ablation_train, n_val=args.ablation_val, seed=args.seed),
+        ablation=AblationConfig(n_train=args.ablation_train, n_val=args.ablation_val, search=_search(args, lazy=True),
+                                seed=args.seed),
         utility_file=args.utility_file, seed=args.seed,
     )
     judge = LLMJudge(load_model(args.judge_model, device=args.device)) if args.judge_model else None
@@ -269,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--human-templates", type=int, help="templates tried per prompt (default: all)")
     p.add_argument("--ablation-train", type=int, default=64, help="train prompts per set for the attacker's DIM")
     p.add_argument("--ablation-val", type=int, default=16, help="validation prompts per set for its selection")
+    _positions_arg(p)  # the ablation attacker's direction search
     p.add_argument("--utility-file", help="held-out prompt/answer pairs (CSV/JSON) for perplexity")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_evaluate)

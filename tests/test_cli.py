@@ -125,3 +125,19 @@ def test_fallback_selection_options():
     assert _search(build_parser().parse_args(["directions", "--out", "d"])).fallback is None
     with pytest.raises(ValueError, match="needs --fallback-kl-threshold"):
         _search(build_parser().parse_args(["directions", "--out", "d", "--fallback-induce-threshold", "0"]))
+
+
+def test_evaluate_passes_the_selection_options_to_the_ablation_attacker(tmp_path, monkeypatch):
+    import importlib
+
+    from failclosed_interp.dim import FallbackRules
+
+    evaluate_module = importlib.import_module("failclosed_interp.evaluate")  # the module, not the function
+
+    seen = {}
+    monkeypatch.setattr(evaluate_module, "evaluate", lambda specs, out, config, **kw: seen.setdefault("config", config) and [])
+    monkeypatch.setattr(evaluate_module, "format_table", lambda results: "")
+    main(["evaluate", "--no-base", "--adapter", f"m={tmp_path}", "--attacks", "ablation", "--positions", "-1",
+          "--fallback-kl-threshold", "0.3", "--out", str(tmp_path / "e")])
+    search = seen["config"].ablation.search
+    assert search.positions == (-1,) and search.lazy and search.fallback == FallbackRules(kl_threshold=0.3)
