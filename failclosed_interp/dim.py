@@ -37,6 +37,11 @@ def _accepts(kl: float, induce: float, kl_threshold: float, induce_threshold: fl
     return kl <= kl_threshold and (induce_threshold is None or induce > induce_threshold)
 
 
+def _rules_text(kl_threshold: float, induce_threshold: float | None, *, fallback: bool) -> str:
+    induce = "induce rule off" if induce_threshold is None else f"induce score > {induce_threshold}"
+    return f"{'fallback' if fallback else 'main'} rules (KL <= {kl_threshold}, {induce})"
+
+
 @dataclass(frozen=True)
 class FallbackRules:
     """Looser KL / induce thresholds, used only when no candidate passes the main ones. The selection
@@ -144,9 +149,7 @@ class Selection:
 
     def rules(self) -> str:
         """Which rules chose the direction, in words, e.g. "main rules (KL <= 0.1, induce score > 0.0)"."""
-        kl_threshold, induce_threshold = self.thresholds
-        induce = "induce rule off" if induce_threshold is None else f"induce score > {induce_threshold}"
-        return f"{'main' if self.main_rules_failure is None else 'fallback'} rules (KL <= {kl_threshold}, {induce})"
+        return _rules_text(*self.thresholds, fallback=self.main_rules_failure is not None)
 
     def filter_reason(self, layer: int, index: int) -> str | None:
         """Why candidate (layer, positions[index]) was not chosen; None for the chosen one."""
@@ -299,6 +302,9 @@ def select_direction(
     baselines = score(clean[:n_harmful]), score(clean_harmless)
     scores = {"ablation_score": float(abl[layer, i]), "induce_score": float(ind[layer, i]), "kl": float(kl[layer, i]),
               "baseline_harmful_score": baselines[0], "baseline_harmless_score": baselines[1]}
+    if main_failure is not None:  # say so wherever the direction goes (its JSON, audit tables)
+        rules = _rules_text(config.fallback.kl_threshold, config.fallback.induce_threshold, fallback=True)
+        fitted_on = f"{fitted_on}; chosen by {rules}" if fitted_on else f"chosen by {rules}"
     direction = Direction(candidates[layer, i], layer=layer, position=positions[i], method="dim", scores=scores, fitted_on=fitted_on)
     return Selection(direction, layer, positions[i], positions, abl, ind, kl, *baselines, config, main_failure)
 

@@ -152,7 +152,7 @@ def test_fallback_rules_apply_only_when_the_main_rules_pass_nothing(planted, can
     # The main rules pass a candidate: the fallback is never consulted.
     same = select_direction(model, candidates, HARMFUL_VAL, HARMLESS_VAL, [refusal], DirectionConfig(fallback=loose))
     assert (same.layer, same.position) == (selection.layer, selection.position) and same.main_rules_failure is None
-    assert same.rules() == "main rules (KL <= 0.1, induce score > 0.0)"
+    assert same.rules() == "main rules (KL <= 0.1, induce score > 0.0)" and "fallback" not in same.direction.fitted_on
     # Impossible main rules: the fallback chooses, by the lowest ablation score among what it accepts,
     # and the selection says which rules chose and why the main ones failed.
     for lazy in (False, True):
@@ -160,6 +160,7 @@ def test_fallback_rules_apply_only_when_the_main_rules_pass_nothing(planted, can
                                   DirectionConfig(kl_threshold=0.0, fallback=loose, lazy=lazy))
         assert chosen.layer == 1 and "no DIM candidate passed" in chosen.main_rules_failure
         assert chosen.rules() == "fallback rules (KL <= 100.0, induce rule off)"
+        assert chosen.direction.fitted_on.endswith("chosen by fallback rules (KL <= 100.0, induce rule off)")
         assert float(chosen.ablation_score[chosen.layer, chosen.positions.index(chosen.position)]) == pytest.approx(
             float(torch.nan_to_num(chosen.ablation_score, nan=math.inf).min()))
         assert all(row["reason"].startswith("passed") for row in chosen.candidates()
