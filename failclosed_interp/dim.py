@@ -32,14 +32,16 @@ def _check_thresholds(owner: str, kl_threshold: float, induce_threshold: float |
                          f"got {induce_threshold}")
 
 
-def _accepts(kl: float, induce: float, kl_threshold: float, induce_threshold: float | None) -> bool:
+def _accepts(rules: DirectionConfig | FallbackRules, kl: float, induce: float) -> bool:
     """The KL (specificity) and induce (sufficiency) rules; NaN (not evaluated) never passes."""
-    return kl <= kl_threshold and (induce_threshold is None or induce > induce_threshold)
+    return kl <= rules.kl_threshold and (rules.induce_threshold is None or induce > rules.induce_threshold)
 
 
-def _rules_text(kl_threshold: float, induce_threshold: float | None, *, fallback: bool) -> str:
-    induce = "induce rule off" if induce_threshold is None else f"induce score > {induce_threshold}"
-    return f"{'fallback' if fallback else 'main'} rules (KL <= {kl_threshold}, {induce})"
+def _rules_text(rules: DirectionConfig | FallbackRules) -> str:
+    """E.g. "main rules (KL <= 0.1, induce score > 0.0)" or "fallback rules (KL <= 0.3, induce rule off)"."""
+    induce = "induce rule off" if rules.induce_threshold is None else f"induce score > {rules.induce_threshold}"
+    kind = "fallback" if isinstance(rules, FallbackRules) else "main"
+    return f"{kind} rules (KL <= {rules.kl_threshold}, {induce})"
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ class DirectionConfig:
 
     def accepts(self, kl: float, induce_score: float) -> bool:
         """Does a candidate with this harmless KL and induce score pass the main selection rules?"""
-        return _accepts(kl, induce_score, self.kl_threshold, self.induce_threshold)
+        return _accepts(self, kl, induce_score)
 
     def to_dict(self) -> dict:
         return config_to_dict(self)
@@ -142,14 +144,13 @@ class Selection:
     main_rules_failure: str | None = None  # set when the direction was chosen by config.fallback
 
     @property
-    def thresholds(self) -> tuple[float, float | None]:
-        """(kl_threshold, induce_threshold) of the rules the direction was chosen by."""
-        rules = self.config if self.main_rules_failure is None else self.config.fallback
-        return rules.kl_threshold, rules.induce_threshold
+    def rules_used(self) -> DirectionConfig | FallbackRules:
+        """The rules the direction was chosen by: the config's main rules, or its fallback."""
+        return self.config if self.main_rules_failure is None else self.config.fallback
 
     def rules(self) -> str:
         """Which rules chose the direction, in words, e.g. "main rules (KL <= 0.1, induce score > 0.0)"."""
-        return _rules_text(*self.thresholds, fallback=self.main_rules_failure is not None)
+        return _rules_text(self.rules_used)
 
     def filter_reason(self, layer: int, index: int) -> str | None:
         """Why candidate (layer, positions[index]) was not chosen; None for the chosen one."""
@@ -165,11 +166,11 @@ class Selection:
             return "zero difference in means (no signal at this site)"
         if math.isnan(kl):
             return "not evaluated (lazy selection stopped at the chosen one)"
-        kl_threshold, induce_threshold = self.thresholds
-        if not kl <= kl_threshold:
-            return f"KL {kl:.4g} > kl_threshold {kl_threshold}"
-        if not _accepts(kl, ind, kl_threshold, induce_threshold):
-            return f"induce score {ind:.4g} <= induce_threshold {induce_threshold}"
+        rules = self.rules_used
+        if not kl <= rules.kl_threshold:
+            return f"KL {kl:.4g} > kl_threshold {rules.kl_threshold}"
+        if not _accepts(rules, kl, ind):
+            return f"induce score {ind:.4g} <= induce_threshold {rules.induce_threshold}"
         return "passed the filters, but its ablation score is higher than the chosen one's"
 
     def candidates(self) -> list[dict]:
@@ -290,21 +291,19 @@ def select_direction(
     passing, main_failure = [c for c in todo if passes(c)], None
     if not passing and config.fallback is not None:  # every candidate was scored (lazy stops only on a pass)
         main_failure = _nothing_passed(todo, positions, abl, ind, kl, config)
-        rules = config.fallback
-        passing = [c for c in todo if _accepts(float(kl[c]), float(ind[c]), rules.kl_threshold, rules.induce_threshold)]
+        passing = [c for c in todo if _accepts(config.fallback, float(kl[c]), float(ind[c]))]
     if not passing:
         message = _nothing_passed(todo, positions, abl, ind, kl, config)
         if main_failure is not None:
-            message += (f" The fallback rules (kl_threshold={config.fallback.kl_threshold}, "
-                        f"induce_threshold={config.fallback.induce_threshold}) passed none either.")
+            message += f" The {_rules_text(config.fallback)} passed none either."
         raise NoDirectionPassed(message, positions, {"ablation_score": abl, "induce_score": ind, "kl": kl})
     layer, i = min(passing, key=lambda c: float(abl[c]))
     baselines = score(clean[:n_harmful]), score(clean_harmless)
     scores = {"ablation_score": float(abl[layer, i]), "induce_score": float(ind[layer, i]), "kl": float(kl[layer, i]),
               "baseline_harmful_score": baselines[0], "baseline_harmless_score": baselines[1]}
     if main_failure is not None:  # say so wherever the direction goes (its JSON, audit tables)
-        rules = _rules_text(config.fallback.kl_threshold, config.fallback.induce_threshold, fallback=True)
-        fitted_on = f"{fitted_on}; chosen by {rules}" if fitted_on else f"chosen by {rules}"
+        chosen_by = f"chosen by {_rules_text(config.fallback)}"
+        fitted_on = f"{fitted_on}; {chosen_by}" if fitted_on else chosen_by
     direction = Direction(candidates[layer, i], layer=layer, position=positions[i], method="dim", scores=scores, fitted_on=fitted_on)
     return Selection(direction, layer, positions[i], positions, abl, ind, kl, *baselines, config, main_failure)
 

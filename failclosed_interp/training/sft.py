@@ -33,7 +33,7 @@ class SFTConfig:
     model: str = EMBEDDED_MODEL
     # Measured on the embedded model (docs/benchmarks.md): utility held to the untrained model by KL
     # (weight 10) over-refuses least; lr 1e-3 (not 3e-4) gets the refusal loss down within the 36 steps:
-    # 0.90 harmful / 0.05 harmless refusal, in about 5 min on 2 CPU cores.
+    # 0.85-0.90 harmful / 0.05 harmless refusal measured, in about 5 min on 2 CPU cores.
     n_harmful: int = 64
     n_harmless: int = 64
     n_borderline: int = 32
