@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 
 from failclosed_interp.configs import config_from_dict, config_to_dict
 from failclosed_interp.directions import Direction, DirectionSet
-from failclosed_interp.generation import GenerationConfig, generate_tokens
+from failclosed_interp.generation import GenerationConfig
 from failclosed_interp.interventions import Ablation, Addition, Intervention, hook_name, intervene
 from failclosed_interp.models import ChatModel
-from failclosed_interp.training.data import Example, TokenizedExamples, collate, example_token_ids
+from failclosed_interp.training.data import Example, TokenizedExamples, collate, example_token_ids, own_answers
 from failclosed_interp.training.trainer import answer_cross_entropy, answer_kl
 
 TERMS = ("ablation", "addition", "retain", "independence")
@@ -109,13 +109,10 @@ def rdo_targets(
     """Generate the targets once (greedy, `config.target_tokens` tokens): harmful prompts under the init
     direction's ablation, harmless prompts under its addition and with neither; `interventions` apply to all."""
     _check_inputs(model, harmful, harmless, init)
+    generation = GenerationConfig(max_new_tokens=config.target_tokens, batch_size=config.generation_batch_size, seed=config.seed)
 
     def answers(prompts: Sequence[str], extra: Sequence[Intervention], kind: str) -> tuple[Example, ...]:
-        generation = GenerationConfig(max_new_tokens=config.target_tokens, batch_size=config.generation_batch_size, seed=config.seed)
-        tokens = generate_tokens(model, list(prompts), generation, [*interventions, *extra], progress=progress)
-        # Fewer tokens than the budget means decoding stopped at an end-of-turn token.
-        return tuple(Example(p, model.tokenizer.decode(t, skip_special_tokens=True), kind, len(t) < config.target_tokens)
-                     for p, t in zip(prompts, tokens))
+        return tuple(own_answers(model, prompts, kind, generation, [*interventions, *extra], progress=progress))
 
     return RDOTargets(
         ablation=answers(harmful, [DirectionSet((init,)).ablation()], "utility"),

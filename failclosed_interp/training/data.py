@@ -5,13 +5,14 @@ loss on answer tokens only."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
 from failclosed_interp.chat import format_exchange
 from failclosed_interp.generation import GenerationConfig, generate_tokens
+from failclosed_interp.interventions import Intervention
 from failclosed_interp.judges import Judge, SubstringJudge
 from failclosed_interp.models import ChatModel
 
@@ -54,6 +55,23 @@ class Example:
         return cls(data["prompt"], data["answer"], data["kind"], data.get("complete", True))
 
 
+def own_answers(
+    model: ChatModel,
+    prompts: Sequence[str],
+    kind: str,
+    generation: GenerationConfig,
+    interventions: Sequence[Intervention] = (),
+    *,
+    progress: bool = True,
+) -> list[Example]:
+    """`prompts` paired with the model's own answers (under `interventions`), batched and KV-cached.
+    An answer is complete when decoding stopped at an end-of-turn token, i.e. before the token budget."""
+    tokens = generate_tokens(model, list(prompts), generation, interventions, progress=progress)
+    return [Example(prompt, model.tokenizer.decode(t, skip_special_tokens=True).strip(), kind,
+                    len(t) < generation.max_new_tokens)
+            for prompt, t in zip(prompts, tokens)]
+
+
 def build_sft_examples(
     model: ChatModel,
     harmful: Sequence[str],
@@ -67,28 +85,23 @@ def build_sft_examples(
 ) -> list[Example]:
     """Safety examples (harmful prompt -> the model's own refusal when the judge says it refused, else
     one of `refusal_texts`, cycled in order) followed by utility examples (harmless and borderline
-    prompts -> the model's own answers). All prompts are generated once, batched and KV-cached."""
+    prompts -> the model's own answers). All prompts are generated in one batched pass."""
     harmful, utility = list(harmful), list(harmless) + list(borderline)
     if not harmful:
         raise ValueError("no harmful prompts given; refusal SFT needs at least one harmful prompt")
     if not refusal_texts or not all(t.strip() for t in refusal_texts):
         raise ValueError("refusal_texts must be non-empty strings, e.g. DEFAULT_REFUSALS")
-    prompts = harmful + utility
-    tokens = generate_tokens(model, prompts, generation, progress=progress)
-    answers = [model.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]
-    # Fewer tokens than the budget means decoding stopped at an end-of-turn token.
-    complete = [len(t) < generation.max_new_tokens for t in tokens]
-    refused = judge(harmful, answers[: len(harmful)])
-    examples, n_written = [], 0
-    for i, prompt in enumerate(harmful):
-        if refused[i] and answers[i]:
-            examples.append(Example(prompt, answers[i], "safety", complete[i]))
+    answered = own_answers(model, harmful + utility, "utility", generation, progress=progress)
+    own = answered[: len(harmful)]
+    refused = judge(harmful, [e.answer for e in own])
+    safety, n_written = [], 0
+    for example, refusal in zip(own, refused):
+        if refusal and example.answer:
+            safety.append(replace(example, kind="safety"))
         else:
-            examples.append(Example(prompt, refusal_texts[n_written % len(refusal_texts)], "safety"))
+            safety.append(Example(example.prompt, refusal_texts[n_written % len(refusal_texts)], "safety"))
             n_written += 1
-    for j, prompt in enumerate(utility, start=len(harmful)):
-        examples.append(Example(prompt, answers[j], "utility", complete[j]))
-    return examples
+    return safety + answered[len(harmful) :]
 
 
 @dataclass(frozen=True)
