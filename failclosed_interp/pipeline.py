@@ -3,12 +3,12 @@ demo (base model -> refusal SFT -> refusal direction -> ablation). The CLI calls
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from failclosed_interp.adapters import save_adapter
 from failclosed_interp.artifacts import write_json
 from failclosed_interp.configs import config_to_dict
 from failclosed_interp.chat import post_instruction_positions
@@ -16,11 +16,11 @@ from failclosed_interp.dim import DirectionConfig, FallbackRules, NoDirectionPas
 from failclosed_interp.directions import load_directions
 from failclosed_interp.generation import GenerationConfig
 from failclosed_interp.interventions import Ablation, Addition, Intervention
-from failclosed_interp.models import EMBEDDED_MODEL, ChatModel, load_model
+from failclosed_interp.models import EMBEDDED_MODEL, ChatModel
 from failclosed_interp.plots import layer_position_heatmap, refusal_rate_bars, save_figure
 from failclosed_interp.prompts import PromptSet, builtin
 from failclosed_interp.scoring import JudgedResponses, NoRefusals, refusal_rate, refusal_tokens_from_responses, token_strings
-from failclosed_interp.training import SFTConfig, build_sft_examples, sft_prompts, train_lora
+from failclosed_interp.training import SFTConfig, fresh_lora_model, run_sft
 
 
 @dataclass(frozen=True)
@@ -150,19 +150,15 @@ def demo_job(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
         timings[name] = round(time.perf_counter() - clock, 1)
         clock = time.perf_counter()
 
-    sft, train = config.sft, config.sft.train
-    model = load_model(config.model, lora=train.lora, seed=config.seed)  # fresh LoRA: B = 0, so this is the base model
+    sft = dataclasses.replace(config.sft, model=config.model)
+    model = fresh_lora_model(sft)  # LoRA B = 0: until trained, this is the base model
     lap("load_model")
     gen = GenerationConfig(max_new_tokens=config.eval_tokens, seed=config.seed)
     test = {kind: builtin_prompts(kind, "test", config.n_eval, config.seed) for kind in ("harmful", "harmless", "borderline")}
     rates: dict[str, JudgedResponses] = {"harmful_base": refusal_rate(model, test["harmful"], generation=gen, progress=progress)}
     lap("evaluate_base")
 
-    examples = build_sft_examples(model, *sft_prompts(sft),
-                                  generation=GenerationConfig(max_new_tokens=sft.answer_tokens, seed=sft.seed))
-    training = train_lora(model, examples, train, progress=progress)
-    save_adapter(model, out / "sft" / "adapter", train.lora)
-    write_json(out / "sft" / "training.json", {"config": train.to_dict(), **training.to_dict()})
+    run_sft(sft, out / "sft", model=model, progress=progress)
     lap("sft")
 
     for kind in ("harmful", "harmless", "borderline"):

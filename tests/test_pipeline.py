@@ -1,6 +1,11 @@
-"""The demo's printed table: every figure shown with its CI, and an undetermined run says why."""
+"""The demo job on a tiny model (folders, seeding, the model it trains) and its printed table: every
+figure shown with its CI, and an undetermined run says why."""
 
-from failclosed_interp.pipeline import format_summary
+import json
+
+from failclosed_interp.adapters import LoraSettings
+from failclosed_interp.pipeline import DemoConfig, DirectionJobConfig, demo_job, format_summary
+from failclosed_interp.training import SFTConfig, TrainConfig
 
 RATE = {"value": 0.5, "ci_low": 0.25, "ci_high": 0.75, "n": 20}
 KEYS = ("refusal_harmful_base", "refusal_harmful_sft", "refusal_harmless_sft", "refusal_borderline_sft",
@@ -40,3 +45,30 @@ def test_undetermined_run_shows_no_ablated_figure_and_no_direction():
     assert "no direction passed the selection rules" in text
     assert "refusal direction: none selected" in text
     assert "undetermined: no DIM candidate" in text
+
+
+def _tiny_demo(out) -> dict:
+    # The SFT config names a model that does not exist: the demo must train the model it was given.
+    sft = SFTConfig(model="no-such-model", n_harmful=4, n_harmless=4, n_borderline=2, answer_tokens=4,
+                    train=TrainConfig(epochs=1, batch_size=4, lr=1e-2, max_length=200, lora=LoraSettings(r=2, alpha=4)))
+    config = DemoConfig(model="tiny-llama", n_eval=3, eval_tokens=4, sft=sft,
+                        directions=DirectionJobConfig(n_train=4, n_val=2))
+    return demo_job(out, config, progress=False)
+
+
+def test_demo_job_writes_a_seeded_sft_run_and_a_summary(tmp_path):
+    summary = _tiny_demo(tmp_path / "a")
+    sft_dir = tmp_path / "a" / "sft"
+    assert json.loads((sft_dir / "sft_config.json").read_text())["model"] == "tiny-llama"
+    assert len(json.loads((sft_dir / "examples.json").read_text())) == 10
+    assert json.loads((sft_dir / "training.json").read_text())["steps"] >= 1
+    assert json.loads((tmp_path / "a" / "summary.json").read_text()) == summary
+    assert 0.0 <= summary["refusal_harmful_base"] <= 1.0 and 0.0 <= summary["refusal_harmful_sft"] <= 1.0
+    assert summary["seconds_total"] > 0
+    # A random tiny model refuses nothing, so no direction can be located; the summary says so.
+    if summary["direction_layer"] is None:
+        assert summary["verdict"].startswith("undetermined: ")
+    # Same config, same adapter: the LoRA init is seeded, not drawn from whatever the global RNG holds.
+    _tiny_demo(tmp_path / "b")
+    adapter = "sft/adapter/adapter_model.safetensors"
+    assert (tmp_path / "a" / adapter).read_bytes() == (tmp_path / "b" / adapter).read_bytes()

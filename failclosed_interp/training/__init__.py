@@ -10,7 +10,7 @@ from failclosed_interp.training.data import (
     build_sft_examples,
     tokenize_examples,
 )
-from failclosed_interp.training.sft import SFTConfig, SFTResult, run_sft, sft_prompts
+from failclosed_interp.training.sft import SFTConfig, SFTResult, fresh_lora_model, run_sft, sft_prompts
 from failclosed_interp.training.trainer import (
     TrainResult,
     adapters_disabled,
@@ -32,6 +32,7 @@ __all__ = [
     "answer_cross_entropy",
     "answer_kl",
     "build_sft_examples",
+    "fresh_lora_model",
     "run_sft",
     "sft_prompts",
     "tokenize_examples",

@@ -87,12 +87,15 @@ def fresh_lora_model(config: SFTConfig, device: str | None = None) -> ChatModel:
         return load_model(config.model, lora=config.train.lora, seed=config.seed, device=device)
 
 
-def run_sft(config: SFTConfig, out_dir: str | Path, *, progress: bool = True) -> SFTResult:
-    """Load the model with a fresh LoRA, build examples from its own answers, train, save the run."""
+def run_sft(config: SFTConfig, out_dir: str | Path, *, model: ChatModel | None = None, progress: bool = True) -> SFTResult:
+    """Build examples from the model's own answers, train, save the run (config, examples, curves, adapter).
+
+    `model`: a model from `fresh_lora_model(config)`, e.g. one already used to measure the base model
+    (its LoRA is still zero); by default one is loaded."""
     out_dir = Path(out_dir)
     harmful, harmless, borderline = sft_prompts(config)
     write_json(out_dir / CONFIG_FILE, config.to_dict())
-    model = fresh_lora_model(config)
+    model = fresh_lora_model(config) if model is None else model
     generation = GenerationConfig(max_new_tokens=config.answer_tokens)
     examples = build_sft_examples(model, harmful, harmless, borderline, generation=generation, progress=progress)
     write_json(out_dir / EXAMPLES_FILE, [e.to_dict() for e in examples])
