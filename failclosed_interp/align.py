@@ -37,7 +37,7 @@ from failclosed_interp.models import ChatModel, load_model
 from failclosed_interp.orthogonalize import export_checkpoint
 from failclosed_interp.pipeline import DirectionJobConfig, builtin_prompts, direction_job
 from failclosed_interp.rdo import RDOConfig, optimize_direction
-from failclosed_interp.scoring import NoRefusals, refusal_rate
+from failclosed_interp.scoring import JudgedResponses, NoRefusals, refusal_rate
 from failclosed_interp.training import Example, SFTConfig, build_sft_examples, train_lora
 from failclosed_interp.training.sft import fresh_lora_model, sft_prompts
 from failclosed_interp.training.trainer import StepCallback, adapters_disabled
@@ -168,13 +168,13 @@ def _refusal(model: ChatModel, config: AlignConfig, prompts: list[str], ablate: 
                         interventions=[ablate.ablation()] if ablate is not None else [], progress=False)
 
 
-def _round_metrics(model: ChatModel, config: AlignConfig, found: DirectionSet) -> dict:
+def _round_metrics(model: ChatModel, config: AlignConfig, found: DirectionSet) -> dict[str, JudgedResponses]:
     """Refusal on held-out harmful and harmless prompts, plain and with everything found so far ablated."""
     test = _held_out(config, ("harmful", "harmless"))
-    metrics = {f"refusal_{kind}": _refusal(model, config, prompts).rate.value for kind, prompts in test.items()}
+    judged = {f"refusal_{kind}": _refusal(model, config, prompts) for kind, prompts in test.items()}
     if len(found):
-        metrics["refusal_harmful_all_ablated"] = _refusal(model, config, test["harmful"], found).rate.value
-    return metrics
+        judged["refusal_harmful_all_ablated"] = _refusal(model, config, test["harmful"], found)
+    return judged
 
 
 def align(
@@ -195,6 +195,7 @@ def align(
         model, found, stop_reason = fresh_lora_model(config.sft, device), DirectionSet(), None
     examples = _examples(model, out, config, progress)
     rounds = tqdm(range(done + 1, config.rounds + 1), desc=f"{config.method} rounds", disable=not progress)
+    measured: dict[str, JudgedResponses] = {}  # the last round's held-out rates, reused by the final summary
     for k in rounds if stop_reason is None else ():
         folder = _round_dir(out, k)
         train = dataclasses.replace(config.sft.train, seed=config.sft.train.seed + k)
@@ -209,13 +210,14 @@ def align(
                 found = found.append(direction) if config.method == "failclosed" else DirectionSet([direction])
         if len(found):
             save_directions(found, folder / "directions", model.identity())
+        measured = _round_metrics(model, config, found)
         write_json(folder / "metrics.json", {"round": k, "stop_reason": stop_reason, "n_directions": len(found),
-                                             **_round_metrics(model, config, found)})
+                                             **{name: judged.rate.value for name, judged in measured.items()}})
         write_json(out / STATE_FILE, {"config": config.to_dict(), "completed_round": k, "stop_reason": stop_reason})
         done = k
         if stop_reason is not None:
             break
-    summary = _finish(model, config, out, found, done, stop_reason, progress)
+    summary = _finish(model, config, out, found, done, stop_reason, measured, progress)
     if merge:
         export_checkpoint(config.model, out / "final" / "merged", adapter=out / "final" / "adapter", overwrite=True)
     return summary
@@ -232,8 +234,10 @@ def reference_answers(model: ChatModel, prompts: list[str], max_new_tokens: int)
         return generate(model, prompts, GenerationConfig(max_new_tokens=max_new_tokens), progress=False)
 
 
-def _finish(model: ChatModel, config: AlignConfig, out: Path, found: DirectionSet, done: int, stop_reason, progress) -> dict:
-    """Copy the last round to `final/` and write the held-out evaluation of the final model."""
+def _finish(model: ChatModel, config: AlignConfig, out: Path, found: DirectionSet, done: int, stop_reason,
+            measured: dict[str, JudgedResponses], progress) -> dict:
+    """Copy the last round to `final/` and write the held-out evaluation of the final model (reusing the
+    rates `measured` on it at the end of its round)."""
     final = out / "final"
     last = _round_dir(out, done)
     for part in ("adapter", "directions"):
@@ -246,17 +250,22 @@ def _finish(model: ChatModel, config: AlignConfig, out: Path, found: DirectionSe
     summary = {"method": config.method, "mode": config.mode, "model": config.model,
                "rounds_completed": done, "stop_reason": stop_reason, "n_directions": len(found),
                "direction_layers": [d.layer for d in found],
-               **evaluate_final(model, config, found, out / "final" / "adaptive", progress)}
+               **evaluate_final(model, config, found, out / "final" / "adaptive", progress, measured)}
     write_json(out / SUMMARY_FILE, summary)
     return summary
 
 
-def evaluate_final(model: ChatModel, config: AlignConfig, found: DirectionSet, adaptive_dir: Path, progress: bool) -> dict:
-    """The summary figures of issue 3 on held-out built-in TEST prompts."""
+def evaluate_final(model: ChatModel, config: AlignConfig, found: DirectionSet, adaptive_dir: Path, progress: bool,
+                   measured: dict[str, JudgedResponses] | None = None) -> dict:
+    """The summary figures of issue 3 on held-out built-in TEST prompts. `measured`: rates already judged
+    on this model with these settings (`_round_metrics`), not generated again."""
     test = _held_out(config, ("harmful", "harmless", "borderline"))
-    rates = {f"refusal_{kind}": _refusal(model, config, prompts) for kind, prompts in test.items()}
+    rates = dict(measured or {})
+    for kind, prompts in test.items():
+        if f"refusal_{kind}" not in rates:
+            rates[f"refusal_{kind}"] = _refusal(model, config, prompts)
     each = [_refusal(model, config, test["harmful"], found[i : i + 1]) for i in range(len(found))]
-    if len(found):
+    if len(found) and "refusal_harmful_all_ablated" not in rates:
         rates["refusal_harmful_all_ablated"] = _refusal(model, config, test["harmful"], found)
     try:  # the adaptive attack: the refusal direction re-found on this model itself, selection rules on
         selection = direction_job(model, adaptive_dir, config.directions, progress=progress)

@@ -168,3 +168,25 @@ def test_adaptive_attack_ablates_the_direction_refound_on_the_final_model(tmp_pa
     assert result["adaptive_direction_rules"].startswith("fallback rules")
     assert 0.0 <= result["refusal_harmful_adaptive_ablated"] <= 1.0
     assert ablations[-1] is not None and ablations[-1][0] == direction  # the re-found direction was ablated
+
+
+def test_final_summary_reuses_the_last_rounds_rates_instead_of_generating_them_again(tmp_path, monkeypatch):
+    import failclosed_interp.align as align_module
+
+    plain_harmful = []
+    real_refusal = align_module._refusal
+
+    def spy_refusal(m, config, prompts, ablate=None):
+        if ablate is None and prompts == align_module._held_out(config, ("harmful",))["harmful"]:
+            plain_harmful.append(1)
+        return real_refusal(m, config, prompts, ablate)
+
+    monkeypatch.setattr(align_module, "_refusal", spy_refusal)
+    summary = align(tiny_config("sft", rounds=1), tmp_path, progress=False)
+    assert len(plain_harmful) == 2  # once per round (rounds 0 and 1); the summary reuses round 1's
+    assert summary["refusal_harmful"] == json.loads((tmp_path / "round_1" / "metrics.json").read_text())["refusal_harmful"]
+    assert summary["ci"]["refusal_harmful"]["n"] == 3
+    # A resumed, already finished run has nothing measured in this process: it judges again, once.
+    plain_harmful.clear()
+    assert align(tiny_config("sft", rounds=1), tmp_path, progress=False) == summary
+    assert len(plain_harmful) == 1
