@@ -31,6 +31,7 @@ from failclosed_interp.artifacts import read_json, write_json
 from failclosed_interp.configs import config_from_dict, config_to_dict
 from failclosed_interp.dim import NoDirectionPassed
 from failclosed_interp.directions import DirectionSet, load_directions, save_directions
+from failclosed_interp.distributed import is_main_process
 from failclosed_interp.generation import GenerationConfig, generate
 from failclosed_interp.interventions import Intervention
 from failclosed_interp.models import ChatModel, load_model
@@ -218,7 +219,7 @@ def align(
         if stop_reason is not None:
             break
     summary = _finish(model, config, out, found, done, stop_reason, measured, progress)
-    if merge:
+    if merge and is_main_process():
         export_checkpoint(config.model, out / "final" / "merged", adapter=out / "final" / "adapter", overwrite=True)
     return summary
 
@@ -241,7 +242,7 @@ def _finish(model: ChatModel, config: AlignConfig, out: Path, found: DirectionSe
     final = out / "final"
     last = _round_dir(out, done)
     for part in ("adapter", "directions"):
-        if (last / part).exists():
+        if (last / part).exists() and is_main_process():
             tmp = final / f".{part}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(last / part, tmp)

@@ -12,16 +12,25 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from failclosed_interp.distributed import is_main_process
+
 IDENTITY_FILE = "model.json"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read the process umask (only settable, so set and restore it once at import)
 
 
 def atomic_write(path: Path, write) -> Path:
+    """`write(tmp)` to a temporary file next to `path`, then rename it into place. In a multi-process
+    launch only rank 0 writes (the ranks hold the same results); the others return `path` unwritten."""
     path = Path(path)
+    if not is_main_process():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give them the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

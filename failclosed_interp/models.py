@@ -14,6 +14,7 @@ from transformer_lens import TransformerBridge
 from transformer_lens.model_bridge.sources import build_bridge_from_module
 
 from failclosed_interp.adapters import LoraSettings, inject_lora, load_adapter
+from failclosed_interp.distributed import process_device
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 TINY_LLAMA = "tiny-llama"
@@ -90,6 +91,7 @@ def load_model(
             raise ValueError(f"{TINY_NATIVE!r} has no HF modules to put LoRA on; use {TINY_LLAMA!r}")
         return _tiny_native(seed)
     hf_model, tokenizer = load_hf(name, dtype=dtype, device_map=device_map, seed=seed)
+    device = process_device(device)  # under `accelerate launch` on GPUs: this process's GPU
     if device is not None and device_map is None:
         hf_model.to(device)
     if adapter is not None:

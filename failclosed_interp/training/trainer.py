@@ -18,6 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from failclosed_interp.adapters import lora_parameters
+from failclosed_interp.distributed import DataParallel, data_parallel
 from failclosed_interp.interventions import Intervention, intervene
 from failclosed_interp.models import ChatModel
 from failclosed_interp.training.config import TrainConfig
@@ -66,14 +67,18 @@ def answer_token_weights(labels: Int[Tensor, "batch pos"], first_token_weight: f
 
 
 def answer_cross_entropy(
-    logits: Float[Tensor, "batch pos d_vocab"], labels: Int[Tensor, "batch pos"], first_token_weight: float = 1.0
+    logits: Float[Tensor, "batch pos d_vocab"],
+    labels: Int[Tensor, "batch pos"],
+    first_token_weight: float = 1.0,
+    total_weight: float | None = None,
 ) -> Float[Tensor, ""]:
-    """Weighted mean next-token cross-entropy over the answer tokens (labels != IGNORE)."""
+    """Weighted mean next-token cross-entropy over the answer tokens (labels != IGNORE). `total_weight`:
+    divide by this instead of this batch's own weight (the whole batch's, when this is one rank's share)."""
     target = labels[:, 1:]
     keep = target != IGNORE
     per_token = F.cross_entropy(logits[:, :-1][keep].float(), target[keep], reduction="none")
     weights = answer_token_weights(labels, first_token_weight)
-    return (per_token * weights).sum() / weights.sum()
+    return (per_token * weights).sum() / (weights.sum() if total_weight is None else total_weight)
 
 
 def answer_kl(
@@ -81,14 +86,16 @@ def answer_kl(
     logits: Float[Tensor, "batch pos d_vocab"],
     labels: Int[Tensor, "batch pos"],
     first_token_weight: float = 1.0,
+    total_weight: float | None = None,
 ) -> Float[Tensor, ""]:
-    """Weighted mean KL(reference || model) of the next-token distributions that predict answer tokens."""
+    """Weighted mean KL(reference || model) of the next-token distributions that predict answer tokens
+    (`total_weight` as in `answer_cross_entropy`)."""
     keep = labels[:, 1:] != IGNORE
     ref = torch.log_softmax(reference[:, :-1][keep].float(), -1)
     cur = torch.log_softmax(logits[:, :-1][keep].float(), -1)
     per_token = F.kl_div(cur, ref, log_target=True, reduction="none").sum(-1)
     weights = answer_token_weights(labels, first_token_weight)
-    return (per_token * weights).sum() / weights.sum()
+    return (per_token * weights).sum() / (weights.sum() if total_weight is None else total_weight)
 
 
 def _forward(model: ChatModel, batch: TokenizedExamples) -> Float[Tensor, "batch pos d_vocab"]:
@@ -160,12 +167,14 @@ def train_lora(
     safety = [r for r, e in zip(rows, examples) if e.kind == "safety"]
     utility = [r for r, e in zip(rows, examples) if e.kind == "utility"]
     plan = _plan(len(safety), len(utility), config)
+    group = data_parallel()  # one process, or this rank of an `accelerate launch` / `torchrun` group
+    group.broadcast(params)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     warmup = config.warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     losses: list[dict] = []
     start = time.perf_counter()
-    bar = tqdm(total=len(plan), desc="training", disable=not progress, leave=False)
+    bar = tqdm(total=len(plan), desc="training", disable=not progress or group.rank > 0, leave=False)
     model.bridge.train()
     try:
         with _seeded(config.seed, model.device):
@@ -173,20 +182,12 @@ def train_lora(
                 record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], "safety": None, "utility": None}
                 optimizer.zero_grad(set_to_none=True)
                 if s_idx:
-                    batch = collate(model, [safety[i] for i in s_idx])
-                    with intervene(model, safety_interventions):
-                        loss = answer_cross_entropy(_forward(model, batch), batch.labels, config.first_token_weight)
-                    record["safety"] = _backward(loss, step, "safety loss", config)
+                    record["safety"] = _backward_share(model, "safety", [safety[i] for i in s_idx], group, config, step,
+                                                       safety_interventions)
                 if u_idx:
-                    batch = collate(model, [utility[i] for i in u_idx])
-                    logits = _forward(model, batch)
-                    if config.utility_loss == "kl":
-                        reference = _reference_logits(model, batch)
-                        loss = config.kl_weight * answer_kl(reference, logits, batch.labels, config.first_token_weight)
-                    else:
-                        loss = answer_cross_entropy(logits, batch.labels, config.first_token_weight)
-                    record["utility"] = _backward(loss, step, "utility loss", config)
+                    record["utility"] = _backward_share(model, "utility", [utility[i] for i in u_idx], group, config, step)
                 record["total"] = sum(v for v in (record["safety"], record["utility"]) if v is not None)
+                group.sum_gradients(params)
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
                 _check_finite(grad_norm, step, "gradient norm", config)
                 optimizer.step()
@@ -202,8 +203,35 @@ def train_lora(
     return TrainResult(steps=len(plan), losses=losses, seconds=time.perf_counter() - start)
 
 
-def _backward(loss: Tensor, step: int, what: str, config: TrainConfig) -> float:
-    value = float(loss.detach())
-    _check_finite(value, step, what, config)
-    loss.backward()
+def _backward_share(
+    model: ChatModel,
+    kind: str,
+    rows: list,
+    group: DataParallel,
+    config: TrainConfig,
+    step: int,
+    interventions: Sequence[Intervention] = (),
+) -> float:
+    """Backpropagate this rank's share of one batch of `kind` (all of it in a single process): safety
+    under `interventions`, utility by CE or KL to the reference. Returns the whole batch's loss."""
+    mine = group.shard(range(len(rows)))
+    # Each share is normalised by the whole batch's answer-token weight, so summed gradients are the batch's.
+    total = float(answer_token_weights(collate(model, rows).labels, config.first_token_weight).sum()) if group.active else None
+    value = 0.0
+    if mine:
+        batch = collate(model, [rows[i] for i in mine])
+        if kind == "safety":
+            with intervene(model, interventions):
+                loss = answer_cross_entropy(_forward(model, batch), batch.labels, config.first_token_weight, total)
+        else:
+            logits = _forward(model, batch)
+            if config.utility_loss == "kl":
+                reference = _reference_logits(model, batch)
+                loss = config.kl_weight * answer_kl(reference, logits, batch.labels, config.first_token_weight, total)
+            else:
+                loss = answer_cross_entropy(logits, batch.labels, config.first_token_weight, total)
+        value = float(loss.detach())
+        loss.backward()
+    value = group.sum(value, model.device)
+    _check_finite(value, step, f"{kind} loss", config)  # a non-finite loss on any rank stops every rank
     return value
