@@ -176,11 +176,12 @@ def demo_job(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
         rates["harmful_sft_ablated"] = refusal_rate(
             model, test["harmful"], generation=gen, interventions=[Ablation(direction.vector[None])], progress=progress,
         )
+        lap("evaluate_ablated")
         rates["harmless_sft_added"] = refusal_rate(  # sufficiency, by generation: the raw DIM vector at its layer
             model, test["harmless"], generation=gen, interventions=[Addition(direction.raw, layer=direction.layer)],
             progress=progress,
         )
-    lap("evaluate_ablated")
+        lap("evaluate_added")
 
     write_json(out / "responses.json", {name: judged.to_dict() for name, judged in rates.items()})
     save_figure(refusal_rate_bars({k: v.rate for k, v in rates.items()},
