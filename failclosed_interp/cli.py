@@ -152,6 +152,7 @@ def cmd_evaluate(args) -> None:
     from failclosed_interp.attacks import AblationConfig, AutoDANConfig, GCGConfig, PAIRConfig
     from failclosed_interp.evaluate import EvalConfig, ModelSpec, evaluate, format_table
     from failclosed_interp.judges import LLMJudge
+    from failclosed_interp.lm_eval_tasks import LMEvalConfig
     from failclosed_interp.models import load_model
 
     specs = [ModelSpec("base", args.model)] if args.base else []
@@ -170,6 +171,9 @@ def cmd_evaluate(args) -> None:
         ablation=AblationConfig(n_train=args.ablation_train, n_val=args.ablation_val, search=_search(args, lazy=True),
                                 seed=args.seed),
         utility_file=args.utility_file, seed=args.seed,
+        lm_eval=LMEvalConfig(tasks=tuple(t.strip() for t in args.lm_eval_tasks.split(",") if t.strip()),
+                             limit=args.lm_eval_limit, include_path=args.lm_eval_include,
+                             num_fewshot=args.lm_eval_fewshot, seed=args.seed) if args.lm_eval_tasks else None,
     )
     judge = LLMJudge(load_model(args.judge_model, device=args.device)) if args.judge_model else None
     results = evaluate(specs, args.out, config, judge=judge,
@@ -272,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation-val", type=int, default=16, help="validation prompts per set for its selection")
     _positions_arg(p)  # the ablation attacker's direction search
     p.add_argument("--utility-file", help="held-out prompt/answer pairs (CSV/JSON) for perplexity")
+    p.add_argument("--lm-eval-tasks", help="also run these lm-evaluation-harness tasks, comma-separated, e.g. "
+                   "arc_easy,hellaswag (needs the lm-eval extra and the tasks' data)")
+    p.add_argument("--lm-eval-limit", type=int, help="examples per lm-eval task (default: all)")
+    p.add_argument("--lm-eval-include", help="folder of your own lm-eval task YAMLs (e.g. reading local files)")
+    p.add_argument("--lm-eval-fewshot", type=int, help="few-shot examples per lm-eval task (default: the task's own)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_evaluate)
 

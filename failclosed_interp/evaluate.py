@@ -35,6 +35,7 @@ from failclosed_interp.plots import grouped_rate_bars, save_figure
 from failclosed_interp.prompts import PromptSet, builtin, load_prompts
 from failclosed_interp.scoring import refusal_rate
 from failclosed_interp.stats import RateEstimate, bootstrap_mean
+from failclosed_interp.lm_eval_tasks import LMEvalConfig, headline_metric, lm_eval_scores
 from failclosed_interp.utility import perplexity
 
 ATTACKS = ("gcg", "autodan", "pair", "human", "ablation")
@@ -94,6 +95,7 @@ class EvalConfig:
     human_templates: int | None = None  # templates tried per prompt; None: all
     ablation: AblationConfig = field(default_factory=AblationConfig)
     utility_file: str | None = None
+    lm_eval: LMEvalConfig | None = None  # optional lm-evaluation-harness tasks, a utility column each
     batch_size: int = 16
     seed: int = 0
 
@@ -280,6 +282,7 @@ def evaluate(
             records[f"compliance_{kind}"] = answered
             row["compliance"][kind] = bootstrap_mean([float(not r["refused"]) for r in answered], seed=config.seed)
         row["utility"] = _utility(utility_prompts, utility_answers, cache, model, config)
+        row["lm_eval"] = _lm_eval(cache, model, config.lm_eval) if config.lm_eval is not None else None
         averaged = [n for n in names if n in AVERAGED]
         if averaged:  # per prompt: the share of attacks that broke it; its mean is the mean of the ASRs
             per_prompt = [sum(records[n][i]["success"] for n in averaged) / len(averaged) for i in range(len(harmful))]
@@ -338,6 +341,13 @@ def _utility(prompts, answers, cache: _Cache, model: _Lazy, config: EvalConfig) 
     return read_json(path)
 
 
+def _lm_eval(cache: _Cache, model: _Lazy, config: LMEvalConfig) -> dict:
+    path = cache.unit("lm_eval", config_to_dict(config)) / "scores.json"
+    if not path.is_file():
+        write_json(path, lm_eval_scores(model(), config))
+    return read_json(path)
+
+
 def _results(rows: dict, names: list[str], harmful: list[str], config: EvalConfig, common: dict,
              compliance_sets: dict, n_utility: int) -> dict:
     def rate(r: RateEstimate) -> dict:
@@ -357,12 +367,14 @@ def _results(rows: dict, names: list[str], harmful: list[str], config: EvalConfi
                 "average_asr": rate(row["average_asr"]) if "average_asr" in row else None,
                 "compliance": {k: rate(r) for k, r in row["compliance"].items()},
                 "utility": row["utility"],
+                "lm_eval": row["lm_eval"],
                 "seconds": row["seconds"],
                 "loaded_model": row["loaded_model"],
             }
             for label, row in rows.items()
         },
         "budgets": {k: v for k, v in config.to_dict().items() if k in ("gcg", "autodan", "pair", "human_templates", "ablation")},
+        "lm_eval": config.to_dict()["lm_eval"],
     }
 
 
@@ -373,15 +385,20 @@ def format_table(results: dict) -> str:
     def cell(r: dict | None) -> str:
         return "–" if r is None else f"{r['value']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
 
+    def task_cell(row: dict, task: str) -> str:
+        shown = headline_metric((row.get("lm_eval") or {}).get(task, {}))
+        return "–" if shown is None else f"{shown[1]:.3f} ({shown[0].split(',')[0]})"
+
+    tasks = sorted({task for row in results["models"].values() for task in (row.get("lm_eval") or {})})
     avg = f"avg ASR ({', '.join(ATTACK_LABELS[n] for n in results['averaged_attacks'])})"
     head = (["model"] + [f"ASR {ATTACK_LABELS.get(n, n)}" for n in names] + [avg]
-            + ["compliance borderline", "compliance harmless", "utility: perplexity"])
+            + ["compliance borderline", "compliance harmless", "utility: perplexity"] + [f"lm-eval {t}" for t in tasks])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, row in results["models"].items():
         u = row["utility"]
         cells = ([label] + [cell(row["asr"][n]) for n in names] + [cell(row["average_asr"])]
                  + [cell(row["compliance"].get(k)) for k in ("borderline", "harmless")]
-                 + [f"{u['perplexity']:.2f} [{u['ci_low']:.2f}, {u['ci_high']:.2f}]"])
+                 + [f"{u['perplexity']:.2f} [{u['ci_low']:.2f}, {u['ci_high']:.2f}]"] + [task_cell(row, t) for t in tasks])
         lines.append("| " + " | ".join(cells) + " |")
     n_c = results["n_compliance"]
     notes = [
@@ -394,6 +411,10 @@ def format_table(results: dict) -> str:
         f"Utility: perplexity of {results['n_utility_answers']} held-out reference answers given their prompts; lower is better.",
         "Budgets: see results.json (`budgets`).",
     ]
+    if tasks:
+        limit = (results.get("lm_eval") or {}).get("limit")
+        notes.insert(-1, f"lm-eval: each task's headline metric (lm-evaluation-harness"
+                         f"{f', first {limit} examples per task' if limit else ''}; all metrics in results.json); higher is better.")
     return "\n".join(lines + notes) + "\n"
 
 
