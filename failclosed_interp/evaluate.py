@@ -30,12 +30,12 @@ from failclosed_interp.attacks import (
 from failclosed_interp.configs import config_to_dict
 from failclosed_interp.generation import GenerationConfig
 from failclosed_interp.judges import Judge, PrefixJudge, SubstringJudge
+from failclosed_interp.lm_eval_tasks import LMEvalConfig, headline_metric, lm_eval_scores
 from failclosed_interp.models import EMBEDDED_MODEL, ChatModel, load_model
 from failclosed_interp.plots import grouped_rate_bars, save_figure
 from failclosed_interp.prompts import PromptSet, builtin, load_prompts
 from failclosed_interp.scoring import refusal_rate
 from failclosed_interp.stats import RateEstimate, bootstrap_mean
-from failclosed_interp.lm_eval_tasks import LMEvalConfig, headline_metric, lm_eval_scores
 from failclosed_interp.utility import perplexity
 
 ATTACKS = ("gcg", "autodan", "pair", "human", "ablation")
@@ -333,19 +333,24 @@ def _compliance(prompts, cache: _Cache, folder: Path, model: _Lazy, judge: Judge
     return [done[p] for p in prompts]
 
 
-def _utility(prompts, answers, cache: _Cache, model: _Lazy, config: EvalConfig) -> dict:
-    path = cache.unit("utility", {"prompts": prompts, "answers": answers}) / "perplexity.json"
+def _computed_once(path: Path, compute: Callable[[], dict]) -> dict:
+    """The JSON at `path`, computed and written first if the cache does not hold it yet."""
     if not path.is_file():
-        result = perplexity(model(), prompts, answers, batch_size=max(1, config.batch_size // 2), seed=config.seed)
-        write_json(path, {**result.to_dict(), "per_item_nll": list(result.mean_nll.per_item)})
+        write_json(path, compute())
     return read_json(path)
+
+
+def _utility(prompts, answers, cache: _Cache, model: _Lazy, config: EvalConfig) -> dict:
+    def compute() -> dict:
+        result = perplexity(model(), prompts, answers, batch_size=max(1, config.batch_size // 2), seed=config.seed)
+        return {**result.to_dict(), "per_item_nll": list(result.mean_nll.per_item)}
+
+    return _computed_once(cache.unit("utility", {"prompts": prompts, "answers": answers}) / "perplexity.json", compute)
 
 
 def _lm_eval(cache: _Cache, model: _Lazy, config: LMEvalConfig) -> dict:
-    path = cache.unit("lm_eval", config_to_dict(config)) / "scores.json"
-    if not path.is_file():
-        write_json(path, lm_eval_scores(model(), config))
-    return read_json(path)
+    return _computed_once(cache.unit("lm_eval", config_to_dict(config)) / "scores.json",
+                          lambda: lm_eval_scores(model(), config))
 
 
 def _results(rows: dict, names: list[str], harmful: list[str], config: EvalConfig, common: dict,

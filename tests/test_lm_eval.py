@@ -8,8 +8,6 @@ import json
 import pytest
 import torch
 
-pytest.importorskip("lm_eval", reason="the lm-eval extra is not installed (make test installs it)")
-
 from failclosed_interp.attacks import HumanTemplates, Template
 from failclosed_interp.evaluate import EvalConfig, ModelSpec, evaluate
 from failclosed_interp.judges import PrefixJudge
