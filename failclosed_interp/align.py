@@ -7,7 +7,8 @@ along a new direction, while the utility batches keep the model close to its fro
 
 Methods, same data, steps and LoRA settings:
 - `failclosed`: ablate the span of all found directions (mode "cumulative") or only the last one
-  ("last-only"); each new direction is found with the trained-against ones ablated.
+  ("last-only"); each new direction is found with the trained-against ones ablated (search "ablated")
+  or on the plain model (search "plain").
 - `sft`: no ablation; the "standard alignment" baseline trained as long as the others.
 - `refat`: refusal-feature adversarial training: ablate the single direction found on the current
   model at the end of the previous round (re-found every round, with nothing ablated).
@@ -46,6 +47,7 @@ from failclosed_interp.utility import perplexity
 
 METHODS = ("failclosed", "sft", "refat")
 MODES = ("cumulative", "last-only")
+SEARCHES = ("ablated", "plain")
 STATE_FILE = "state.json"
 EXAMPLES_FILE = "examples.json"
 SUMMARY_FILE = "summary.json"
@@ -55,11 +57,16 @@ SUMMARY_FILE = "summary.json"
 class AlignConfig:
     """One progressive run. `rounds` counts the rounds after round 0 (plain SFT); every round trains
     `sft.train.epochs` epochs on the same examples. `min_new_component` is the smallest norm the
-    unit-length new direction may keep outside the span of the earlier ones."""
+    unit-length new direction may keep outside the span of the earlier ones.
+
+    `search` (failclosed only): find each new direction with the trained-against ones ablated
+    ("ablated": the next mechanism the model falls back on) or on the plain model, as the adaptive
+    attacker does ("plain": the single direction whose ablation now hurts refusal most)."""
 
     method: str = "failclosed"
     rounds: int = 3
     mode: str = "cumulative"
+    search: str = "ablated"
     sft: SFTConfig = field(default_factory=SFTConfig)
     directions: DirectionJobConfig = field(default_factory=DirectionJobConfig)
     rdo: RDOConfig | None = field(default_factory=RDOConfig)
@@ -72,6 +79,8 @@ class AlignConfig:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.search not in SEARCHES:
+            raise ValueError(f"search must be one of {SEARCHES}, got {self.search!r}")
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1 (round 0 is plain SFT; each further round retrains), got {self.rounds}")
         if not 0 < self.min_new_component <= 1:
@@ -96,19 +105,25 @@ def _round_dir(out: Path, k: int) -> Path:
 
 
 def _start(out: Path, config: AlignConfig) -> int:
-    """The last completed round of a run in `out` (-1 for a new run); refuses a folder of another run."""
+    """The last completed round of a run in `out` (-1 for a new run); refuses a folder of another run.
+    A run may be extended: resuming with more `rounds` (and nothing else changed) trains the extra rounds."""
     state_path = out / STATE_FILE
     if not state_path.exists():
         write_json(out / "config.json", config.to_dict())
         return -1
     state = read_json(state_path)
-    if state["config"] != config.to_dict():
-        changed = sorted(k for k in config.to_dict() if state["config"].get(k) != config.to_dict()[k])
+    saved = AlignConfig.from_dict(state["config"]).to_dict()  # settings added since the run started take their defaults
+    done = int(state["completed_round"])
+    wanted = config.to_dict()
+    changed = sorted(k for k in wanted if saved.get(k) != wanted[k] and not (k == "rounds" and config.rounds > done))
+    if changed:
         raise ValueError(
             f"{out} holds a run with other settings ({', '.join(changed)} differ); resume it with the same "
-            f"settings (see {out / 'config.json'}) or choose a new --out folder"
+            f"settings (see {out / 'config.json'}; only --rounds may grow) or choose a new --out folder"
         )
-    return int(state["completed_round"])
+    if saved != wanted:
+        write_json(out / "config.json", wanted)
+    return done
 
 
 def _examples(model: ChatModel, out: Path, config: AlignConfig, progress: bool) -> list[Example]:
@@ -135,7 +150,7 @@ def training_ablation(config: AlignConfig, found: DirectionSet) -> list[Interven
 
 def _next_direction(model: ChatModel, config: AlignConfig, found: DirectionSet, folder: Path, progress: bool):
     """(the direction found on the current model, None) or (None, why the loop stops)."""
-    base = training_ablation(config, found) if config.method == "failclosed" else []
+    base = training_ablation(config, found) if config.method == "failclosed" and config.search == "ablated" else []
     try:
         selection = direction_job(model, folder, config.directions, interventions=base, progress=progress)
     except NoRefusals as err:

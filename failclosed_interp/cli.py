@@ -118,7 +118,7 @@ def cmd_align(args) -> None:
     else:
         rdo = dataclasses.replace(defaults.rdo or RDOConfig(), steps=args.rdo_steps)
     directions = dataclasses.replace(defaults.directions, search=_search(args))
-    config = AlignConfig(method=args.method, rounds=args.rounds, mode=args.mode, sft=sft, directions=directions, rdo=rdo,
+    config = AlignConfig(method=args.method, rounds=args.rounds, mode=args.mode, search=args.search, sft=sft, directions=directions, rdo=rdo,
                          n_eval=args.n_eval)
     summary = align(config, args.out, merge=args.merge, device=args.device)
     print(format_align_summary(summary))
@@ -217,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=3, help="rounds after round 0 (plain SFT), default 3")
     p.add_argument("--mode", choices=["cumulative", "last-only"], default="cumulative",
                    help="failclosed: ablate all found directions (default) or only the last one")
+    p.add_argument("--search", choices=["ablated", "plain"], default="ablated",
+                   help="failclosed: find each new direction with the found ones ablated (default) or on the plain model")
     _training_args(p)
     _positions_arg(p)
     p.add_argument("--rdo-steps", type=int, help="RDO refinement steps per direction; 0 = DIM only")

@@ -1,5 +1,6 @@
 """The progressive loop on tiny models: folders, baselines, stop reasons, resume after a kill, bad input."""
 
+import dataclasses
 import json
 
 import pytest
@@ -76,17 +77,42 @@ def test_a_killed_run_resumes_from_the_last_completed_round_with_the_same_result
 
 
 def test_a_folder_of_another_run_is_refused_and_left_alone(tmp_path):
-    align(tiny_config("sft", rounds=1), tmp_path, progress=False)
+    align(tiny_config("sft", rounds=2), tmp_path, progress=False)
     before = (tmp_path / "state.json").read_text()
-    with pytest.raises(ValueError, match="other settings.*rounds"):
-        align(tiny_config("sft", rounds=2), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="other settings.*method"):
+        align(tiny_config("refat", rounds=2), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="other settings.*rounds"):  # fewer rounds than already completed
+        align(tiny_config("sft", rounds=1), tmp_path, progress=False)
     assert (tmp_path / "state.json").read_text() == before
+
+
+def test_a_finished_run_extended_with_more_rounds_equals_a_run_that_had_them_from_the_start(tmp_path):
+    align(tiny_config("sft", rounds=2), tmp_path / "whole", progress=False)
+    align(tiny_config("sft", rounds=1), tmp_path / "extended", progress=False)
+    steps = []
+    summary = align(tiny_config("sft", rounds=2), tmp_path / "extended", progress=False,
+                    on_step=lambda s, _: steps.append(s))
+    assert steps == [0, 1]  # only round 2 trained
+    assert summary["rounds_completed"] == 2
+    assert json.loads((tmp_path / "extended/config.json").read_text())["rounds"] == 2
+    assert (tmp_path / "whole/final/adapter/adapter_model.safetensors").read_bytes() == \
+        (tmp_path / "extended/final/adapter/adapter_model.safetensors").read_bytes()
+
+
+def test_a_run_saved_before_a_setting_existed_resumes_with_that_settings_default(tmp_path):
+    config = tiny_config("sft", rounds=1)
+    align(config, tmp_path, progress=False)
+    state = json.loads((tmp_path / "state.json").read_text())
+    del state["config"]["search"]  # as written by a version without the option
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    assert align(config, tmp_path, progress=False)["rounds_completed"] == 1
 
 
 @pytest.mark.parametrize("bad, match", [
     (dict(rounds=0), "rounds must be >= 1"),
     (dict(method="dpo"), "method must be one of"),
     (dict(mode="sometimes"), "mode must be one of"),
+    (dict(search="everywhere"), "search must be one of"),
     (dict(min_new_component=0.0), "min_new_component"),
 ])
 def test_bad_settings_are_refused(bad, match):
@@ -112,6 +138,35 @@ def test_safety_batches_train_against_the_right_directions(method, mode, expecte
     (ablation,) = training_ablation(AlignConfig(method=method, mode=mode), found)
     torch.testing.assert_close(_span(ablation), _span(found[expected].ablation()))
     assert ablation.sites == found.ablation().sites and ablation.layers is None  # every layer, all three sites
+
+
+@pytest.mark.parametrize("search", ["ablated", "plain"])
+def test_the_next_direction_is_searched_with_the_found_ones_ablated_or_on_the_plain_model(tmp_path, monkeypatch, search):
+    import failclosed_interp.align as align_module
+    from failclosed_interp.models import load_model
+
+    model = load_model("tiny-llama")
+    found = _directions(2, model.d_model)
+    new = Direction(torch.randn(model.d_model, generator=torch.Generator().manual_seed(1)), layer=1, position=-1,
+                    method="dim")
+    seen = []
+
+    class Selection:
+        direction = new
+
+    def fake_direction_job(m, out, config, interventions=(), progress=True):
+        seen.append(list(interventions))
+        return Selection()
+
+    monkeypatch.setattr(align_module, "direction_job", fake_direction_job)
+    config = dataclasses.replace(tiny_config("failclosed"), search=search, rdo=None)
+    direction, stop = align_module._next_direction(model, config, found, tmp_path, progress=False)
+    assert direction is new and stop is None
+    if search == "plain":
+        assert seen == [[]]  # as the adaptive attacker searches
+    else:
+        (ablation,) = seen[0]
+        torch.testing.assert_close(_span(ablation), _span(found.ablation()))
 
 
 def test_nothing_is_ablated_for_the_sft_baseline_or_before_the_first_direction():
