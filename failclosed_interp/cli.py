@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -306,11 +308,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _quiet_unless_main_process():
+    """Under a multi-process launch only rank 0 prints results; other ranks keep stderr for errors."""
+    from failclosed_interp.distributed import is_main_process
+
+    if is_main_process():
+        yield
+        return
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        args.func(args)
+        with _quiet_unless_main_process():
+            args.func(args)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         print(f"failclosed {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -40,6 +40,7 @@ def test_two_process_launch_trains_the_same_adapter_as_one_process(tmp_path):
               "-m", "failclosed_interp.cli", "sft", *SFT_ARGS, "--out", str(tmp_path / "two")]
     done = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("adapter written to") == 1  # only rank 0 prints the result
 
     one, two = (load_file(tmp_path / run / "adapter" / "adapter_model.safetensors") for run in ("one", "two"))
     assert one.keys() == two.keys()
