@@ -6,8 +6,9 @@ the directions found so far ablated on the safety batches only, so the model has
 along a new direction, while the utility batches keep the model close to its frozen reference.
 
 Methods, same data, steps and LoRA settings:
-- `failclosed`: ablate the span of all found directions (mode "cumulative") or only the last one
-  ("last-only"); each new direction is found with the trained-against ones ablated (search "ablated")
+- `failclosed`: ablate the span of all found directions (mode "cumulative"), only the last one
+  ("last-only"), or a fresh random subset of them at every step ("random-subsets", the empty one
+  included, so refusal must hold under every combination, not only all-ablated); each new direction is found with the trained-against ones ablated (search "ablated")
   or on the plain model (search "plain").
 - `sft`: no ablation; the "standard alignment" baseline trained as long as the others.
 - `refat`: refusal-feature adversarial training: ablate the single direction found on the current
@@ -22,9 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from failclosed_interp.adapters import save_adapter
@@ -46,7 +49,7 @@ from failclosed_interp.training.trainer import StepCallback, adapters_disabled
 from failclosed_interp.utility import perplexity
 
 METHODS = ("failclosed", "sft", "refat")
-MODES = ("cumulative", "last-only")
+MODES = ("cumulative", "last-only", "random-subsets")
 SEARCHES = ("ablated", "plain")
 STATE_FILE = "state.json"
 EXAMPLES_FILE = "examples.json"
@@ -140,12 +143,40 @@ def _examples(model: ChatModel, out: Path, config: AlignConfig, progress: bool) 
 
 
 def training_ablation(config: AlignConfig, found: DirectionSet) -> list[Intervention]:
-    """What the safety batches of the next round train against."""
+    """The ablation the next round trains against (in mode "random-subsets", the whole span, which
+    steps ablate in parts), and that the "ablated" search runs under."""
     if config.method == "sft" or len(found) == 0:
         return []
     if config.method == "refat" or config.mode == "last-only":
         return [found[len(found) - 1 :].ablation()]
     return [found.ablation()]  # QR-orthonormalised span, every layer's block input, attention and MLP output
+
+
+@dataclass(frozen=True)
+class RandomSubsetAblation:
+    """Mode "random-subsets": step `step` ablates the span of a random subset of `found`, each direction
+    kept with probability 1/2 (the empty subset trains plain refusal). Drawn from (seed, step) alone, so
+    a resumed run and every process of a multi-process run draw the same subsets."""
+
+    found: DirectionSet
+    seed: int
+
+    def subset(self, step: int) -> list[int]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        return (torch.rand(len(self.found), generator=gen) < 0.5).nonzero().flatten().tolist()
+
+    def __call__(self, step: int) -> list[Intervention]:
+        chosen = self.subset(step)
+        return [self.found[chosen].ablation()] if chosen else []
+
+
+def safety_interventions(config: AlignConfig, found: DirectionSet,
+                         seed: int) -> Sequence[Intervention] | Callable[[int], Sequence[Intervention]]:
+    """What each training step's safety batch runs under: `training_ablation`, or per step a random
+    subset of the found directions (failclosed, mode "random-subsets")."""
+    if config.method == "failclosed" and config.mode == "random-subsets" and len(found):
+        return RandomSubsetAblation(found, seed)
+    return training_ablation(config, found)
 
 
 def _next_direction(model: ChatModel, config: AlignConfig, found: DirectionSet, folder: Path, progress: bool):
@@ -215,7 +246,7 @@ def align(
     for k in rounds if stop_reason is None else ():
         folder = _round_dir(out, k)
         train = dataclasses.replace(config.sft.train, seed=config.sft.train.seed + k)
-        result = train_lora(model, examples, train, safety_interventions=training_ablation(config, found),
+        result = train_lora(model, examples, train, safety_interventions=safety_interventions(config, found, train.seed),
                             progress=progress, on_step=on_step)
         save_adapter(model, folder / "adapter", train.lora)
         write_json(folder / "training.json", result.to_dict())

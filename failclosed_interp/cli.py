@@ -120,8 +120,8 @@ def cmd_align(args) -> None:
     else:
         rdo = dataclasses.replace(defaults.rdo or RDOConfig(), steps=args.rdo_steps)
     directions = dataclasses.replace(defaults.directions, search=_search(args))
-    config = AlignConfig(method=args.method, rounds=args.rounds, mode=args.mode, search=args.search, sft=sft, directions=directions, rdo=rdo,
-                         n_eval=args.n_eval)
+    config = AlignConfig(method=args.method, rounds=args.rounds, mode=args.mode, search=args.search, sft=sft,
+                         directions=directions, rdo=rdo, n_eval=args.n_eval)
     summary = align(config, args.out, merge=args.merge, device=args.device)
     print(format_align_summary(summary))
     print(f"\nrun folder: {args.out} (summary.json, final/adapter, final/directions, round_*/)")
@@ -217,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(p, adapter=False)
     p.add_argument("--method", choices=["failclosed", "sft", "refat"], default="failclosed")
     p.add_argument("--rounds", type=int, default=3, help="rounds after round 0 (plain SFT), default 3")
-    p.add_argument("--mode", choices=["cumulative", "last-only"], default="cumulative",
-                   help="failclosed: ablate all found directions (default) or only the last one")
+    p.add_argument("--mode", choices=["cumulative", "last-only", "random-subsets"], default="cumulative",
+                   help="failclosed: ablate all found directions (default), only the last one, or a random subset per step")
     p.add_argument("--search", choices=["ablated", "plain"], default="ablated",
                    help="failclosed: find each new direction with the found ones ablated (default) or on the plain model")
     _training_args(p)

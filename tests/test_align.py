@@ -169,6 +169,29 @@ def test_the_next_direction_is_searched_with_the_found_ones_ablated_or_on_the_pl
         torch.testing.assert_close(_span(ablation), _span(found.ablation()))
 
 
+def test_random_subsets_mode_ablates_a_reproducible_random_subset_each_step():
+    from failclosed_interp.align import RandomSubsetAblation, safety_interventions
+
+    found = _directions(3)
+    per_step = safety_interventions(AlignConfig(method="failclosed", mode="random-subsets"), found, seed=5)
+    assert isinstance(per_step, RandomSubsetAblation)
+    subsets = [tuple(per_step.subset(step)) for step in range(200)]
+    assert len(set(subsets)) == 8  # every subset of 3 directions occurs, the empty and the full one included
+    assert subsets == [tuple(RandomSubsetAblation(found, 5).subset(step)) for step in range(200)]  # reproducible
+    assert subsets != [tuple(RandomSubsetAblation(found, 6).subset(step)) for step in range(200)]
+    for step, subset in enumerate(subsets[:20]):
+        interventions = per_step(step)
+        if subset:
+            (ablation,) = interventions
+            torch.testing.assert_close(_span(ablation), _span(found[list(subset)].ablation()))
+        else:
+            assert interventions == []
+    # the other modes and the baselines train against one fixed ablation
+    cumulative = safety_interventions(AlignConfig(method="failclosed"), found, seed=5)
+    torch.testing.assert_close(_span(cumulative[0]), _span(found.ablation()))
+    assert safety_interventions(AlignConfig(method="sft", mode="random-subsets"), found, seed=5) == []
+
+
 def test_nothing_is_ablated_for_the_sft_baseline_or_before_the_first_direction():
     assert training_ablation(AlignConfig(method="sft"), _directions(2)) == []
     assert training_ablation(AlignConfig(method="failclosed"), DirectionSet()) == []

@@ -132,6 +132,22 @@ def test_ablation_runs_on_safety_steps_only_and_gradients_flow():
     assert ablated_only.losses[-1]["safety"] < ablated_only.losses[0]["safety"] - 0.1
 
 
+def test_a_callable_gives_each_step_its_own_safety_interventions():
+    model = tiny()
+    direction = torch.randn(model.d_model, generator=torch.Generator().manual_seed(1))
+    examples = safety(PROMPTS[:2]) + [Example(p, "Sure.", "utility") for p in HARMLESS[:2]]
+    config = TrainConfig(epochs=2, batch_size=2, lr=1e-2, lora=TINY_LORA)
+    asked, CountingAblation.calls = [], []
+
+    def odd_steps_ablate(step):
+        asked.append(step)
+        return [CountingAblation(direction[None], skip_template_prefix=False)] if step % 2 else []
+
+    result = train_lora(model, examples, config, safety_interventions=odd_steps_ablate, progress=False)
+    assert asked == list(range(result.steps))  # once per step, in order
+    assert len(CountingAblation.calls) == (result.steps // 2) * model.n_layers * 3  # only odd steps ablated
+
+
 def test_kl_utility_loss_is_zero_at_init_and_adapters_disabled_restores():
     model = tiny()
     examples = [Example(p, "Sure thing.", "utility") for p in HARMLESS]

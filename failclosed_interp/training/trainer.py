@@ -150,13 +150,15 @@ def train_lora(
     examples: Sequence[Example],
     config: TrainConfig = TrainConfig(),
     *,
-    safety_interventions: Sequence[Intervention] = (),
+    safety_interventions: Sequence[Intervention] | Callable[[int], Sequence[Intervention]] = (),
     progress: bool = True,
     on_step: StepCallback | None = None,
 ) -> TrainResult:
     """Train the model's LoRA weights in place (AdamW, linear warmup, gradient clipping).
 
-    Safety batches run under `safety_interventions`; utility batches run without interventions.
+    Safety batches run under `safety_interventions` (or, if it is callable, under
+    `safety_interventions(step)`, e.g. a different ablation every step); utility batches run without
+    interventions.
     `on_step(step, losses)` is called after every optimiser step. The model is left in eval mode."""
     params = lora_parameters(model.hf_model) if model.hf_model is not None else []
     if not params:
@@ -182,8 +184,9 @@ def train_lora(
                 record = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], "safety": None, "utility": None}
                 optimizer.zero_grad(set_to_none=True)
                 if s_idx:
+                    ablate = safety_interventions(step) if callable(safety_interventions) else safety_interventions
                     record["safety"] = _backward_share(model, "safety", [safety[i] for i in s_idx], group, config, step,
-                                                       safety_interventions)
+                                                       ablate)
                 if u_idx:
                     record["utility"] = _backward_share(model, "utility", [utility[i] for i in u_idx], group, config, step)
                 record["total"] = sum(v for v in (record["safety"], record["utility"]) if v is not None)
