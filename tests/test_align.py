@@ -210,6 +210,22 @@ def test_cli_align_runs_the_baseline_and_prints_the_table(tmp_path, capsys):
 
 
 
+def test_cli_align_passes_search_and_mode_to_the_loop(tmp_path, monkeypatch):
+    import failclosed_interp.align as align_module
+    from failclosed_interp.cli import main
+
+    seen = {}
+
+    def fake_align(config, out, **kw):
+        seen["config"] = config
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(align_module, "align", fake_align)
+    assert main(["align", "--model", "tiny-llama", "--search", "plain", "--mode", "random-subsets",
+                 "--out", str(tmp_path)]) == 2
+    assert seen["config"].search == "plain" and seen["config"].mode == "random-subsets"
+
+
 def test_adaptive_attack_ablates_the_direction_refound_on_the_final_model(tmp_path, monkeypatch):
     """evaluate_final re-finds a direction on the model itself and reports refusal with it ablated, and
     which selection rules chose it (main or fallback)."""
