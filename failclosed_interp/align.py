@@ -8,8 +8,8 @@ along a new direction, while the utility batches keep the model close to its fro
 Methods, same data, steps and LoRA settings:
 - `failclosed`: ablate the span of all found directions (mode "cumulative"), only the last one
   ("last-only"), or a fresh random subset of them at every step ("random-subsets", the empty one
-  included, so refusal must hold under every combination, not only all-ablated); each new direction is found with the trained-against ones ablated (search "ablated")
-  or on the plain model (search "plain").
+  included, so refusal must hold under every combination, not only all-ablated); each new direction
+  is found with the trained-against ones ablated (search "ablated") or on the plain model ("plain").
 - `sft`: no ablation; the "standard alignment" baseline trained as long as the others.
 - `refat`: refusal-feature adversarial training: ablate the single direction found on the current
   model at the end of the previous round (re-found every round, with nothing ablated).
