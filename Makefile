@@ -11,7 +11,7 @@ OUT ?= runs/demo
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX := $(shell if command -v nvidia-smi >/dev/null 2>&1 || ls $${PIP_FIND_LINKS:-/nonexistent}/torch-$(TORCH_VERSION)* >/dev/null 2>&1; then echo ""; else echo "--index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple"; fi)
 
-.PHONY: demo test test-slow setup-test setup benchmark clean
+.PHONY: demo test test-slow setup-test setup benchmark reproduce clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ test: setup-test
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+# The documented experiment grid (hours on CPU; resumes where it stopped), then docs/results.md from results/.
+reproduce: setup
+	$(VENV)/bin/failclosed reproduce
 
 benchmark: setup
 	$(PY) benchmarks/run_benchmarks.py

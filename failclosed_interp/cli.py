@@ -305,7 +305,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=cmd_audit)
 
+    _add_reproduce(sub)
     return parser
+
+
+def _add_reproduce(sub) -> None:
+    p = sub.add_parser("reproduce", help="run the documented experiment grid (resumable) and regenerate docs/results.md")
+    p.add_argument("--quick", action="store_true", help="the whole grid on a tiny random model with tiny budgets (minutes)")
+    p.add_argument("--seeds", default="0,1,2", help="training seeds of the sft baseline and this project's recipe")
+    p.add_argument("--runs", type=Path, default=Path("runs/reproduce"), help="heavy artifacts (adapters, caches)")
+    p.add_argument("--results", type=Path, default=Path("results"), help="one small JSON per finished experiment")
+    p.add_argument("--page", type=Path, default=Path("docs/results.md"), help="the results page written from --results")
+    p.add_argument("--page-only", action="store_true", help="only regenerate the page from the results files")
+    p.set_defaults(func=cmd_reproduce)
+
+
+def cmd_reproduce(args) -> None:
+    from failclosed_interp.reproduce import GridConfig, run_grid, write_results_page
+
+    if not args.page_only:
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+        run_grid(GridConfig(seeds=seeds, attack_seeds=seeds[:1], quick=args.quick), args.runs, args.results)
+    for path in write_results_page(args.results, args.page):
+        print(f"wrote {path}")
 
 
 @contextlib.contextmanager

@@ -85,7 +85,8 @@ def build_sft_examples(
 ) -> list[Example]:
     """Safety examples (harmful prompt -> the model's own refusal when the judge says it refused, else
     one of `refusal_texts`, cycled in order) followed by utility examples (harmless and borderline
-    prompts -> the model's own answers). All prompts are generated in one batched pass."""
+    prompts -> the model's own answers; a prompt the model answers with nothing is left out, as there is
+    no answer to keep). All prompts are generated in one batched pass."""
     harmful, utility = list(harmful), list(harmless) + list(borderline)
     if not harmful:
         raise ValueError("no harmful prompts given; refusal SFT needs at least one harmful prompt")
@@ -101,7 +102,7 @@ def build_sft_examples(
         else:
             safety.append(Example(example.prompt, refusal_texts[n_written % len(refusal_texts)], "safety"))
             n_written += 1
-    return safety + answered[len(harmful) :]
+    return safety + [e for e in answered[len(harmful) :] if e.answer.strip()]
 
 
 @dataclass(frozen=True)

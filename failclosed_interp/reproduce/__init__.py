@@ -1,0 +1,9 @@
+"""`failclosed reproduce`: the documented experiment grid (baselines, the paper's recipe, this project's
+recipe; several training seeds; audits and attacks), run resumably into small JSON results files, and the
+results page generated from those files."""
+
+from failclosed_interp.reproduce.grid import Experiment, GridConfig, build_grid
+from failclosed_interp.reproduce.page import render_results, write_results_page
+from failclosed_interp.reproduce.runner import run_grid
+
+__all__ = ["Experiment", "GridConfig", "build_grid", "render_results", "run_grid", "write_results_page"]

@@ -1,0 +1,142 @@
+"""The experiment grid: which models are trained (recipe x training seed) and what is measured on each.
+
+Each `Experiment` is one unit of work with one small results file. Its `config` is the full JSON of the
+stage config it runs, so a results file is reused only for exactly the experiment it records."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from failclosed_interp.adapters import LoraSettings
+from failclosed_interp.align import AlignConfig
+from failclosed_interp.attacks import AutoDANConfig, GCGConfig, PAIRConfig
+from failclosed_interp.audit import AuditConfig
+from failclosed_interp.audit.meter import MeasureConfig
+from failclosed_interp.configs import config_to_dict
+from failclosed_interp.dim import DirectionConfig, FallbackRules
+from failclosed_interp.evaluate import EvalConfig
+from failclosed_interp.models import EMBEDDED_MODEL
+from failclosed_interp.pipeline import DirectionJobConfig
+from failclosed_interp.training import SFTConfig, TrainConfig
+
+KINDS = ("align", "audit", "attacks")
+RECIPES = ("sft", "refat", "paper", "project")
+QUICK_MODEL = "tiny-llama"
+# Rough first-run estimates (seconds on 2 CPU cores) before any result of the same kind exists; once one
+# has finished, the runner estimates from measured wall times instead.
+FIRST_ESTIMATE_S = {"align": 45 * 60, "audit": 8 * 60, "attacks": 50 * 60}
+QUICK_ESTIMATE_S = {"align": 20, "audit": 20, "attacks": 20}
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """The grid's size. `seeds`: training seeds of the sft baseline and the project's recipe (the paper's
+    recipe and refat run on the first seed). `attack_seeds`: training seeds whose models are attacked.
+    `quick`: the same grid on a tiny random model with tiny budgets (for CI: checks the plumbing, not the
+    science)."""
+
+    model: str = EMBEDDED_MODEL
+    seeds: tuple[int, ...] = (0, 1, 2)
+    attack_seeds: tuple[int, ...] = (0,)
+    recipes: tuple[str, ...] = RECIPES
+    quick: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+        object.__setattr__(self, "attack_seeds", tuple(self.attack_seeds))
+        object.__setattr__(self, "recipes", tuple(self.recipes))
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
+        if not set(self.attack_seeds) <= set(self.seeds):
+            raise ValueError(f"attack_seeds {self.attack_seeds} must be among seeds {self.seeds}")
+        unknown = [r for r in self.recipes if r not in RECIPES]
+        if unknown or not self.recipes:
+            raise ValueError(f"recipes {list(self.recipes)}: each must be one of {list(RECIPES)}")
+        if self.quick and self.model != EMBEDDED_MODEL and self.model != QUICK_MODEL:
+            raise ValueError(f"quick mode runs on {QUICK_MODEL!r}; leave model at its default")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One unit of the grid. `model_of`: the align experiment whose final model an audit/attacks unit studies."""
+
+    name: str
+    kind: str
+    recipe: str
+    seed: int
+    config: dict = field(compare=False)
+    model_of: str | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"experiment kind must be one of {KINDS}, got {self.kind!r}")
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the work: the same fingerprint means the same experiment, so its results are reused."""
+        text = json.dumps({"kind": self.kind, "config": self.config, "model_of": self.model_of}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "recipe": self.recipe, "seed": self.seed,
+                "model_of": self.model_of, "fingerprint": self.fingerprint}
+
+
+def recipe_config(recipe: str, seed: int, model: str = EMBEDDED_MODEL, *, quick: bool = False) -> AlignConfig:
+    """The AlignConfig a recipe trains with, for one training seed."""
+    base = _quick_base(seed) if quick else dataclasses.replace(
+        AlignConfig(), sft=dataclasses.replace(SFTConfig(), model=model, seed=seed))
+    if recipe == "sft":
+        return dataclasses.replace(base, method="sft")
+    if recipe == "refat":
+        return dataclasses.replace(base, method="refat", search="plain")
+    if recipe == "paper":
+        return dataclasses.replace(base, method="failclosed", search="plain", mode="cumulative")
+    if recipe == "project":
+        return dataclasses.replace(base, method="failclosed", search="plain", mode="random-subsets")
+    raise ValueError(f"unknown recipe {recipe!r}; choose one of {list(RECIPES)}")
+
+
+def _quick_base(seed: int) -> AlignConfig:
+    sft = SFTConfig(model=QUICK_MODEL, n_harmful=4, n_harmless=4, n_borderline=2, answer_tokens=4, seed=seed,
+                    train=TrainConfig(epochs=1, batch_size=4, lr=1e-2, max_length=200, lora=LoraSettings(r=2, alpha=4)))
+    search = DirectionConfig(positions=(-1,), fallback=FallbackRules(kl_threshold=1e9))
+    return AlignConfig(sft=sft, rounds=1, directions=DirectionJobConfig(n_train=4, n_val=2, search=search),
+                       rdo=None, n_eval=3, eval_tokens=4)
+
+
+def audit_config(quick: bool) -> AuditConfig:
+    if quick:
+        return AuditConfig(adaptive=True, k_max=2, max_exact=2, n_eval=3, n_harmless=3, n_train=4, n_val=2,
+                           steering_coeffs=(1.0,), sweep=False, measure=MeasureConfig(max_new_tokens=4))
+    return AuditConfig(adaptive=True)
+
+
+def attacks_config(quick: bool) -> EvalConfig:
+    if quick:
+        return EvalConfig(attacks=("gcg",), n_harmful=2, n_compliance=2,
+                          gcg=GCGConfig(steps=1, search_width=4, top_k=4, suffix_init=" x x"))
+    # A budget that fits about an hour per model on 2 CPU cores (docs/evaluation.md has the full ones).
+    return EvalConfig(n_harmful=50, human_templates=3, gcg=GCGConfig(steps=5, search_width=16),
+                      autodan=AutoDANConfig(generations=3, population=8), pair=PAIRConfig(iterations=2, streams=2))
+
+
+def build_grid(config: GridConfig = GridConfig()) -> list[Experiment]:
+    """Every experiment in run order: each model is trained, then audited, then attacked."""
+    model = QUICK_MODEL if config.quick else config.model
+    grid: list[Experiment] = []
+    for recipe in config.recipes:
+        seeds = config.seeds if recipe in ("sft", "project") else config.seeds[:1]
+        for seed in seeds:
+            name = f"{recipe}-s{seed}"
+            align_config = recipe_config(recipe, seed, model, quick=config.quick)
+            grid.append(Experiment(f"align-{name}", "align", recipe, seed, align_config.to_dict()))
+            grid.append(Experiment(f"audit-{name}", "audit", recipe, seed,
+                                   config_to_dict(audit_config(config.quick)), model_of=f"align-{name}"))
+            if seed in config.attack_seeds:
+                grid.append(Experiment(f"attacks-{name}", "attacks", recipe, seed,
+                                       config_to_dict(attacks_config(config.quick)), model_of=f"align-{name}"))
+    return grid

@@ -1,0 +1,177 @@
+"""`docs/results.md` generated from the results files: every figure on the page comes from `results/`, so
+the page can be checked against them (a test regenerates it) and never drifts from the runs."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from failclosed_interp.artifacts import atomic_write
+from failclosed_interp.plots import grouped_rate_bars, save_figure
+from failclosed_interp.reproduce.grid import RECIPES
+from failclosed_interp.reproduce.runner import GRID_FILE, load_result
+from failclosed_interp.stats import RateEstimate
+
+RECIPE_LABELS = {"sft": "sft (standard alignment)", "refat": "refat (ReFAT baseline)",
+                 "paper": "paper's recipe", "project": "this project's recipe"}
+TRAINING_ROWS = (  # (summary key, label)
+    ("refusal_harmful", "harmful refusal"),
+    ("refusal_harmless", "harmless refusal"),
+    ("refusal_borderline", "borderline refusal"),
+    ("refusal_harmful_all_ablated", "harmful, all found directions ablated"),
+    ("refusal_harmful_adaptive_ablated", "harmful, adaptive direction ablated"),
+)
+COMMAND = "failclosed reproduce --results results --page docs/results.md"
+
+
+def _results(folder: Path) -> dict[str, dict]:
+    return {p.stem: data for p in sorted(folder.glob("*.json"))
+            if p.name != GRID_FILE and (data := load_result(p)) is not None}
+
+
+def _rate(d: dict | None) -> str:
+    if d is None:
+        return "-"
+    return f"{d['value']:.2f} [{d['ci_low']:.2f}, {d['ci_high']:.2f}]"
+
+
+def _seed_mean(values: list[float | int | None]) -> str:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return "-"
+    mean = sum(finite) / len(finite)
+    spread = (sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)) ** 0.5 if len(finite) > 1 else 0.0
+    return f"{mean:.2f} ± {spread:.2f}"
+
+
+def _training_section(results: dict[str, dict]) -> list[str]:
+    aligned = {name: r for name, r in results.items() if r["experiment"]["kind"] == "align"}
+    if not aligned:
+        return ["No training run has finished yet."]
+    lines = []
+    by_recipe: dict[str, list[dict]] = defaultdict(list)
+    for r in aligned.values():
+        by_recipe[r["experiment"]["recipe"]].append(r)
+    for recipe in [r for r in RECIPES if r in by_recipe]:
+        runs = sorted(by_recipe[recipe], key=lambda r: r["experiment"]["seed"])
+        seeds = [r["experiment"]["seed"] for r in runs]
+        lines += [f"### {RECIPE_LABELS[recipe]}", "",
+                  "| measure | " + " | ".join(f"seed {s}" for s in seeds) + (" | mean ± sd over seeds |" if len(runs) > 1 else " |"),
+                  "|---|" + "---|" * (len(runs) + (len(runs) > 1))]
+        for key, label in TRAINING_ROWS:
+            cells = [_rate(r["result"].get("ci", {}).get(key)) for r in runs]
+            row = f"| {label} | " + " | ".join(cells)
+            if len(runs) > 1:
+                row += " | " + _seed_mean([r["result"].get(key) for r in runs])
+            lines.append(row + " |")
+        each = [", ".join(f"{v:.2f}" for v in r["result"].get("refusal_harmful_each_ablated", [])) or "-" for r in runs]
+        lines.append("| harmful, each found direction ablated alone | " + " | ".join(each) + (" | |" if len(runs) > 1 else " |"))
+        ppl = [f"{r['result']['perplexity_harmless']:.2f}" if r["result"].get("perplexity_harmless") is not None else "-"
+               for r in runs]
+        lines.append("| perplexity of reference answers | " + " | ".join(ppl) +
+                     (" | " + _seed_mean([r["result"].get("perplexity_harmless") for r in runs]) + " |" if len(runs) > 1 else " |"))
+        layers = [str(r["result"].get("direction_layers", [])) for r in runs]
+        lines.append("| directions found (layers) | " + " | ".join(layers) + (" | |" if len(runs) > 1 else " |"))
+        lines.append("| wall time | " + " | ".join(f"{r['wall_s'] / 60:.0f} min" for r in runs) + (" | |" if len(runs) > 1 else " |"))
+        stops = [f"seed {r['experiment']['seed']}: {r['result']['stop_reason']}" for r in runs if r["result"].get("stop_reason")]
+        lines += [""] + [f"- stopped early, {s}" for s in stops] + ([""] if stops else [])
+    return lines
+
+
+def _audit_section(results: dict[str, dict]) -> list[str]:
+    audits = sorted((r for r in results.values() if r["experiment"]["kind"] == "audit"),
+                    key=lambda r: (RECIPES.index(r["experiment"]["recipe"]), r["experiment"]["seed"]))
+    if not audits:
+        return ["No audit has finished yet."]
+    lines = ["| model | verdict | independent pathways | baseline harmful refusal | wall time |", "|---|---|---|---|---|"]
+    for r in audits:
+        a = r["result"]
+        lines.append(f"| {r['experiment']['recipe']}, seed {r['experiment']['seed']} | {a.get('verdict', '-')} | "
+                     f"{a.get('independent_pathways', '-')} | {_rate(a.get('baseline_refusal'))} | {r['wall_s'] / 60:.0f} min |")
+    return lines
+
+
+def _attack_section(results: dict[str, dict]) -> list[str]:
+    attacked = sorted((r for r in results.values() if r["experiment"]["kind"] == "attacks"),
+                      key=lambda r: (RECIPES.index(r["experiment"]["recipe"]), r["experiment"]["seed"]))
+    if not attacked:
+        return ["No attack run has finished yet."]
+    names = list(dict.fromkeys(n for r in attacked for n in r["result"]["asr"]))
+    lines = ["| model | " + " | ".join(names) + " | average (prompt attacks) |", "|---|" + "---|" * (len(names) + 1)]
+    for r in attacked:
+        asr = r["result"]["asr"]
+        lines.append(f"| {r['experiment']['recipe']}, seed {r['experiment']['seed']} | " +
+                     " | ".join(_rate(asr.get(n)) for n in names) + f" | {_rate(r['result'].get('average_asr'))} |")
+    return lines
+
+
+def _pending(folder: Path, results: dict[str, dict]) -> list[str]:
+    from failclosed_interp.artifacts import read_json
+    from failclosed_interp.configs import config_from_dict
+    from failclosed_interp.reproduce.grid import GridConfig, build_grid
+
+    grid_file = folder / GRID_FILE
+    if not grid_file.exists():
+        return []
+    grid = build_grid(config_from_dict(GridConfig, read_json(grid_file)["grid"]))
+    missing = [e.name for e in grid if e.name not in results or results[e.name]["experiment"]["fingerprint"] != e.fingerprint]
+    if not missing:
+        return ["Every experiment of the grid has finished."]
+    return [f"Not finished yet ({len(missing)} of {len(grid)}): " + ", ".join(f"`{m}`" for m in missing) + "."]
+
+
+def _machines(results: dict[str, dict]) -> list[str]:
+    seen = sorted({(r["machine"]["platform"], r["machine"]["cpus"], r["machine"]["torch_threads"], r["machine"]["cuda"])
+                   for r in results.values()})
+    return [f"- {p}, {c} CPUs, {t} torch thread(s), GPU: {g or 'none'}" for p, c, t, g in seen]
+
+
+def render_results(folder: str | Path) -> str:
+    """The markdown of the results page, from the results files in `folder` alone."""
+    folder = Path(folder)
+    results = _results(folder)
+    lines = [
+        "# Results", "",
+        f"Generated by `{COMMAND}` from the JSON files in `{folder.name}/`; do not edit by hand. Rates are on the",
+        "built-in TEST prompts with 95% Wilson intervals; each cell is one training seed, and the last column",
+        "the mean ± standard deviation over seeds.", "",
+        *_pending(folder, results), "",
+        "## Training: refusal, over-refusal, and ablation of the found directions", "", *_training_section(results), "",
+        "## Independence audit", "", *_audit_section(results), "",
+        "## Jailbreak attack success (compliance judged)", "", *_attack_section(results), "",
+        "## Machines", "", *(_machines(results) or ["No run has finished yet."]), "",
+    ]
+    return "\n".join(lines)
+
+
+def figures(folder: str | Path) -> dict[str, object]:
+    """Plotly figures of the results page, by file stem."""
+    results = _results(Path(folder))
+    figs = {}
+    aligned = sorted((r for r in results.values() if r["experiment"]["kind"] == "align"),
+                     key=lambda r: (RECIPES.index(r["experiment"]["recipe"]), r["experiment"]["seed"]))
+    if aligned:
+        groups = {f"{r['experiment']['recipe']} s{r['experiment']['seed']}":
+                  {label: _estimate(r["result"]["ci"][key]) for key, label in TRAINING_ROWS if key in r["result"].get("ci", {})}
+                  for r in aligned}
+        figs["training"] = grouped_rate_bars(groups, title="Refusal on held-out prompts, per recipe and training seed")
+    attacked = [r for r in results.values() if r["experiment"]["kind"] == "attacks"]
+    if attacked:
+        groups = {f"{r['experiment']['recipe']} s{r['experiment']['seed']}":
+                  {n: _estimate(v) for n, v in r["result"]["asr"].items()} for r in attacked}
+        figs["attacks"] = grouped_rate_bars(groups, title="Attack success rate (compliance), per attack")
+    return figs
+
+
+def _estimate(d: dict) -> RateEstimate:
+    return RateEstimate(d["value"], d["ci_low"], d["ci_high"], d["n"], ())
+
+
+def write_results_page(folder: str | Path, page: str | Path, *, png: bool = True) -> list[Path]:
+    """Write the results page and its figures (`<page dir>/figures/results_*.html|png`)."""
+    page = Path(page)
+    written = [atomic_write(page, lambda tmp: Path(tmp).write_text(render_results(folder)))]
+    for stem, fig in figures(folder).items():
+        written += save_figure(fig, page.parent / "figures" / f"results_{stem}", png=png)
+    return written

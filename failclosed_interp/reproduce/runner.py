@@ -1,0 +1,123 @@
+"""Run the grid resumably: each finished experiment leaves `results/<name>.json` (small, committed), and its
+heavy artifacts (adapters, caches) in `runs/<name>-<fingerprint>/`. A rerun skips every experiment whose
+results file records the same fingerprint, and an interrupted training run resumes from its last round."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from failclosed_interp.align import AlignConfig, align
+from failclosed_interp.artifacts import read_json, write_json
+from failclosed_interp.audit import AuditConfig, audit_job
+from failclosed_interp.configs import config_from_dict
+from failclosed_interp.evaluate import EvalConfig, ModelSpec, evaluate
+from failclosed_interp.reproduce.grid import FIRST_ESTIMATE_S, QUICK_ESTIMATE_S, Experiment, GridConfig, build_grid
+
+SCHEMA = 1  # the results-file format; files of another schema are refused, not misread
+GRID_FILE = "grid.json"
+
+
+class ResultsMismatch(ValueError):
+    """A results folder written by another version of the grid or the toolkit."""
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def load_result(path: Path) -> dict | None:
+    """A finished experiment's results file, None if absent; an error if it is of another format."""
+    if not path.exists():
+        return None
+    data = read_json(path)
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise ResultsMismatch(
+            f"{path} is not a results file of this version (schema {data.get('schema') if isinstance(data, dict) else '?'}, "
+            f"expected {SCHEMA}); move the folder aside or pass another --results folder")
+    return data
+
+
+def is_done(exp: Experiment, results: Path) -> bool:
+    data = load_result(results / f"{exp.name}.json")
+    return data is not None and data["experiment"]["fingerprint"] == exp.fingerprint
+
+
+def run_folder(exp: Experiment, runs: Path) -> Path:
+    return runs / f"{exp.name}-{exp.fingerprint}"
+
+
+def estimate_s(exp: Experiment, results: Path, quick: bool) -> float:
+    """Expected seconds: the mean measured wall time of finished experiments of the same kind, else a first guess."""
+    measured = [d["wall_s"] for p in results.glob(f"{exp.kind}-*.json") if (d := load_result(p)) is not None]
+    if measured:
+        return float(sum(measured) / len(measured))
+    return float((QUICK_ESTIMATE_S if quick else FIRST_ESTIMATE_S)[exp.kind])
+
+
+def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progress: bool = True,
+             log=print) -> list[Experiment]:
+    """Run every unfinished experiment of the grid in order; returns those run in this call."""
+    runs, results = Path(runs), Path(results)
+    grid = build_grid(config)
+    _check_grid_file(results, config)
+    todo = [e for e in grid if not is_done(e, results)]
+    log(f"grid: {len(grid)} experiments, {len(grid) - len(todo)} finished, {len(todo)} to run "
+        f"(expected {_hours(sum((estimate_s(e, results, config.quick) for e in todo), 0.0))})")
+    ran = []
+    for i, exp in enumerate(todo):
+        left = sum((estimate_s(e, results, config.quick) for e in todo[i:]), 0.0)
+        log(f"[{i + 1}/{len(todo)}] {exp.name}: expected {_hours(estimate_s(exp, results, config.quick))}, "
+            f"{_hours(left)} left in all")
+        start = time.perf_counter()
+        outcome = _run(exp, grid, runs, progress)
+        write_json(results / f"{exp.name}.json", {
+            "schema": SCHEMA, "experiment": exp.to_dict(), "config": exp.config, "result": outcome,
+            "wall_s": round(time.perf_counter() - start, 1), "machine": machine(),
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        ran.append(exp)
+    return ran
+
+
+def _check_grid_file(results: Path, config: GridConfig) -> None:
+    """`results/grid.json` names the grid the folder holds; a folder of another grid is refused."""
+    from failclosed_interp.configs import config_to_dict
+
+    path, wanted = results / GRID_FILE, {"schema": SCHEMA, "grid": config_to_dict(config)}
+    if path.exists():
+        saved = read_json(path)
+        if saved.get("schema") != SCHEMA:
+            raise ResultsMismatch(f"{path} was written by another version (schema {saved.get('schema')}, expected "
+                                  f"{SCHEMA}); move the folder aside or pass another --results folder")
+        if saved.get("grid", {}).get("quick") != config.quick:
+            raise ResultsMismatch(f"{results} holds a {'quick' if saved['grid'].get('quick') else 'full'} grid; use "
+                                  f"another --results folder for a {'quick' if config.quick else 'full'} one")
+    write_json(path, wanted)
+
+
+def _run(exp: Experiment, grid: list[Experiment], runs: Path, progress: bool) -> dict:
+    folder = run_folder(exp, runs)
+    if exp.kind == "align":
+        return align(AlignConfig.from_dict(exp.config), folder, progress=progress)
+    trained = next(e for e in grid if e.name == exp.model_of)
+    final = run_folder(trained, runs) / "final"
+    model = AlignConfig.from_dict(trained.config).model
+    directions = final / "directions" if (final / "directions").exists() else None
+    if exp.kind == "audit":
+        result = audit_job(folder, model, adapter=final / "adapter", directions=directions,
+                           config=AuditConfig.from_dict(exp.config), progress=progress)
+        return result.to_dict()
+    spec = ModelSpec(trained.name.removeprefix("align-"), model, str(final / "adapter"))
+    evaluated = evaluate([spec], folder, config_from_dict(EvalConfig, exp.config), progress=progress)
+    return {**evaluated["models"][spec.label], **{k: v for k, v in evaluated.items() if k != "models"}}
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"

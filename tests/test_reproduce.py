@@ -1,0 +1,76 @@
+"""`failclosed reproduce`: the quick grid runs end to end on tiny models and resumes without redoing finished
+experiments; the committed results page is exactly what the generator writes from the committed results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from failclosed_interp.cli import main
+from failclosed_interp.reproduce import GridConfig, build_grid, render_results, run_grid
+from failclosed_interp.reproduce.runner import ResultsMismatch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def no_png(monkeypatch):
+    monkeypatch.setenv("FAILCLOSED_NO_PNG", "1")
+
+
+def test_the_committed_results_page_is_generated_from_the_committed_results():
+    page = (REPO / "docs" / "results.md").read_text()
+    assert page == render_results(REPO / "results"), "regenerate it: failclosed reproduce --page-only"
+
+
+def test_the_grid_has_three_seeds_for_sft_and_the_project_recipe_and_every_model_is_audited():
+    grid = build_grid(GridConfig())
+    aligned = [(e.recipe, e.seed) for e in grid if e.kind == "align"]
+    assert sorted(aligned) == sorted([("sft", 0), ("sft", 1), ("sft", 2), ("refat", 0), ("paper", 0),
+                                      ("project", 0), ("project", 1), ("project", 2)])
+    audited = {e.model_of for e in grid if e.kind == "audit"}
+    assert audited == {e.name for e in grid if e.kind == "align"}
+    attacked = {e.model_of for e in grid if e.kind == "attacks"}
+    assert attacked == {f"align-{r}-s0" for r in ("sft", "refat", "paper", "project")}
+    assert len({e.fingerprint for e in grid}) == len(grid)
+
+
+def test_quick_grid_runs_resumes_and_renders(tmp_path):
+    config = GridConfig(quick=True, seeds=(0, 1), recipes=("sft", "project"))
+    logged: list[str] = []
+    ran = run_grid(config, tmp_path / "runs", tmp_path / "results", progress=False, log=logged.append)
+    assert [e.name for e in ran] == [e.name for e in build_grid(config)]
+    assert "expected" in logged[0]
+    for exp in ran:
+        saved = json.loads((tmp_path / "results" / f"{exp.name}.json").read_text())
+        assert saved["experiment"]["fingerprint"] == exp.fingerprint and saved["wall_s"] >= 0
+    assert run_grid(config, tmp_path / "runs", tmp_path / "results", progress=False, log=logged.append) == []
+
+    (tmp_path / "results" / "audit-project-s1.json").unlink()  # a lost result is recomputed alone
+    again = run_grid(config, tmp_path / "runs", tmp_path / "results", progress=False, log=logged.append)
+    assert [e.name for e in again] == ["audit-project-s1"]
+
+    page = render_results(tmp_path / "results")
+    assert "Every experiment of the grid has finished." in page
+    assert "| measure | seed 0 | seed 1 | mean ± sd over seeds |" in page
+    sft = json.loads((tmp_path / "results" / "align-sft-s0.json").read_text())["result"]
+    assert f"| harmful refusal | {sft['ci']['refusal_harmful']['value']:.2f} [" in page
+
+
+def test_a_results_folder_of_another_version_is_refused(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "align-sft-s0.json").write_text(json.dumps({"schema": 999, "experiment": {}}))
+    with pytest.raises(ResultsMismatch, match="schema 999"):
+        render_results(results)
+    (results / "align-sft-s0.json").unlink()
+    (results / "grid.json").write_text(json.dumps({"schema": 1, "grid": {"quick": False}}))
+    with pytest.raises(ResultsMismatch, match="full grid"):
+        run_grid(GridConfig(quick=True), tmp_path / "runs", results, progress=False, log=lambda _: None)
+
+
+def test_cli_page_only_writes_the_page(tmp_path):
+    assert main(["reproduce", "--page-only", "--results", str(tmp_path / "r"), "--page", str(tmp_path / "p.md")]) == 0
+    assert (tmp_path / "p.md").read_text().startswith("# Results")
