@@ -11,7 +11,7 @@ OUT ?= runs/demo
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX := $(shell if command -v nvidia-smi >/dev/null 2>&1 || ls $${PIP_FIND_LINKS:-/nonexistent}/torch-$(TORCH_VERSION)* >/dev/null 2>&1; then echo ""; else echo "--index-url https://download.pytorch.org/whl/cpu --extra-index-url https://pypi.org/simple"; fi)
 
-.PHONY: demo test test-slow setup-test setup benchmark reproduce clean
+.PHONY: demo test test-slow setup-test setup benchmark reproduce docs clean
 
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
@@ -47,8 +47,16 @@ test-slow: setup
 reproduce: setup
 	$(VENV)/bin/failclosed reproduce
 
+# The documentation site (guides + API reference from the docstrings) into site/; warnings are errors.
+$(VENV)/.docs: $(VENV)/.test
+	$(PIP) install -q -e ".[test,docs]"
+	touch $@
+
+docs: $(VENV)/.docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q
+
 benchmark: setup
 	$(PY) benchmarks/run_benchmarks.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache
