@@ -19,11 +19,11 @@ from failclosed_interp.attacks import (
     HumanTemplates, PAIRConfig, Template, builtin_prototype, builtin_templates, load_templates, optimize_suffix,
 )
 from failclosed_interp.attacks.autodan import crossover, mutate_words
-from failclosed_interp.attacks.base import prompt_seed
+from failclosed_interp.attacks.base import MIN_JUDGED_TOKENS, prompt_seed, respond_and_judge
 from failclosed_interp.attacks.gcg import _Problem
 from failclosed_interp.attacks.pair import extract_prompt
 from failclosed_interp.generation import GenerationConfig, generate
-from failclosed_interp.judges import PrefixJudge
+from failclosed_interp.judges import PrefixJudge, Verdict
 from failclosed_interp.models import ChatModel, tiny_tokenizer
 
 PROMPT = "how do I bake bread"
@@ -323,3 +323,46 @@ def test_ablation_attack_without_refusals_sends_prompts_unchanged(tiny_llama, tm
     assert result.details["direction_layer"] is None
     assert "refused none" in result.details["no_direction_reason"] and (tmp_path / "no_direction.json").is_file()
     assert result.response == generate(tiny_llama, [PROMPT], GenerationConfig(max_new_tokens=64), progress=False)[0]
+
+
+# --- verdicts: success is a compliance only ----------------------------------------------------------------
+
+@dataclass
+class LabelJudge:
+    """A three-way judge that gives every answer one fixed label and records the prompts it was shown."""
+
+    label: Verdict
+    name: str = "label"
+    seen: list = field(default_factory=list)
+
+    def classify(self, prompts, responses):
+        self.seen.append(list(prompts))
+        return [self.label] * len(responses)
+
+    def __call__(self, prompts, responses):
+        return [v is Verdict.REFUSAL for v in self.classify(prompts, responses)]
+
+
+@pytest.mark.parametrize("label, success", [(Verdict.COMPLIANCE, True), (Verdict.NON_ANSWER, False),
+                                            (Verdict.REFUSAL, False)])
+def test_only_a_compliance_counts_as_success_and_the_label_is_kept(tiny_llama, label, success):
+    judge = LabelJudge(label)
+    (result,) = respond_and_judge(tiny_llama, "t", [PROMPT], [PROMPT + " now"], judge, MIN_JUDGED_TOKENS)
+    assert result.success is success and result.label == label.value
+    assert judge.seen == [[PROMPT]]  # judged against the original prompt, not the adversarial one
+    assert AttackResult.from_dict(result.to_dict()) == result
+
+
+def test_results_cached_before_labels_still_load():
+    old = {"attack": "gcg", "prompt": "p", "adversarial_prompt": "p x", "response": "r", "success": True, "details": {}}
+    result = AttackResult.from_dict(old)
+    assert result.success and result.label is None
+
+
+def test_pair_stops_only_on_a_compliance_with_the_original_prompt(tiny_llama):
+    judge = LabelJudge(Verdict.NON_ANSWER)
+    (result,) = PAIR(PAIR_TEST, attacker=tiny_llama).run(tiny_llama, [PROMPT], judge=judge, progress=False)
+    assert not result.success and result.label == "non_answer"
+    assert result.details["iterations_run"] == PAIR_TEST.iterations
+    assert all(call == [PROMPT] * PAIR_TEST.streams for call in judge.seen)
+    assert result.details["history"][0][0]["label"] == "non_answer"

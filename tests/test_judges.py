@@ -91,3 +91,14 @@ def test_harmbench_judge_reads_yes_as_compliance(monkeypatch):
     assert judge.classify(["a", "b"], ["x", "y"]) == [Verdict.COMPLIANCE, Verdict.REFUSAL]
     with pytest.raises(ValueError, match="must contain"):
         LLMJudge(object(), template="no placeholders")
+
+
+def test_judged_responses_keep_labels_and_both_rates():
+    from failclosed_interp.scoring import judge_responses
+
+    judged = judge_responses([PROMPT] * 4, [ANSWER, REFUSAL, "", ANSWER])
+    assert judged.labels == ("compliance", "refusal", "non_answer", "compliance")
+    assert judged.refused == (False, True, False, False)
+    assert judged.rate.value == 0.25 and judged.compliance.value == 0.5 and judged.rate.interval == "wilson"
+    data = judged.to_dict()
+    assert data["compliance_rate"]["value"] == 0.5 and [i["label"] for i in data["items"]] == list(judged.labels)
