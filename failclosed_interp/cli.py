@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from failclosed_interp.judges import DEFAULT_JUDGE, JUDGE_NAMES
 from failclosed_interp.models import EMBEDDED_MODEL
 
 
@@ -150,6 +151,38 @@ def cmd_score(args) -> None:
     print(f"refusal rate {judged.rate} on {judged.rate.n} prompts from {args.prompts}; written to {args.out}")
 
 
+def cmd_judge(args) -> None:
+    from failclosed_interp.artifacts import write_json
+    from failclosed_interp.judge_check import judge_check, results_markdown
+    from failclosed_interp.judge_files import judge_file
+    from failclosed_interp.judges import judge_by_name
+
+    if args.command == "judge-check":
+        results = judge_check(args.data)
+        write_json(args.out, results)
+        print(results_markdown(results) + f"\nwritten to {args.out}")
+        return
+    result = judge_file(args.input, args.prompt_column, args.response_column, judge_by_name(args.judge))
+    write_json(args.out, result)
+    print(f"{result['counts']} over {result['n']} rows; refusal {result['refusal_rate']['value']:.2f}, "
+          f"compliance {result['compliance_rate']['value']:.2f}; written to {args.out}")
+
+
+def _judge_parsers(sub) -> None:
+    p = sub.add_parser("judge", help="label each (prompt, response) row of a file: refusal / compliance / non-answer")
+    p.add_argument("--input", type=Path, required=True, help=".csv, .json or .jsonl table of prompts and responses")
+    p.add_argument("--prompt-column", default="prompt")
+    p.add_argument("--response-column", default="response")
+    p.add_argument("--judge", choices=JUDGE_NAMES, default=DEFAULT_JUDGE)
+    p.add_argument("--out", type=Path, required=True, help="output JSON: per-row labels and totals")
+    p.set_defaults(func=cmd_judge)
+    p = sub.add_parser("judge-check", help="choose the three-way judge's thresholds on half of XSTest's labelled "
+                                           "completions and report agreement on the other half")
+    p.add_argument("--data", type=Path, required=True, help="folder holding xstest_v2_completions_labeled.csv")
+    p.add_argument("--out", type=Path, default=Path("results/judge_xstest.json"))
+    p.set_defaults(func=cmd_judge)
+
+
 def cmd_evaluate(args) -> None:
     from failclosed_interp.attacks import AblationConfig, AutoDANConfig, GCGConfig, PAIRConfig
     from failclosed_interp.evaluate import EvalConfig, ModelSpec, evaluate, format_table
@@ -260,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--harmful-prompts", help="harmful prompts file instead of the built-in test split")
     p.add_argument("--column", help="text column of --harmful-prompts (CSV/JSON)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens judged per response (>= 64)")
-    p.add_argument("--judge", choices=["substring", "prefix"], default="substring")
+    p.add_argument("--judge", choices=JUDGE_NAMES, default=DEFAULT_JUDGE)
     p.add_argument("--judge-model", help="judge with this chat model (LLMJudge) instead")
     p.add_argument("--gcg-steps", type=int, default=20)
     p.add_argument("--gcg-width", type=int, default=64, help="GCG candidates scored per step")
@@ -288,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_evaluate)
 
+    _judge_parsers(sub)
+
     p = sub.add_parser("audit", help="independence audit: how many independent refusal pathways; fail-open or fail-closed")
     _model_args(p)
     p.add_argument("--directions", type=Path, help="directions folder to audit (e.g. DIR/final/directions, RUN/direction); "
@@ -295,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=5, help="discovery stops after this many directions (default 5)")
     p.add_argument("--mode", choices=["generate", "logit"], default="generate",
                    help="refusal by judged generations (default) or by logit refusal score > 0 (faster)")
-    p.add_argument("--judge", choices=["substring", "prefix"], default="substring")
+    p.add_argument("--judge", choices=JUDGE_NAMES, default=DEFAULT_JUDGE)
     p.add_argument("--threshold", type=float, default=0.5, help="harmful refusal below this counts as collapsed")
     p.add_argument("--n-eval", type=int, default=20, help="harmful prompts per refusal figure, harmless for steering")
     p.add_argument("--max-new-tokens", type=int, default=24)

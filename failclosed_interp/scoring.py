@@ -1,5 +1,5 @@
 """How much a model refuses: the logit refusal score at the last prompt position, refusal tokens
-derived from the model's own refusals, and judged refusal rates with bootstrap CIs."""
+derived from the model's own refusals, and judged refusal and compliance rates with Wilson intervals."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from tqdm.auto import tqdm
 from failclosed_interp.chat import batches, format_prompt, tokenize_prompts
 from failclosed_interp.generation import GenerationConfig, generate
 from failclosed_interp.interventions import Intervention, intervene
-from failclosed_interp.judges import Judge, SubstringJudge
+from failclosed_interp.judges import Judge, ThreeWayJudge, Verdict, classify
 from failclosed_interp.models import ChatModel
-from failclosed_interp.stats import RateEstimate, bootstrap_mean
+from failclosed_interp.stats import RateEstimate, wilson_rate
 
 
 @torch.no_grad()
@@ -99,7 +99,7 @@ def refusal_tokens_from_responses(
     model: ChatModel,
     instructions: Sequence[str],
     responses: Sequence[str],
-    judge: Judge = SubstringJudge(),
+    judge: Judge = ThreeWayJudge(),
     *,
     coverage: float = 0.9,
     max_tokens: int = 5,
@@ -131,32 +131,37 @@ def refusal_tokens_from_texts(model: ChatModel, texts: Sequence[str]) -> list[in
 
 @dataclass(frozen=True)
 class JudgedResponses:
-    """Generations for a prompt set, the judge's verdicts, and the refusal rate with its CI."""
+    """Generations for a prompt set, the judge's per-item labels (`Verdict` values), and the shares of
+    refusals (`rate`) and compliances (`compliance`), each with a Wilson interval. A non-answer is neither."""
 
     instructions: tuple[str, ...]
     responses: tuple[str, ...]
     refused: tuple[bool, ...]
     rate: RateEstimate
     judge: str
+    labels: tuple[str, ...]
+    compliance: RateEstimate
 
     def to_dict(self) -> dict:
         return {
             "judge": self.judge,
             "refusal_rate": self.rate.to_dict(),
+            "compliance_rate": self.compliance.to_dict(),
             "items": [
-                {"prompt": p, "response": r, "refused": y}
-                for p, r, y in zip(self.instructions, self.responses, self.refused)
+                {"prompt": p, "response": r, "refused": y, "label": label}
+                for p, r, y, label in zip(self.instructions, self.responses, self.refused, self.labels, strict=True)
             ],
         }
 
 
 def judge_responses(
-    instructions: Sequence[str], responses: Sequence[str], judge: Judge = SubstringJudge(), *, seed: int = 0
+    instructions: Sequence[str], responses: Sequence[str], judge: Judge = ThreeWayJudge()
 ) -> JudgedResponses:
-    refused = judge(instructions, responses)
+    verdicts = classify(judge, instructions, responses)
     return JudgedResponses(
-        tuple(instructions), tuple(responses), tuple(bool(y) for y in refused),
-        bootstrap_mean([float(y) for y in refused], seed=seed), judge.name,
+        tuple(instructions), tuple(responses), tuple(v is Verdict.REFUSAL for v in verdicts),
+        wilson_rate([float(v is Verdict.REFUSAL) for v in verdicts]), judge.name,
+        tuple(v.value for v in verdicts), wilson_rate([float(v is Verdict.COMPLIANCE) for v in verdicts]),
     )
 
 
@@ -164,14 +169,14 @@ def refusal_rate(
     model: ChatModel,
     instructions: Sequence[str],
     *,
-    judge: Judge = SubstringJudge(),
+    judge: Judge = ThreeWayJudge(),
     generation: GenerationConfig = GenerationConfig(max_new_tokens=48),
     interventions: Sequence[Intervention] = (),
     progress: bool = True,
 ) -> JudgedResponses:
     """Generate under `interventions`, judge every response, and estimate the refusal rate."""
     responses = generate(model, list(instructions), generation, interventions, progress=progress)
-    return judge_responses(instructions, responses, judge, seed=generation.seed)
+    return judge_responses(instructions, responses, judge)
 
 
 def token_strings(model: ChatModel, tokens: Sequence[int]) -> list[str]:

@@ -19,11 +19,11 @@ from failclosed_interp.attacks import (
     HumanTemplates, PAIRConfig, Template, builtin_prototype, builtin_templates, load_templates, optimize_suffix,
 )
 from failclosed_interp.attacks.autodan import crossover, mutate_words
-from failclosed_interp.attacks.base import prompt_seed
+from failclosed_interp.attacks.base import MIN_JUDGED_TOKENS, prompt_seed, respond_and_judge
 from failclosed_interp.attacks.gcg import _Problem
 from failclosed_interp.attacks.pair import extract_prompt
 from failclosed_interp.generation import GenerationConfig, generate
-from failclosed_interp.judges import PrefixJudge
+from failclosed_interp.judges import PrefixJudge, Verdict
 from failclosed_interp.models import ChatModel, tiny_tokenizer
 
 PROMPT = "how do I bake bread"
@@ -35,16 +35,23 @@ PLANTED_JUDGE = PrefixJudge(prefixes=("S",), name="planted")  # the planted mode
 
 @dataclass
 class ScriptedJudge:
-    """A real Judge: refuses the first `refusals` calls, then calls every response a non-refusal."""
+    """A three-way judge: refuses every answer in the first `refusals` calls, then labels each answer
+    `label(prompt)` (a compliance by default). Records the responses and the prompts of every call."""
 
     refusals: int
+    label: object = lambda prompt: Verdict.COMPLIANCE
     name: str = "scripted"
     calls: list = field(default_factory=list)
+    seen: list = field(default_factory=list)
 
-    def __call__(self, prompts, responses):
+    def classify(self, prompts, responses):
         assert len(prompts) == len(responses)
         self.calls.append(list(responses))
-        return [len(self.calls) <= self.refusals] * len(responses)
+        self.seen.append(list(prompts))
+        return [Verdict.REFUSAL if len(self.calls) <= self.refusals else self.label(p) for p in prompts]
+
+    def __call__(self, prompts, responses):
+        return [v is Verdict.REFUSAL for v in self.classify(prompts, responses)]
 
 
 @pytest.fixture(scope="module")
@@ -200,27 +207,15 @@ def test_pair_calls_the_judge_and_stops_on_success(tiny_llama):
 
 
 def test_pair_refines_a_group_of_prompts_together_and_stops_each_on_its_own(tiny_llama):
-    @dataclass
-    class RefusesFirst:
-        """A real Judge: the first goal is always refused, every other goal never."""
-
-        first: str
-        name: str = "refuses-first"
-        calls: list = field(default_factory=list)
-
-        def __call__(self, prompts, responses):
-            self.calls.append(list(prompts))
-            return [p == self.first for p in prompts]
-
     prompts = ["goal one", "goal two", "goal three"]
-    judge, seen = RefusesFirst(prompts[0]), []
+    judge, seen = ScriptedJudge(0, lambda p: Verdict.REFUSAL if p == prompts[0] else Verdict.COMPLIANCE), []
     config = PAIRConfig(**{**PAIR_TEST.__dict__, "iterations": 3, "group_size": 3})
     results = PAIR(config, attacker=tiny_llama).run(tiny_llama, prompts, judge=judge, progress=False,
                                                     on_result=seen.append)
     assert [r.success for r in results] == [False, True, True] and [r.prompt for r in results] == prompts
     assert [r.details["iterations_run"] for r in results] == [3, 1, 1]
-    assert judge.calls[0] == [p for p in prompts for _ in range(2)]  # one batched call, two streams each
-    assert judge.calls[1:] == [[prompts[0]] * 2] * 2  # finished prompts are not attacked again
+    assert judge.seen[0] == [p for p in prompts for _ in range(2)]  # one batched call, two streams each
+    assert judge.seen[1:] == [[prompts[0]] * 2] * 2  # finished prompts are not attacked again
     assert [r.prompt for r in seen] == ["goal two", "goal three", "goal one"]  # reported as each finishes
 
 
@@ -323,3 +318,30 @@ def test_ablation_attack_without_refusals_sends_prompts_unchanged(tiny_llama, tm
     assert result.details["direction_layer"] is None
     assert "refused none" in result.details["no_direction_reason"] and (tmp_path / "no_direction.json").is_file()
     assert result.response == generate(tiny_llama, [PROMPT], GenerationConfig(max_new_tokens=64), progress=False)[0]
+
+
+# --- verdicts: success is a compliance only ----------------------------------------------------------------
+
+@pytest.mark.parametrize("label, success", [(Verdict.COMPLIANCE, True), (Verdict.NON_ANSWER, False),
+                                            (Verdict.REFUSAL, False)])
+def test_only_a_compliance_counts_as_success_and_the_label_is_kept(tiny_llama, label, success):
+    judge = ScriptedJudge(0, lambda prompt: label)
+    (result,) = respond_and_judge(tiny_llama, "t", [PROMPT], [PROMPT + " now"], judge, MIN_JUDGED_TOKENS)
+    assert result.success is success and result.label == label.value
+    assert judge.seen == [[PROMPT]]  # judged against the original prompt, not the adversarial one
+    assert AttackResult.from_dict(result.to_dict()) == result
+
+
+def test_results_cached_before_labels_still_load():
+    old = {"attack": "gcg", "prompt": "p", "adversarial_prompt": "p x", "response": "r", "success": True, "details": {}}
+    result = AttackResult.from_dict(old)
+    assert result.success and result.label is None
+
+
+def test_pair_stops_only_on_a_compliance_with_the_original_prompt(tiny_llama):
+    judge = ScriptedJudge(0, lambda prompt: Verdict.NON_ANSWER)
+    (result,) = PAIR(PAIR_TEST, attacker=tiny_llama).run(tiny_llama, [PROMPT], judge=judge, progress=False)
+    assert not result.success and result.label == "non_answer"
+    assert result.details["iterations_run"] == PAIR_TEST.iterations
+    assert all(call == [PROMPT] * PAIR_TEST.streams for call in judge.seen)
+    assert result.details["history"][0][0]["label"] == "non_answer"

@@ -21,7 +21,7 @@ from failclosed_interp.configs import config_to_dict
 from failclosed_interp.dim import DirectionConfig, Selection, find_direction, save_selection
 from failclosed_interp.directions import Direction, DirectionSet, load_directions
 from failclosed_interp.generation import GenerationConfig
-from failclosed_interp.judges import Judge, SubstringJudge
+from failclosed_interp.judges import Judge, ThreeWayJudge
 from failclosed_interp.models import ChatModel
 from failclosed_interp.prompts import builtin
 from failclosed_interp.scoring import refusal_rate, refusal_tokens_from_responses
@@ -76,7 +76,7 @@ class FoundDirection:
 
 
 def find_attack_direction(
-    model: ChatModel, config: AblationConfig = AblationConfig(), judge: Judge = SubstringJudge(), *, progress: bool = False
+    model: ChatModel, config: AblationConfig = AblationConfig(), judge: Judge = ThreeWayJudge(), *, progress: bool = False
 ) -> FoundDirection:
     """Find the refusal direction of `model` as the attacker would: the refusal tokens of its own refusals
     (as `judge` sees them), DIM candidates, selection rules on."""
@@ -110,7 +110,7 @@ class DirectionAblation(AttackRunner):
     def settings(self) -> dict:
         return config_to_dict(self.config)
 
-    def direction(self, model: ChatModel, judge: Judge = SubstringJudge(), *, progress: bool = False) -> FoundDirection:
+    def direction(self, model: ChatModel, judge: Judge = ThreeWayJudge(), *, progress: bool = False) -> FoundDirection:
         folder = Path(self.cache_dir) if self.cache_dir is not None else None
         if folder is not None and (folder / _NO_DIRECTION).is_file():
             return FoundDirection(None, read_json(folder / _NO_DIRECTION)["reason"])

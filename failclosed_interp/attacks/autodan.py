@@ -27,7 +27,7 @@ from failclosed_interp.attacks.templates import Template
 from failclosed_interp.chat import format_prompt
 from failclosed_interp.configs import config_to_dict
 from failclosed_interp.generation import GenerationConfig, generate
-from failclosed_interp.judges import Judge, SubstringJudge
+from failclosed_interp.judges import Judge, ThreeWayJudge
 from failclosed_interp.models import ChatModel
 from failclosed_interp.utility import answer_nll
 
@@ -163,7 +163,7 @@ class AutoDAN(AttackRunner):
 
     # --- the genetic search for one prompt -------------------------------------------------------------------
 
-    def search(self, model: ChatModel, prompt: str, judge: Judge = SubstringJudge(),
+    def search(self, model: ChatModel, prompt: str, judge: Judge = ThreeWayJudge(),
                max_new_tokens: int = MIN_JUDGED_TOKENS) -> AttackResult:
         """Evolve prompts for one harmful prompt; the result is the best prompt's judged response, its details
         the loss per generation (`best_losses` never rises) and each success check."""

@@ -1,7 +1,8 @@
 """PAIR (Chao et al. 2023): an attacker chat model refines a jailbreak prompt over a few iterations, in
 several parallel streams, from the target model's replies and a judge's verdicts. Any model
-`load_model` loads can attack (the embedded one by default); any `judges.Judge` decides, and the
-search stops at the first reply it does not call a refusal. Each stream keeps one turn of history
+`load_model` loads can attack (the embedded one by default); any `judges.Judge` labels each reply
+against the ORIGINAL harmful prompt, and the search stops at the first reply it calls a compliance (a
+rewrite that drifted into another topic gets an off-topic reply: a non-answer, not a success). Each stream keeps one turn of history
 (its last prompt, the reply and the verdict), which small attacker models follow better than a
 long conversation; the attacker's system prompt is ours (`attacks/data/pair_attacker_system.txt`)."""
 
@@ -22,7 +23,7 @@ from failclosed_interp.attacks.base import (
 from failclosed_interp.chat import batches, format_prompt
 from failclosed_interp.configs import config_to_dict
 from failclosed_interp.generation import GenerationConfig, generate
-from failclosed_interp.judges import Judge, SubstringJudge
+from failclosed_interp.judges import Judge, ThreeWayJudge, Verdict, classify
 from failclosed_interp.models import EMBEDDED_MODEL, ChatModel, load_model
 
 _FIRST_TURN = "Write your first prompt."
@@ -97,11 +98,11 @@ class PAIR(AttackRunner):
             self.attacker = _check_attacker(load_model(self.config.attacker))
         return self.attacker
 
-    def attack_group(self, model: ChatModel, prompts: Sequence[str], judge: Judge = SubstringJudge(),
+    def attack_group(self, model: ChatModel, prompts: Sequence[str], judge: Judge = ThreeWayJudge(),
                      max_new_tokens: int = MIN_JUDGED_TOKENS, on_result: ResultCallback | None = None) -> list[AttackResult]:
         """Refine prompts for several harmful prompts at once (all their streams in one batched generation per
         iteration: on CPU each decoding step costs mostly per call, not per row). A prompt stops at its first
-        reply the judge does not call a refusal, or when the budget ends."""
+        reply the judge calls a compliance with the original prompt, or when the budget ends."""
         check_judged_tokens(max_new_tokens)
         c, start = self.config, time.perf_counter()
         attacker = self._attacker()
@@ -120,19 +121,21 @@ class PAIR(AttackRunner):
             candidates = [extract_prompt(r) or goal for r, goal in zip(raw, goals)]
             responses = generate(model, candidates, GenerationConfig(max_new_tokens=max_new_tokens,
                                                                      batch_size=len(candidates)), progress=False)
-            refused = judge(goals, responses)
+            labels = [v.value for v in classify(judge, goals, responses)]
             for i, prompt in enumerate(active):
                 rows = range(i * c.streams, (i + 1) * c.streams)
-                history[prompt].append([{"prompt": candidates[j], "response": responses[j], "refused": bool(refused[j])}
+                history[prompt].append([{"prompt": candidates[j], "response": responses[j],
+                                         "refused": labels[j] == Verdict.REFUSAL.value, "label": labels[j]}
                                         for j in rows])
-                wins = [j - rows.start for j in rows if not refused[j]]
+                wins = [j - rows.start for j in rows if labels[j] == Verdict.COMPLIANCE.value]
                 if wins or iteration == c.iterations - 1:
                     pick = wins[0] if wins else 0
                     details = {"iterations_run": iteration + 1, "stream": pick, "history": history[prompt],
                                "attacker": attacker.name, "group_size": len(prompts),
                                "group_seconds": round(time.perf_counter() - start, 2)}
                     j = rows.start + pick
-                    done[prompt] = AttackResult(self.name, prompt, candidates[j], responses[j], bool(wins), details)
+                    done[prompt] = AttackResult(self.name, prompt, candidates[j], responses[j], bool(wins), details,
+                                                labels[j])
                     if on_result is not None:
                         on_result(done[prompt])
                 else:

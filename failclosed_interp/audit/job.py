@@ -30,7 +30,7 @@ from failclosed_interp.chat import post_instruction_positions
 from failclosed_interp.configs import config_from_dict, config_to_dict
 from failclosed_interp.dim import DirectionConfig, NoDirectionPassed, dim_candidates, find_direction
 from failclosed_interp.directions import DirectionSet, load_directions
-from failclosed_interp.judges import Judge, PrefixJudge, SubstringJudge
+from failclosed_interp.judges import Judge, SubstringJudge, judge_by_name
 from failclosed_interp.models import ChatModel, load_model
 from failclosed_interp.scoring import refusal_tokens_from_responses, token_strings
 from failclosed_interp.splits import PromptSplits
@@ -344,10 +344,7 @@ def audit_model(
     """Load `model` (+ `adapter`) and its prompts and audit it along the directions saved in `directions`
     (discovered when None). `judge` is a Judge or a built-in one's name (`substring`, `prefix`)."""
     if isinstance(judge, str):
-        judges = {"substring": SubstringJudge(), "prefix": PrefixJudge()}
-        if judge not in judges:
-            raise ValueError(f"unknown judge {judge!r}; choose one of {sorted(judges)} or pass a Judge")
-        judge = judges[judge]
+        judge = judge_by_name(judge)
     chat_model, prompts = load_subject(model, adapter, device=device, config=config)
     given = load_directions(directions, chat_model) if directions is not None else None
     return run_audit(chat_model, prompts, config, given, judge=judge, progress=progress)

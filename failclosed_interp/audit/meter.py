@@ -21,7 +21,7 @@ from failclosed_interp.interventions import Intervention
 from failclosed_interp.judges import Judge, SubstringJudge
 from failclosed_interp.models import ChatModel
 from failclosed_interp.scoring import JudgedResponses, refusal_rate, refusal_scores
-from failclosed_interp.stats import RateEstimate, bootstrap_mean
+from failclosed_interp.stats import RateEstimate, wilson_rate
 
 MODES = ("generate", "logit")
 
@@ -87,7 +87,7 @@ class RefusalMeter:
             else:
                 scores = refusal_scores(self.model, self.instructions, self.refusal_tokens, interventions,
                                         batch_size=self.config.batch_size)
-                self._rates[key] = bootstrap_mean((scores > 0).double().tolist(), seed=self.config.seed)
+                self._rates[key] = wilson_rate((scores > 0).double().tolist())
             elapsed = time.perf_counter() - start
             self.seconds += elapsed
             if self.progress:  # long audits show what was measured as they go

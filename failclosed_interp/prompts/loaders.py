@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from failclosed_interp.prompts.sets import PromptSet
@@ -27,16 +28,22 @@ def load_prompts(
     For tables, `column` picks the text (default: the first of TEXT_COLUMNS present), `category_column`
     the category, and `filter={"label": "safe"}` keeps only rows whose column equals the value."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt file not found: {path}")
-    suffix = path.suffix.lower()
-    readers = {".txt": _read_txt, ".csv": _read_csv, ".json": _read_json, ".jsonl": _read_jsonl}
-    if suffix not in readers:
-        raise ValueError(f"cannot load prompts from '{path.name}': unknown extension {suffix!r}; use one of {list(EXTENSIONS)}")
-    rows = readers[suffix](path)
+    rows = read_rows(path)
     return rows_to_prompt_set(
         rows, column=column, category_column=category_column, filter=filter, name=name or path.stem, source=str(path)
     )
+
+
+def read_rows(path: str | Path, extensions: Sequence[str] = EXTENSIONS) -> list:
+    """The parsed rows of a .txt (strings), .csv (dicts), .json or .jsonl file (strings or dicts)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"file not found: {path}")
+    suffix = path.suffix.lower()
+    readers = {".txt": _read_txt, ".csv": _read_csv, ".json": _read_json, ".jsonl": _read_jsonl}
+    if suffix not in readers or suffix not in extensions:
+        raise ValueError(f"cannot read '{path.name}': unknown extension {suffix!r}; use one of {list(extensions)}")
+    return readers[suffix](path)
 
 
 def load_hf_dataset(

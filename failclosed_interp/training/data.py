@@ -13,7 +13,7 @@ from torch import Tensor
 from failclosed_interp.chat import format_exchange
 from failclosed_interp.generation import GenerationConfig, generate_tokens
 from failclosed_interp.interventions import Intervention
-from failclosed_interp.judges import Judge, SubstringJudge
+from failclosed_interp.judges import Judge, ThreeWayJudge
 from failclosed_interp.models import ChatModel
 
 KINDS = ("safety", "utility")
@@ -79,7 +79,7 @@ def build_sft_examples(
     borderline: Sequence[str] = (),
     *,
     refusal_texts: Sequence[str] = DEFAULT_REFUSALS,
-    judge: Judge = SubstringJudge(),
+    judge: Judge = ThreeWayJudge(),
     generation: GenerationConfig = GenerationConfig(max_new_tokens=48),
     progress: bool = True,
 ) -> list[Example]:
