@@ -349,7 +349,8 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--quick", action="store_true", help="the whole grid on a tiny random model with tiny budgets (minutes)")
     p.add_argument("--seeds", default="0,1,2", help="training seeds of the sft baseline and this project's recipe")
     p.add_argument("--runs", type=Path, default=Path("runs/reproduce"), help="heavy artifacts (adapters, caches)")
-    p.add_argument("--results", type=Path, default=Path("results"), help="one small JSON per finished experiment")
+    p.add_argument("--results", type=Path, default=Path("results"),
+                   help="results root: one small JSON per finished experiment in RESULTS/grid/")
     p.add_argument("--page", type=Path, default=Path("docs/results.md"), help="the results page written from --results")
     p.add_argument("--page-only", action="store_true", help="only regenerate the page from the results files")
     p.set_defaults(func=cmd_reproduce)
@@ -357,10 +358,11 @@ def _add_reproduce(sub) -> None:
 
 def cmd_reproduce(args) -> None:
     from failclosed_interp.reproduce import GridConfig, run_grid, write_results_page
+    from failclosed_interp.reproduce.page import GRID_DIR
 
     if not args.page_only:
         seeds = tuple(int(s) for s in args.seeds.split(","))
-        run_grid(GridConfig(seeds=seeds, attack_seeds=seeds[:1], quick=args.quick), args.runs, args.results)
+        run_grid(GridConfig(seeds=seeds, attack_seeds=seeds[:1], quick=args.quick), args.runs, args.results / GRID_DIR)
     for path in write_results_page(args.results, args.page):
         print(f"wrote {path}")
 

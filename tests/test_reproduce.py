@@ -40,31 +40,32 @@ def test_the_grid_has_three_seeds_for_sft_and_the_project_recipe_and_every_model
 def test_quick_grid_runs_resumes_and_renders(tmp_path):
     config = GridConfig(quick=True, seeds=(0, 1), recipes=("sft", "project"))
     logged: list[str] = []
-    ran = run_grid(config, tmp_path / "runs", tmp_path / "results", progress=False, log=logged.append)
+    results = tmp_path / "results" / "grid"
+    ran = run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append)
     assert [e.name for e in ran] == [e.name for e in build_grid(config)]
     assert "expected" in logged[0]
     for exp in ran:
-        saved = json.loads((tmp_path / "results" / f"{exp.name}.json").read_text())
+        saved = json.loads((results / f"{exp.name}.json").read_text())
         assert saved["experiment"]["fingerprint"] == exp.fingerprint and saved["wall_s"] >= 0
-    assert run_grid(config, tmp_path / "runs", tmp_path / "results", progress=False, log=logged.append) == []
+    assert run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append) == []
 
-    (tmp_path / "results" / "audit-project-s1.json").unlink()  # a lost result is recomputed alone
-    again = run_grid(config, tmp_path / "runs", tmp_path / "results", progress=False, log=logged.append)
+    (results / "audit-project-s1.json").unlink()  # a lost result is recomputed alone
+    again = run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append)
     assert [e.name for e in again] == ["audit-project-s1"]
 
     page = render_results(tmp_path / "results")
     assert "Every experiment of the grid has finished." in page
     assert "| measure | seed 0 | seed 1 | mean ± sd over seeds |" in page
-    sft = json.loads((tmp_path / "results" / "align-sft-s0.json").read_text())["result"]
+    sft = json.loads((results / "align-sft-s0.json").read_text())["result"]
     assert f"| harmful refusal | {sft['ci']['refusal_harmful']['value']:.2f} [" in page
 
 
 def test_a_results_folder_of_another_version_is_refused(tmp_path):
-    results = tmp_path / "results"
-    results.mkdir()
+    results = tmp_path / "results" / "grid"
+    results.mkdir(parents=True)
     (results / "align-sft-s0.json").write_text(json.dumps({"schema": 999, "experiment": {}}))
     with pytest.raises(ResultsMismatch, match="schema 999"):
-        render_results(results)
+        render_results(tmp_path / "results")
     (results / "align-sft-s0.json").unlink()
     (results / "grid.json").write_text(json.dumps({"schema": 1, "grid": {"quick": False}}))
     with pytest.raises(ResultsMismatch, match="full grid"):
