@@ -147,10 +147,10 @@ def test_refusal_rising_under_ablation_is_flagged_in_text_json_and_report(tmp_pa
     assert {x.prompts for x in r.rising} == {"harmful", "harmless"}
     assert any(x.prompts == "harmless" and x.removed == (1,) and x.context == () for x in r.rising)
     assert r.inert() == [1]  # its removal raises refusal: that is no evidence that it carries refusal
-    assert r.verdict_label == "fail-open"
+    assert r.verdict_label == "fail-open" and r.verdict.endswith("flagged: refusal rises when directions are ablated")
     assert f"FLAG: {RISING_FLAG}" in format_audit(r)
     write_audit(r, tmp_path)
     saved = json.loads((tmp_path / "audit.json").read_text())
     assert saved["rising_refusal_flag"].startswith(RISING_FLAG) and saved["rising_refusal"][0]["removed"] == [1]
     page = (tmp_path / "report.html").read_text()
-    assert '<div class="flag">' in page and RISING_FLAG in page
+    assert '<div class="flag">' in page and RISING_FLAG in page and 'class="verdict fail-open flagged"' in page

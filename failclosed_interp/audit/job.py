@@ -171,7 +171,8 @@ def run_audit(
                 f"all {k} ablated": generated.outcomes(("ablate", frozenset(range(k))))}
     lap("flags")
     pathways = independent_pathways([i in counted for i in range(k)], rep.independent(config.ri_tolerance))
-    label, text = verdict(baseline, dirs, single, kl, counted, pathways, redundancy, strongest, **rule)
+    label, text = verdict(baseline, dirs, single, kl, counted, pathways, redundancy, strongest, **rule,
+                          rising=bool(rising))
     return AuditResult(
         source=source, directions=dirs, single=tuple(single), pairwise=tuple(tuple(r) for r in pairwise), joint=joint,
         steering=tuple(tuple(r) for r in steering), rep=rep, redundancy=redundancy, pathways=pathways,

@@ -18,10 +18,11 @@ from failclosed_interp.plots import layer_position_heatmap, matrix_heatmap, rate
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 13px; }
+pre { background: #f6f6f6; padding: 1em; white-space: pre-wrap; font-size: 13px; }
 .verdict { font-size: 1.25em; font-weight: 600; padding: 0.6em 1em; border-radius: 6px; }
 .fail-open { background: #fde2e1; } .fail-closed { background: #dff3e3; } .robust { background: #fff3cd; }
 .no-refusal, .undetermined { background: #eee; }
+.verdict.flagged { background: #fff3cd; border: 2px solid #c0392b; }
 .flag { background: #fde2e1; border-left: 6px solid #c0392b; padding: 0.6em 1em; }
 .inert-here, .beyond-kl-budget { color: #888; }
 section.figure { margin: 2em 0; } section.figure p { max-width: 800px; }
@@ -146,7 +147,8 @@ def report_html(result: AuditResult) -> str:
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>Refusal audit: {html.escape(result.model)}</title>'
             f'<script type="text/javascript">{get_plotlyjs()}</script><style>{_STYLE}</style></head><body>'
             f'<h1>Refusal audit: {html.escape(result.model)}</h1>'
-            f'<p class="verdict {result.verdict_label}">{html.escape(result.verdict)}</p>{_findings(result)}'
+            f'<p class="verdict {result.verdict_label}{" flagged" if result.rising else ""}">'
+            f'{html.escape(result.verdict)}</p>{_findings(result)}'
             f'<h2>Summary</h2><pre>{html.escape(format_audit(result))}</pre>'
             f'<h2>Directions ({result.source})</h2>{_directions_table(result)}'
             f'<h2>Figures</h2>{sections}</body></html>')

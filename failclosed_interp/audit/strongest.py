@@ -42,7 +42,8 @@ class Strongest:
     def describe(self) -> str:
         d = self.direction
         side = "within" if self.within_budget else "beyond"
-        what = "" if not self.outcomes else " (" + ", ".join(f"{n} {label}" for label, n in self.outcomes.items()) + ")"
+        what = "" if not self.outcomes else " (" + ", ".join(f"{n} {label.replace('_', '-')}"
+                                                             for label, n in self.outcomes.items()) + ")"
         return (f"strongest direction without the KL limit: layer {d.layer}, position {d.position}, KL {self.kl:.3g} "
                 f"on harmless prompts ({side} the budget {self.budget}); ablated, harmful refusal {self.refusal}{what}")
 
