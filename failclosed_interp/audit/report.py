@@ -44,7 +44,7 @@ def audit_figures(result: AuditResult) -> list[tuple[str, str, go.Figure]]:
     joint.update_xaxes(dtick=1)
     figs = [
         ("single", "Harmful refusal with each direction ablated alone (all layers; block input, attention and MLP "
-                   "output), with 95% bootstrap CIs. One bar near 0 means fail-open.",
+                   "output), with 95% CIs. One bar near 0 means fail-open (if that direction is within the KL budget).",
          refusal_rate_bars({"none": result.baseline, **dict(zip(labels, result.single)), f"all {k}": result.joint.found[-1]},
                            title="Harmful refusal, each direction ablated alone")),
         ("cosine", "Cosine similarity between the directions. Orthogonal (0) does not mean causally independent.",
