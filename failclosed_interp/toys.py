@@ -120,6 +120,7 @@ def planted_pathways_model(
     readouts: Sequence[float] | None = None,
     gain: float = 8.0,
     derived: bool = False,
+    cue: bool = False,
     seed: int = 0,
     name: str | None = None,
 ) -> ToyModel:
@@ -128,7 +129,12 @@ def planted_pathways_model(
 
     `derived=True` adds a direction computed *from* pathway 0 (layer 1 copies it into its own vector,
     also read out with weight 20): it steers refusal on its own, but ablating pathway 0 removes it too,
-    so it is not an independent pathway. It is the last row of `pathways`."""
+    so it is not an independent pathway. It is the row after the pathways.
+
+    `cue=True` plants a vector present in every prompt whose presence holds refusal back: layer 2 reads
+    it with weight -20 against a constant +20, so removing it makes the model refuse everything, harmless
+    prompts included (a model that learnt the ablation as a cue). It is the last row of `pathways`; it
+    is the same in harmful and harmless prompts, so give it a steering norm by hand."""
     if not 1 <= n_pathways <= len(_GATES):
         raise ValueError(f"n_pathways must be 1..{len(_GATES)} (one per post-instruction token), got {n_pathways}")
     readouts = tuple(float(r) for r in (readouts if readouts is not None else [20.0] * n_pathways))
@@ -144,6 +150,7 @@ def planted_pathways_model(
     basis, _ = torch.linalg.qr(torch.randn(d_model, d_model, generator=generator))
     names = ["const", "sink", "marker", "u", *[f"gate{k}" for k in range(3)], *[f"p{k}" for k in range(3)], "derived",
              *[f"cur{c}" for c in range(len(chain))], *[f"next{c}" for c in range(len(chain))]]
+    names += ["cue"] if cue else []  # appended, so the other toys keep their vectors
     v = {n: basis[:, i].contiguous() for i, n in enumerate(names)}
     planted = basis[:, : len(names)]
     tok = tokenizer.convert_tokens_to_ids
@@ -155,6 +162,8 @@ def planted_pathways_model(
                 p -= (p @ planted) @ planted.T
         embed = w["model.embed_tokens.weight"]
         embed += v["const"]
+        if cue:
+            embed += v["cue"]
         embed[tok(_SINK)] += v["sink"]
         embed[tok(MARKER)] += 2 * v["marker"]
         for k, gate in enumerate(_GATES):
@@ -182,6 +191,8 @@ def planted_pathways_model(
             w[a1 + "v_proj.weight"][0] = v["p0"]
             w[a1 + "o_proj.weight"][:, 0] = 30.0 * v["derived"]
             read.append((v["derived"], 20.0))
+        if cue:  # +20 x const - 20 x cue cancels while the cue is there
+            read += [(v["const"], 20.0), (v["cue"], -20.0)]
 
         # Layer 2: head 0 averages every position (zero query) and sums readout_k x pathway k into u.
         a2 = "model.layers.2.self_attn."
@@ -201,8 +212,9 @@ def planted_pathways_model(
         head[tok(COMPLY)] = 0.5 * v["const"]  # a fixed bid that a weak u cannot beat
     hf.eval()
     model = boot_bridge(hf, tokenizer, name or f"toy-{n_pathways}-pathways")
-    pathways = torch.stack([v[f"p{k}"] for k in range(n_pathways)] + ([v["derived"]] if derived else []))
-    sites = tuple((1, -(k + 1)) for k in range(n_pathways)) + (((2, -1),) if derived else ())
+    pathways = torch.stack([v[f"p{k}"] for k in range(n_pathways)] + ([v["derived"]] if derived else [])
+                           + ([v["cue"]] if cue else []))
+    sites = tuple((1, -(k + 1)) for k in range(n_pathways)) + (((2, -1),) if derived else ()) + (((1, -1),) if cue else ())
     return ToyModel(model, toy_prompts(seed), pathways, sites, readouts, basis[:, len(names):].T.contiguous())
 
 

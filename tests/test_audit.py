@@ -122,7 +122,7 @@ def test_redundancy_rejects_bad_arguments():
 def test_one_pathway_audits_as_fail_open_with_redundancy_one(one, open_audit):
     r = open_audit
     assert r.redundancy.number == 1 and r.redundancy.subset == (0,)
-    assert r.verdict_label == "fail-open" and r.verdict.startswith("fail-open: ablating direction 0")
+    assert r.verdict_label == "fail-open" and r.verdict.startswith("fail-open (KL budget 0.1): ablating direction 0")
     assert len(r.directions) == 1 and cosine(r.directions[0].vector, one.pathways[0]) > 0.99
     assert r.baseline.value == 1.0 and r.single[0].value == 0.0
     assert r.pathways == (0,)
@@ -144,8 +144,8 @@ def test_three_pathways_are_discovered_one_by_one(three, closed_audit):
 def test_three_pathways_audit_as_fail_closed_with_redundancy_three(closed_audit):
     r = closed_audit
     assert (r.redundancy.number, r.redundancy.exact, r.redundancy.subset) == (3, True, (0, 1, 2))
-    assert len(r.pathways) == 3 and r.verdict_label == "fail-closed"
-    assert r.verdict.startswith("fail-closed: 3 independent pathway(s), redundancy number 3")
+    assert len(r.pathways) == 3 and r.verdict_label == "fail-closed" and r.counted == (0, 1, 2) and not r.inert()
+    assert r.verdict.startswith("fail-closed, 3 pathways (KL budget 0.1)") and "redundancy number 3" in r.verdict
     assert [x.value for x in r.single] == [1.0, 1.0, 1.0]
     assert all(r.pairwise[i][j].value == 1.0 for i in range(3) for j in range(3))
     assert [x.value for x in r.joint.found] == [1.0, 1.0, 1.0, 0.0]
@@ -238,7 +238,7 @@ def test_config_round_trips_through_json():
 
 # --- report and CLI -------------------------------------------------------------------------------------
 
-FIGURES = ["single", "cosine", "pairwise", "joint", "steering", "rep-independence", "rep-layers",
+FIGURES = ["single", "cosine", "pairwise", "joint", "steering", "steering-common", "rep-independence", "rep-layers",
            "sweep-0", "sweep-1", "sweep-2", "discovery-0", "discovery-1", "discovery-2"]
 
 
@@ -271,7 +271,7 @@ def test_cli_audits_saved_directions(three, tmp_path, capsys):
     assert saved["directions_from"] == str(folder) and saved["source"] == "given"
     assert len(saved["cosine"]) == 4 and len(saved["steering_refusal"]["refusal"]) == 4
     printed = capsys.readouterr().out
-    assert "verdict: fail-closed: 3 independent pathway(s), redundancy number 3" in printed
+    assert "verdict: fail-closed, 3 pathways (KL budget 0.1)" in printed and "inert here" in printed
     assert (out / "report.html").is_file() and (out / "directions" / "directions.safetensors").is_file()
 
 
@@ -307,5 +307,10 @@ def test_adaptive_adds_the_models_own_direction_to_irrelevant_given_ones(one):
     assert r.source == "given+adaptive" and len(r.directions) == 3
     assert cosine(r.directions[2].vector, one.pathways[0]) > 0.99 and r.directions[2].method == "dim"
     assert r.verdict_label == "fail-open" and r.redundancy.subset == (2,)
+    # without it, the strongest direction found with no KL limit is the pathway, within the budget: still fail-open
     without = run_audit(one.model, prompts_of(one), dataclasses.replace(config, adaptive=False), one.decoys(2))
-    assert without.verdict_label == "fail-closed" and without.redundancy.number is None  # the decoys alone mislead
+    assert without.verdict_label == "fail-open" and "strongest DIM direction" in without.verdict
+    assert cosine(without.strongest.direction.vector, one.pathways[0]) > 0.99 and without.inert() == [0, 1]
+    # with neither, the inert decoys show nothing: the verdict must not call that fail-closed
+    blind = run_audit(one.model, prompts_of(one), dataclasses.replace(config, adaptive=False, unbounded=False), one.decoys(2))
+    assert blind.verdict_label == "robust" and blind.verdict.startswith("robust, pathways not identified")

@@ -40,14 +40,14 @@ def test_01_explore_directions(tmp_path, monkeypatch):
 
 def test_02_reproduce_mechanistic_figures(tmp_path, monkeypatch):
     text = run_notebook("02_reproduce_mechanistic_figures", tmp_path, monkeypatch)
-    assert "SFT (standard): fail-open: ablating direction 0 alone" in text
-    assert "fail-closed: fail-closed: 3 independent pathway(s), redundancy number 3" in text
+    assert "SFT (standard): fail-open (KL budget 0.1): ablating direction 0 alone" in text
+    assert "fail-closed: fail-closed, 3 pathways (KL budget 0.1)" in text and "redundancy number 3" in text
     assert "redundancy number" in text and "independent pathways" in text
 
 
 def test_03_audit_a_model(tmp_path, monkeypatch):
     text = run_notebook("03_audit_a_model", tmp_path, monkeypatch)
-    assert "verdict: fail-closed: 3 independent pathway(s), redundancy number 3" in text
+    assert "verdict: fail-closed, 3 pathways (KL budget 0.1)" in text and "redundancy number 3" in text
     saved = json.loads((tmp_path / "audit" / "audit.json").read_text())
     assert saved["redundancy_number"] == 3 and saved["independent_pathways"] == 3
     assert (tmp_path / "audit" / "report.html").is_file()

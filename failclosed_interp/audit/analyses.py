@@ -1,5 +1,6 @@
-"""The audit's analyses of a direction set: ablation (each alone, each pair, jointly in found and worst
-order), steering sufficiency, representational independence, and the count of independent pathways.
+"""The audit's analyses of a direction set: ablation (each alone, each pair, all but one, jointly in found
+and worst order), its KL on harmless prompts, steering (own layer; common layer and strength, with the
+logit induce score), representational independence, and the count of independent pathways.
 Refusal figures come from memoised meters (meter.py), so analyses share measurements."""
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from failclosed_interp.audit.redundancy import greedy_order
 from failclosed_interp.chat import batches, tokenize_prompts
 from failclosed_interp.dim import DirectionConfig
 from failclosed_interp.directions import DirectionSet
-from failclosed_interp.interventions import Addition, Intervention, hook_name, intervene
+from failclosed_interp.interventions import Ablation, Addition, Intervention, hook_name, intervene
 from failclosed_interp.models import ChatModel
+from failclosed_interp.scoring import kl_from_logits, last_token_logits, refusal_scores
 from failclosed_interp.stats import RateEstimate
 
 
@@ -32,6 +34,12 @@ def pairwise_ablation(refusal: AblationRefusal) -> list[list[RateEstimate]]:
     """[i][j] = harmful refusal with directions i and j ablated together; the diagonal is i alone."""
     k = len(refusal.directions)
     return [[refusal({i, j}) for j in range(k)] for i in range(k)]
+
+
+def leave_one_out(refusal: AblationRefusal) -> list[RateEstimate]:
+    """[i] = refusal with every direction but i ablated: the context where i is the last one left."""
+    k = len(refusal.directions)
+    return [refusal(set(range(k)) - {i}) for i in range(k)]
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,45 @@ def steering_sweep(
     DIM strength) added at its own layer, at every position. Does the direction alone induce refusal?"""
     return [[harmless.rate(("steer", i, float(c)), [Addition(d.raw, layer=d.layer, coeff=float(c))]) for c in coeffs]
             for i, d in enumerate(directions)]
+
+
+def common_site(directions: DirectionSet) -> int:
+    """The direction whose layer and norm the paper's steering test uses for every direction: the first
+    one of the earliest round (round 0, the one the loop started from)."""
+    return min(range(len(directions)), key=lambda i: (directions[i].round, i))
+
+
+def common_additions(directions: DirectionSet) -> list[Addition]:
+    """Each direction (unit vector) x the common norm, added at the common layer."""
+    common = directions[common_site(directions)]
+    return [Addition(d.vector * common.norm, layer=common.layer) for d in directions]
+
+
+def common_steering(harmless: RefusalMeter, directions: DirectionSet) -> list[RateEstimate]:
+    """Harmless refusal with each direction added at the common layer and strength (the paper's test:
+    does every found direction induce refusal from the same place?)."""
+    return [harmless.rate(("steer-common", i), [addition]) for i, addition in enumerate(common_additions(directions))]
+
+
+def induce_scores(
+    model: ChatModel, instructions: Sequence[str], refusal_tokens: Sequence[int], additions: Sequence[Addition], *,
+    batch_size: int = 16,
+) -> tuple[float, list[float]]:
+    """Mean logit refusal score (log-odds of the refusal tokens) on harmless prompts: with nothing added,
+    and with each addition."""
+    mean = lambda interventions: float(refusal_scores(model, instructions, refusal_tokens, interventions,  # noqa: E731
+                                                      batch_size=batch_size).mean())
+    return mean([]), [mean([a]) for a in additions]
+
+
+def ablation_kl(
+    model: ChatModel, instructions: Sequence[str], ablations: Sequence[Ablation], *, batch_size: int = 16,
+) -> list[float]:
+    """Mean KL(clean || ablated) of next-token distributions at the last prompt position, per ablation:
+    how much it disturbs the model on these (harmless) prompts; the attacker's cost."""
+    clean = last_token_logits(model, instructions, batch_size=batch_size)
+    return [float(kl_from_logits(clean, last_token_logits(model, instructions, [a], batch_size=batch_size)).mean())
+            for a in ablations]
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,10 +192,11 @@ def representational_independence(
     return RepIndependence(clean, ablated, tuple(positions), layers)
 
 
-def independent_pathways(induces: Sequence[bool], independent: Bool[Tensor, "n_dirs n_dirs"]) -> tuple[int, ...]:
-    """The largest set of directions that each induce refusal alone and are pairwise representationally
-    independent (exhaustive, largest first; ties go to the lexicographically first set)."""
-    candidates = [i for i, ok in enumerate(induces) if ok]
+def independent_pathways(counted: Sequence[bool], independent: Bool[Tensor, "n_dirs n_dirs"]) -> tuple[int, ...]:
+    """The largest set of counted directions (shown to carry refusal, within the KL budget) that are
+    pairwise representationally independent (exhaustive, largest first; ties go to the lexicographically
+    first set)."""
+    candidates = [i for i, ok in enumerate(counted) if ok]
     for size in range(len(candidates), 0, -1):
         for subset in itertools.combinations(candidates, size):
             if all(bool(independent[i, j]) for i, j in itertools.combinations(subset, 2)):

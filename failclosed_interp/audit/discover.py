@@ -4,7 +4,7 @@
 Each round is `dim.find_direction` with the earlier directions as base interventions, so the
 selection rules (last 20% of layers excluded, KL <= 0.1 on harmless prompts, must induce refusal)
 apply every time: without them a late-layer "Sorry"-token feature would be chosen and every model
-would look fail-open (DESIGN.md §3)."""
+would look fail-open."""
 
 from __future__ import annotations
 

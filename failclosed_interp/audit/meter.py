@@ -18,7 +18,7 @@ from failclosed_interp.configs import config_from_dict, config_to_dict
 from failclosed_interp.directions import Direction, DirectionSet
 from failclosed_interp.generation import GenerationConfig
 from failclosed_interp.interventions import Intervention
-from failclosed_interp.judges import Judge, SubstringJudge
+from failclosed_interp.judges import Judge, SubstringJudge, Verdict, classify
 from failclosed_interp.models import ChatModel
 from failclosed_interp.scoring import JudgedResponses, refusal_rate, refusal_scores
 from failclosed_interp.stats import RateEstimate, wilson_rate
@@ -101,6 +101,15 @@ class RefusalMeter:
         """Responses and verdicts behind `key` (generate mode only; None before it is measured)."""
         return self._judged.get(key)
 
+    def outcomes(self, key: Hashable) -> dict[str, int] | None:
+        """How many responses behind `key` are refusals, compliance or non-answers, as the judge labels
+        them (`judges.classify`: a refused/not judge tells refusal from compliance only)."""
+        judged = self.judged(key)
+        if judged is None:
+            return None
+        labels = classify(self.judge, judged.instructions, judged.responses)
+        return {v.value: sum(label == v for label in labels) for v in Verdict}
+
 
 def _describe(key: Hashable) -> str:
     if isinstance(key, tuple) and len(key) == 2 and isinstance(key[1], frozenset):
@@ -130,7 +139,11 @@ class AblationRefusal:
     def value(self, subset: Iterable[int]) -> float:
         return self(subset).value
 
-    def known(self) -> dict[frozenset[int], float]:
-        """Every subset measured so far and its refusal rate (for pruning the redundancy search)."""
-        return {key[1]: rate.value for key, rate in self.meter.measured().items()
+    def measured(self) -> dict[frozenset[int], RateEstimate]:
+        """Every subset measured so far and its refusal rate."""
+        return {key[1]: rate for key, rate in self.meter.measured().items()
                 if isinstance(key, tuple) and key[0] == "ablate"}
+
+    def known(self) -> dict[frozenset[int], float]:
+        """Every subset measured so far and its refusal value (for pruning the redundancy search)."""
+        return {subset: rate.value for subset, rate in self.measured().items()}

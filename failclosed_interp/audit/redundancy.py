@@ -11,8 +11,9 @@ most) gives an upper bound."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 Measure = Callable[[frozenset[int]], float]
@@ -33,9 +34,11 @@ class Redundancy:
     threshold: float
     n_directions: int
     measured: int  # subsets whose refusal the search needed (memoised measurements included)
+    over: tuple[int, ...] | None = None  # the directions searched over (None: all n_directions)
 
     def to_dict(self) -> dict:
         return {
+            "over": list(self.over) if self.over is not None else list(range(self.n_directions)),
             "number": self.number, "subset": list(self.subset) if self.subset is not None else None,
             "minimal_subsets": [list(s) for s in self.minimal_subsets], "exact": self.exact,
             "lower_bound": self.lower_bound, "threshold": self.threshold, "n_directions": self.n_directions,
@@ -108,3 +111,23 @@ def redundancy_number(
     order = greedy_order(values, k)
     size = next(m for m in range(1, k + 1) if values(order[:m]) < threshold)  # exists: all k collapse it
     return result(size, tuple(sorted(order[:size])), (tuple(sorted(order[:size])),), False, min(max_exact, k) + 1)
+
+
+def redundancy_over(
+    measure: Measure,
+    indices: Sequence[int],
+    threshold: float = 0.5,
+    *,
+    max_exact: int = 4,
+    known: Mapping[frozenset[int], float] | None = None,
+) -> Redundancy:
+    """`redundancy_number` over only the directions `indices` (e.g. those shown to carry refusal);
+    subsets are reported in the original indices."""
+    indices = tuple(indices)
+    to_original = lambda subset: frozenset(indices[j] for j in subset)  # noqa: E731
+    local = {frozenset(indices.index(i) for i in s): v for s, v in (known or {}).items() if s <= set(indices)}
+    r = redundancy_number(lambda subset: measure(to_original(subset)), len(indices), threshold, max_exact=max_exact,
+                          known=local)
+    back = lambda subset: tuple(sorted(to_original(subset)))  # noqa: E731
+    return dataclasses.replace(r, subset=back(r.subset) if r.subset is not None else None,
+                               minimal_subsets=tuple(sorted(back(s) for s in r.minimal_subsets)), over=indices)

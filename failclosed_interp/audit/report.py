@@ -12,16 +12,19 @@ import torch
 from plotly.offline import get_plotlyjs
 
 from failclosed_interp.artifacts import atomic_write, write_json
-from failclosed_interp.audit.job import AuditResult, format_audit
+from failclosed_interp.audit.result import AuditResult, format_audit
 from failclosed_interp.directions import save_directions
 from failclosed_interp.plots import layer_position_heatmap, matrix_heatmap, rate_curves, refusal_rate_bars, save_figure
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 13px; }
+pre { background: #f6f6f6; padding: 1em; white-space: pre-wrap; font-size: 13px; }
 .verdict { font-size: 1.25em; font-weight: 600; padding: 0.6em 1em; border-radius: 6px; }
-.fail-open { background: #fde2e1; } .fail-closed { background: #dff3e3; }
+.fail-open { background: #fde2e1; } .fail-closed { background: #dff3e3; } .robust { background: #fff3cd; }
 .no-refusal, .undetermined { background: #eee; }
+.verdict.flagged { background: #fff3cd; border: 2px solid #c0392b; }
+.flag { background: #fde2e1; border-left: 6px solid #c0392b; padding: 0.6em 1em; }
+.inert-here, .beyond-kl-budget { color: #888; }
 section.figure { margin: 2em 0; } section.figure p { max-width: 800px; }
 table { border-collapse: collapse; } td, th { border: 1px solid #ccc; padding: 0.3em 0.6em; font-size: 13px; }
 """
@@ -41,7 +44,7 @@ def audit_figures(result: AuditResult) -> list[tuple[str, str, go.Figure]]:
     joint.update_xaxes(dtick=1)
     figs = [
         ("single", "Harmful refusal with each direction ablated alone (all layers; block input, attention and MLP "
-                   "output), with 95% bootstrap CIs. One bar near 0 means fail-open.",
+                   "output), with 95% CIs. One bar near 0 means fail-open (if that direction is within the KL budget).",
          refusal_rate_bars({"none": result.baseline, **dict(zip(labels, result.single)), f"all {k}": result.joint.found[-1]},
                            title="Harmful refusal, each direction ablated alone")),
         ("cosine", "Cosine similarity between the directions. Orthogonal (0) does not mean causally independent.",
@@ -58,10 +61,15 @@ def audit_figures(result: AuditResult) -> list[tuple[str, str, go.Figure]]:
                   f"most). The redundancy number is where refusal first drops below the threshold.",
          joint),
         ("steering", "Refusal on harmless prompts with one direction added at its own layer (coefficient x its norm), "
-                     "at every position. A direction that induces refusal alone is sufficient for refusal.",
+                     "at every position. The line is the harmless baseline plus the margin a rise must clear.",
          rate_curves(list(result.steering_coeffs), dict(zip(labels, result.steering)),
                      title="Steering sufficiency: refusal induced on harmless prompts", xaxis="coefficient x norm",
-                     threshold=result.config.steer_threshold)),
+                     threshold=min(1.0, result.harmless_baseline.value + result.config.carry_margin))),
+        ("steering-common", f"The paper's steering test: harmless refusal with each direction added at the common layer "
+                            f"{dirs[result.common].layer} with the common strength {dirs[result.common].norm:.3g} "
+                            f"(direction {result.common}'s), at every position.",
+         refusal_rate_bars({"nothing added": result.harmless_baseline, **dict(zip(labels, result.common_steering))},
+                           title="Harmless refusal, each direction added at the common layer and strength")),
     ]
     if result.rep is not None:
         change, tol = result.rep.change(), result.config.ri_tolerance
@@ -100,11 +108,34 @@ def audit_figures(result: AuditResult) -> list[tuple[str, str, go.Figure]]:
 
 
 def _directions_table(result: AuditResult) -> str:
-    rows = "".join(
-        f"<tr><td>d{i}</td><td>{d.layer}</td><td>{d.position}</td><td>{d.method}</td><td>{d.round}</td>"
-        f"<td>{d.norm:.3g}</td><td>{html.escape(d.fitted_on)}</td></tr>" for i, d in enumerate(result.directions))
-    head = "<tr><th>dir</th><th>layer</th><th>position</th><th>method</th><th>round</th><th>norm</th><th>fitted on</th></tr>"
-    return f"<table>{head}{rows}</table>" if rows else "<p>No directions.</p>"
+    if not len(result.directions):
+        return "<p>No directions.</p>"
+    carries = result.carries()
+
+    def row(i: int, d) -> str:
+        status = result.status(i) if result.single else "-"
+        cells = [f"d{i}", d.layer, d.position, d.method, d.round, f"{d.norm:.3g}",
+                 f"{result.kl[i]:.3g}" if result.kl else "-", "yes" if carries[i] else "no", status,
+                 html.escape(d.fitted_on)]
+        return f'<tr class="{status.replace(" ", "-")}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+
+    head = "".join(f"<th>{h}</th>" for h in ("dir", "layer", "position", "method", "round", "norm", "KL (harmless)",
+                                              "carries refusal", "status", "fitted on"))
+    return f"<table><tr>{head}</tr>{''.join(row(i, d) for i, d in enumerate(result.directions))}</table>"
+
+
+def _findings(result: AuditResult) -> str:
+    """The flag, the inert directions and the strongest direction beyond the budget, in words."""
+    parts = []
+    if result.rising_flag:
+        more = "".join(f"<li>{html.escape(r.describe())}</li>" for r in result.rising[:8])
+        parts.append(f'<div class="flag"><b>Flag:</b> {html.escape(result.rising_flag)}<ul>{more}</ul></div>')
+    if result.single and result.inert():
+        parts.append(f"<p><b>Inert here</b> (no test showed they carry refusal, so they count toward neither the "
+                     f"redundancy number nor the pathways): {', '.join(f'd{i}' for i in result.inert())}.</p>")
+    if result.strongest is not None:
+        parts.append(f"<p><b>Beyond the audited directions:</b> {html.escape(result.strongest.describe())}.</p>")
+    return "".join(parts)
 
 
 def report_html(result: AuditResult) -> str:
@@ -116,7 +147,8 @@ def report_html(result: AuditResult) -> str:
     return (f'<!doctype html><html><head><meta charset="utf-8"><title>Refusal audit: {html.escape(result.model)}</title>'
             f'<script type="text/javascript">{get_plotlyjs()}</script><style>{_STYLE}</style></head><body>'
             f'<h1>Refusal audit: {html.escape(result.model)}</h1>'
-            f'<p class="verdict {result.verdict_label}">{html.escape(result.verdict)}</p>'
+            f'<p class="verdict {result.verdict_label}{" flagged" if result.rising else ""}">'
+            f'{html.escape(result.verdict)}</p>{_findings(result)}'
             f'<h2>Summary</h2><pre>{html.escape(format_audit(result))}</pre>'
             f'<h2>Directions ({result.source})</h2>{_directions_table(result)}'
             f'<h2>Figures</h2>{sections}</body></html>')
@@ -137,9 +169,11 @@ def comparison_table(results: Mapping[str, AuditResult]) -> str:
         "directions": lambda r: f"{len(r.directions)} {r.source}",
         "lowest, one ablated": weakest,
         "all ablated": lambda r: f"{r.joint.found[-1].value:.2f}" if r.joint else "-",
-        "redundancy number": lambda r: ("-" if not r.single else f"> {len(r.directions)}" if r.redundancy.number is None
+        "redundancy number": lambda r: ("-" if not r.single else f"> {r.redundancy.n_directions}" if r.redundancy.number is None
                                         else f"{r.redundancy.number}" + ("" if r.redundancy.exact else " (bound)")),
         "independent pathways": lambda r: str(len(r.pathways)),
+        "inert directions": lambda r: str(len(r.inert())) if r.single else "-",
+        "refusal rises": lambda r: "yes" if r.rising else "no",
     }
     width = max(14, *(len(name) + 2 for name in results))
     lines = [f"{'':<22}" + "".join(f"{name:>{width}}" for name in results)]
