@@ -29,7 +29,7 @@ from failclosed_interp.audit.verdict import verdict
 from failclosed_interp.chat import post_instruction_positions
 from failclosed_interp.dim import NoDirectionPassed, dim_candidates, find_direction
 from failclosed_interp.directions import DirectionSet, load_directions
-from failclosed_interp.judges import Judge, SubstringJudge, judge_by_name
+from failclosed_interp.judges import DEFAULT_JUDGE, Judge, ThreeWayJudge, judge_by_name
 from failclosed_interp.models import ChatModel, load_model
 from failclosed_interp.scoring import refusal_tokens_from_responses, token_strings
 from failclosed_interp.splits import PromptSplits
@@ -62,7 +62,7 @@ def run_audit(
     config: AuditConfig = AuditConfig(),
     directions: DirectionSet | None = None,
     *,
-    judge: Judge = SubstringJudge(),
+    judge: Judge = ThreeWayJudge(),
     progress: bool = False,
 ) -> AuditResult:
     """Audit `model`'s refusal pathways along `directions` (discovered when None)."""
@@ -221,12 +221,12 @@ def audit_model(
     directions: str | Path | None = None,
     *,
     config: AuditConfig = AuditConfig(),
-    judge: Judge | str = "substring",
+    judge: Judge | str = DEFAULT_JUDGE,
     device: str | None = None,
     progress: bool = False,
 ) -> AuditResult:
     """Load `model` (+ `adapter`) and its prompts and audit it along the directions saved in `directions`
-    (discovered when None). `judge` is a Judge or a built-in one's name (`substring`, `prefix`)."""
+    (discovered when None). `judge` is a Judge or a built-in one's name (see `judges.JUDGE_NAMES`)."""
     if isinstance(judge, str):
         judge = judge_by_name(judge)
     chat_model, prompts = load_subject(model, adapter, device=device, config=config)
@@ -241,7 +241,7 @@ def audit_job(
     adapter: str | Path | None = None,
     directions: str | Path | None = None,
     config: AuditConfig = AuditConfig(),
-    judge: Judge | str = "substring",
+    judge: Judge | str = DEFAULT_JUDGE,
     device: str | None = None,
     figures: bool = False,
     progress: bool = True,

@@ -18,7 +18,7 @@ from failclosed_interp.configs import config_from_dict, config_to_dict
 from failclosed_interp.directions import Direction, DirectionSet
 from failclosed_interp.generation import GenerationConfig
 from failclosed_interp.interventions import Intervention
-from failclosed_interp.judges import Judge, SubstringJudge, Verdict, classify
+from failclosed_interp.judges import Judge, ThreeWayJudge, Verdict, classify
 from failclosed_interp.models import ChatModel
 from failclosed_interp.scoring import JudgedResponses, refusal_rate, refusal_scores
 from failclosed_interp.stats import RateEstimate, wilson_rate
@@ -60,7 +60,7 @@ class RefusalMeter:
 
     def __init__(
         self, model: ChatModel, instructions: Sequence[str], config: MeasureConfig = MeasureConfig(), *,
-        judge: Judge = SubstringJudge(), refusal_tokens: Sequence[int] | None = None, progress: bool = False,
+        judge: Judge = ThreeWayJudge(), refusal_tokens: Sequence[int] | None = None, progress: bool = False,
     ):
         if not instructions:
             raise ValueError("the meter needs at least one prompt")
