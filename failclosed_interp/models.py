@@ -123,7 +123,21 @@ def load_hf(
 def boot_bridge(hf_model: torch.nn.Module, tokenizer, name: str) -> ChatModel:
     """Wrap an in-memory HF causal LM (and its tokenizer) as a ChatModel in eval mode."""
     arch = (getattr(hf_model.config, "architectures", None) or [type(hf_model).__name__])[0]
-    bridge = build_bridge_from_module(hf_model, arch, hf_config=hf_model.config, tokenizer=tokenizer, model_name=name)
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError(
+            f"{name!r} ({arch}) has no chat template in its tokenizer; this toolkit formats every prompt as a chat "
+            f"turn, so it needs a chat (instruct) model, or set tokenizer.chat_template to the model's template"
+        )
+    try:
+        bridge = build_bridge_from_module(hf_model, arch, hf_config=hf_model.config, tokenizer=tokenizer, model_name=name)
+    except ValueError as err:
+        if "nsupported architecture" not in str(err):
+            raise
+        raise ValueError(
+            f"{name!r} is a {arch}, which TransformerLens' TransformerBridge cannot wrap, so its residual stream has "
+            f"no hooks to ablate or steer. Use a model of a supported architecture (tested here: Llama-2/3, "
+            f"Gemma-2, Qwen2; replicas {REPLICAS})"
+        ) from err
     bridge.eval()  # the bridge boots in train mode
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -170,8 +184,6 @@ def _load_hf(name: str, dtype: torch.dtype, device_map):
             f"HF checkpoint, and not a Hugging Face model reachable from here (offline, or not in the local HF "
             f"cache). Use one of the built-in names, a local path, or download it first. ({err})"
         ) from err
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError(f"{name!r} has no chat template; this toolkit needs a chat (instruct) model")
     return hf_model.eval(), tokenizer
 
 
