@@ -118,8 +118,10 @@ def example_token_ids(model: ChatModel, example: Example, max_length: int) -> tu
     """(prompt ids, answer ids) with the answer truncated so both fit in `max_length` tokens."""
     tok = model.tokenizer
     prompt_text, answer_text = format_exchange(tok, example.prompt, example.answer)
-    if not example.complete:
-        cut = answer_text.rfind(example.answer) if example.answer else -1
+    # An empty generated answer means the model ended its turn at once, within any budget: the
+    # end-of-turn marker is then the whole answer, so it is kept.
+    if not example.complete and example.answer:
+        cut = answer_text.rfind(example.answer)
         answer_text = answer_text[: cut + len(example.answer)] if cut >= 0 else example.answer
     prompt_ids = tok(prompt_text, add_special_tokens=False)["input_ids"]
     answer_ids = tok(answer_text, add_special_tokens=False)["input_ids"]
