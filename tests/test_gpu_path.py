@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ from failclosed_interp.models import load_defaults, load_model
 from failclosed_interp.training import Example, TrainConfig, train_lora
 
 ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
 
 def _oom_above(fn, limit: int, rows_of):
@@ -141,7 +143,7 @@ def test_load_defaults_set_the_dtype_of_every_load_inside_them():
 
 def test_gpu_benchmark_tiny_mode_runs_on_cpu():
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--tiny"], capture_output=True,
-                         text=True, timeout=300, cwd=ROOT)
+                         text=True, timeout=300, cwd=ROOT, env=ENV)
     assert out.returncode == 0, out.stderr
     for row in ("progressive LoRA step / HF+PEFT LoRA step", "hooked forward / plain forward",
                 "generation under hooks / HF generate"):
@@ -152,5 +154,5 @@ def test_gpu_benchmark_without_cuda_says_so():
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py")], capture_output=True, text=True,
-                         timeout=120, cwd=ROOT)
+                         timeout=120, cwd=ROOT, env=ENV)
     assert out.returncode != 0 and "needs a CUDA device" in out.stderr and "--tiny" in out.stderr
