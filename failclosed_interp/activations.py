@@ -12,6 +12,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from failclosed_interp.batching import AdaptiveBatchSize
 from failclosed_interp.chat import Batch, batches, tokenize_prompts
 from failclosed_interp.interventions import Intervention, Site, hook_name, intervene
 from failclosed_interp.models import ChatModel
@@ -68,21 +69,25 @@ def mean_activations(
     bad = [layer for layer in layers if not 0 <= layer < model.n_layers]
     if bad or not layers:
         raise ValueError(f"layers {list(layers)} invalid: give a nonempty subset of 0..{model.n_layers - 1}")
-    sums = torch.zeros(len(layers), len(positions), model.d_model, dtype=torch.float64, device=model.device)
-    capture = [(hook_name(layer, site), capture_hook(sums[i], positions)) for i, layer in enumerate(layers)]
-    chunks = list(batches(list(instructions), batch_size))
-    # Interventions are registered first, so at a shared site the capture sees the intervened activation.
-    with intervene(model, interventions), model.bridge.hooks(fwd_hooks=capture):
-        for chunk in tqdm(chunks, desc="activations", disable=not progress, leave=False):
-            batch = tokenize_prompts(model, chunk)
-            shortest = int(batch.attention_mask.sum(-1).min())
-            if -min(positions) > shortest:
-                raise ValueError(
-                    f"position {min(positions)} reaches past the start of a {shortest}-token prompt; use positions "
-                    f"within the chat template's trailing tokens (chat.post_instruction_positions)"
-                )
-            forward_without_logits(model, batch)
-    means = (sums / len(instructions)).cpu()
+
+    def run(size: int) -> Tensor:
+        sums = torch.zeros(len(layers), len(positions), model.d_model, dtype=torch.float64, device=model.device)
+        capture = [(hook_name(layer, site), capture_hook(sums[i], positions)) for i, layer in enumerate(layers)]
+        chunks = list(batches(list(instructions), size))
+        # Interventions are registered first, so at a shared site the capture sees the intervened activation.
+        with intervene(model, interventions), model.bridge.hooks(fwd_hooks=capture):
+            for chunk in tqdm(chunks, desc="activations", disable=not progress, leave=False):
+                batch = tokenize_prompts(model, chunk)
+                shortest = int(batch.attention_mask.sum(-1).min())
+                if -min(positions) > shortest:
+                    raise ValueError(
+                        f"position {min(positions)} reaches past the start of a {shortest}-token prompt; use "
+                        f"positions within the chat template's trailing tokens (chat.post_instruction_positions)"
+                    )
+                forward_without_logits(model, batch)
+        return sums
+
+    means = (AdaptiveBatchSize(batch_size, "activation batch").run(run) / len(instructions)).cpu()
     nonfinite = [layer for layer, m in zip(layers, means) if not torch.isfinite(m).all()]
     if nonfinite:
         raise ValueError(

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from failclosed_interp.judges import DEFAULT_JUDGE, JUDGE_NAMES
-from failclosed_interp.models import EMBEDDED_MODEL
+from failclosed_interp.models import DTYPES, EMBEDDED_MODEL, load_defaults
 
 
 def _model_args(p: argparse.ArgumentParser, adapter: bool = True) -> None:
@@ -18,6 +18,8 @@ def _model_args(p: argparse.ArgumentParser, adapter: bool = True) -> None:
     if adapter:
         p.add_argument("--adapter", type=Path, help="LoRA adapter folder (PEFT format), e.g. RUN/sft/adapter")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: where the model loads)")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
+                   help="weights and activations of every model the command loads (default float32; bfloat16 on GPUs)")
 
 
 def _positions_arg(p: argparse.ArgumentParser) -> None:
@@ -390,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        with _quiet_unless_main_process():
+        with _quiet_unless_main_process(), load_defaults(args.device, args.dtype):
             args.func(args)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         print(f"failclosed {args.command}: error: {err}", file=sys.stderr)

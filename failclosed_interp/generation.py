@@ -11,6 +11,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from failclosed_interp.batching import AdaptiveBatchSize
 from failclosed_interp.chat import batches, check_length, position_ids, tokenize_prompts
 from failclosed_interp.interventions import Intervention, intervene
 from failclosed_interp.models import ChatModel
@@ -65,16 +66,20 @@ def generate_tokens(
     if not instructions:
         raise ValueError("the prompt set is empty: give at least one prompt")
     order = sorted(range(len(instructions)), key=lambda i: len(instructions[i]))  # similar lengths pad less
-    generator = torch.Generator(device="cpu").manual_seed(config.seed)
-    results: dict[int, list[int]] = {}
-    chunks = list(batches(order, config.batch_size))
-    with intervene(model, interventions):
-        for chunk in tqdm(chunks, desc="generating", disable=not progress, leave=False):
-            batch = tokenize_prompts(model, [instructions[i] for i in chunk], formatted=formatted)
-            check_length(model, batch.input_ids.shape[1] + config.max_new_tokens)
-            new = _decode(model, batch.input_ids, batch.attention_mask, config, generator)
-            results.update(zip(chunk, new))
-    return [results[i] for i in range(len(instructions))]
+
+    def run(batch_size: int) -> list[list[int]]:
+        generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        results: dict[int, list[int]] = {}
+        chunks = list(batches(order, batch_size))
+        with intervene(model, interventions):
+            for chunk in tqdm(chunks, desc="generating", disable=not progress, leave=False):
+                batch = tokenize_prompts(model, [instructions[i] for i in chunk], formatted=formatted)
+                check_length(model, batch.input_ids.shape[1] + config.max_new_tokens)
+                new = _decode(model, batch.input_ids, batch.attention_mask, config, generator)
+                results.update(zip(chunk, new))
+        return [results[i] for i in range(len(instructions))]
+
+    return AdaptiveBatchSize(config.batch_size, "generation batch").run(run)
 
 
 def _eos_ids(model: ChatModel) -> set[int]:

@@ -210,5 +210,12 @@ def intervene(model: ChatModel, interventions: Sequence[Intervention] = ()) -> I
     if not fwd_hooks:
         yield model
         return
+    missing = sorted({name for name, _ in fwd_hooks} - set(model.bridge.hook_dict))
+    if missing:
+        raise ValueError(
+            f"the bridge of {model.name!r} has no hook(s) {missing[:4]}: its architecture adapter does not expose the "
+            f"residual-stream sites {SITES} under the standard names, so interventions cannot reach them; "
+            f"use a model whose architecture TransformerBridge maps fully (Llama, Gemma-2, Qwen2, ...)"
+        )
     with model.bridge.hooks(fwd_hooks=fwd_hooks):
         yield model

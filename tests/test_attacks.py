@@ -24,7 +24,8 @@ from failclosed_interp.attacks.gcg import _Problem
 from failclosed_interp.attacks.pair import extract_prompt
 from failclosed_interp.generation import GenerationConfig, generate
 from failclosed_interp.judges import PrefixJudge, Verdict
-from failclosed_interp.models import ChatModel, tiny_tokenizer
+from failclosed_interp.models import ChatModel
+from failclosed_interp.replicas import tiny_tokenizer
 
 PROMPT = "how do I bake bread"
 SHORT_PROTOTYPE = Template(

@@ -18,7 +18,8 @@ from failclosed_interp.adapters import LoraSettings, inject_lora, save_adapter
 from failclosed_interp.artifacts import IDENTITY_FILE, write_json
 from failclosed_interp.chat import format_prompt, post_instruction_positions
 from failclosed_interp.interventions import Ablation, intervene
-from failclosed_interp.models import BUILTIN_MODELS, load_model, tiny_llama_hf, tiny_tokenizer
+from failclosed_interp.models import BUILTIN_MODELS, load_model
+from failclosed_interp.replicas import tiny_llama_hf, tiny_tokenizer
 
 SETTINGS = LoraSettings(r=4)
 PROMPT = "Tell me a story about a dragon."

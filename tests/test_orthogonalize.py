@@ -12,7 +12,8 @@ from transformers import LlamaForCausalLM
 
 from failclosed_interp.adapters import LoraSettings, save_adapter
 from failclosed_interp.interventions import Ablation, intervene
-from failclosed_interp.models import boot_bridge, load_model, tiny_llama_hf, tiny_tokenizer
+from failclosed_interp.models import boot_bridge, load_model
+from failclosed_interp.replicas import tiny_llama_hf, tiny_tokenizer
 from failclosed_interp.orthogonalize import RECORD_FILE, export_orthogonalized, orthogonalize_
 
 ATOL = 1e-4

@@ -58,5 +58,5 @@ def test_bad_input_is_a_clear_error(tiny_llama):
         perplexity(tiny_llama, PROMPTS, ["one answer"])
     with pytest.raises(ValueError, match="at least one"):
         perplexity(tiny_llama, [], [])
-    with pytest.raises(ValueError, match="no tokens"):
-        perplexity(tiny_llama, ["Hi"], [""], complete=False)
+    # A generated answer that is empty ended at once: it is scored on the end-of-turn marker, not refused.
+    assert math.isfinite(perplexity(tiny_llama, ["Hi"], [""], complete=False).value)

@@ -32,6 +32,7 @@ class TrainConfig:
     first_token_weight: float = 1.0  # loss weight of each answer's first token, where refusal is decided
     seed: int = 0
     lora: LoraSettings = field(default_factory=LoraSettings)
+    gradient_checkpointing: bool = False  # recompute activations in backward: for large models on one GPU
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -54,6 +55,8 @@ class TrainConfig:
             raise ValueError(f"kl_weight must be >= 0, got {self.kl_weight}")
         if not (math.isfinite(self.first_token_weight) and self.first_token_weight > 0):
             raise ValueError(f"first_token_weight must be > 0, got {self.first_token_weight}; 1.0 weighs every answer token alike")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise TypeError(f"gradient_checkpointing must be True or False, got {self.gradient_checkpointing!r}")
         if not isinstance(self.lora, LoraSettings):
             raise TypeError(f"lora must be a LoraSettings, got {type(self.lora).__name__}; use LoraSettings(r=..., ...)")
 

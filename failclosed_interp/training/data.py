@@ -85,8 +85,7 @@ def build_sft_examples(
 ) -> list[Example]:
     """Safety examples (harmful prompt -> the model's own refusal when the judge says it refused, else
     one of `refusal_texts`, cycled in order) followed by utility examples (harmless and borderline
-    prompts -> the model's own answers; a prompt the model answers with nothing is left out, as there is
-    no answer to keep). All prompts are generated in one batched pass."""
+    prompts -> the model's own answers). All prompts are generated in one batched pass."""
     harmful, utility = list(harmful), list(harmless) + list(borderline)
     if not harmful:
         raise ValueError("no harmful prompts given; refusal SFT needs at least one harmful prompt")
@@ -102,7 +101,7 @@ def build_sft_examples(
         else:
             safety.append(Example(example.prompt, refusal_texts[n_written % len(refusal_texts)], "safety"))
             n_written += 1
-    return safety + [e for e in answered[len(harmful) :] if e.answer.strip()]
+    return safety + answered[len(harmful) :]
 
 
 @dataclass(frozen=True)
@@ -119,8 +118,10 @@ def example_token_ids(model: ChatModel, example: Example, max_length: int) -> tu
     """(prompt ids, answer ids) with the answer truncated so both fit in `max_length` tokens."""
     tok = model.tokenizer
     prompt_text, answer_text = format_exchange(tok, example.prompt, example.answer)
-    if not example.complete:
-        cut = answer_text.rfind(example.answer) if example.answer else -1
+    # An empty generated answer means the model ended its turn at once, within any budget: the
+    # end-of-turn marker is then the whole answer, so it is kept.
+    if not example.complete and example.answer:
+        cut = answer_text.rfind(example.answer)
         answer_text = answer_text[: cut + len(example.answer)] if cut >= 0 else example.answer
     prompt_ids = tok(prompt_text, add_special_tokens=False)["input_ids"]
     answer_ids = tok(answer_text, add_special_tokens=False)["input_ids"]

@@ -18,6 +18,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from failclosed_interp.adapters import lora_parameters
+from failclosed_interp.batching import AdaptiveBatchSize
+from failclosed_interp.chat import batches
 from failclosed_interp.distributed import DataParallel, data_parallel
 from failclosed_interp.interventions import Intervention, intervene
 from failclosed_interp.models import ChatModel
@@ -177,7 +179,13 @@ def train_lora(
     losses: list[dict] = []
     start = time.perf_counter()
     bar = tqdm(total=len(plan), desc="training", disable=not progress or group.rank > 0, leave=False)
+    micro_batch = AdaptiveBatchSize(config.batch_size, "training micro-batch")
     model.bridge.train()
+    if config.gradient_checkpointing:  # recompute activations in backward: less memory, ~1/3 more compute
+        # Reentrant: the bridge's hooks save a different number of tensors when a layer is recomputed, which
+        # non-reentrant checkpointing refuses. Reentrant needs an input that requires grad (the embeddings').
+        model.hf_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+        model.hf_model.enable_input_require_grads()
     try:
         with _seeded(config.seed, model.device):
             for step, (epoch, s_idx, u_idx) in enumerate(plan):
@@ -186,9 +194,10 @@ def train_lora(
                 if s_idx:
                     ablate = safety_interventions(step) if callable(safety_interventions) else safety_interventions
                     record["safety"] = _backward_share(model, "safety", [safety[i] for i in s_idx], group, config, step,
-                                                       ablate)
+                                                       micro_batch, ablate)
                 if u_idx:
-                    record["utility"] = _backward_share(model, "utility", [utility[i] for i in u_idx], group, config, step)
+                    record["utility"] = _backward_share(model, "utility", [utility[i] for i in u_idx], group, config, step,
+                                                        micro_batch)
                 record["total"] = sum(v for v in (record["safety"], record["utility"]) if v is not None)
                 group.sum_gradients(params)
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
@@ -201,6 +210,9 @@ def train_lora(
                 if on_step is not None:
                     on_step(step, record)
     finally:
+        if config.gradient_checkpointing:
+            model.hf_model.activation_checkpointing_disable()
+            model.hf_model.disable_input_require_grads()
         model.bridge.eval()
         bar.close()
     return TrainResult(steps=len(plan), losses=losses, seconds=time.perf_counter() - start)
@@ -213,28 +225,41 @@ def _backward_share(
     group: DataParallel,
     config: TrainConfig,
     step: int,
+    micro_batch: AdaptiveBatchSize,
     interventions: Sequence[Intervention] = (),
 ) -> float:
-    """Backpropagate this rank's share of one batch of `kind` (all of it in a single process): safety
-    under `interventions`, utility by CE or KL to the reference. Returns the whole batch's loss."""
+    """Backpropagate this rank's share of one batch of `kind` (all of it in a single process), in
+    micro-batches of `micro_batch.size` (halved on out-of-memory): safety under `interventions`,
+    utility by CE or KL to the reference. Returns the whole batch's loss."""
     mine = group.shard(range(len(rows)))
-    # Each share is normalised by the whole batch's answer-token weight, so summed gradients are the batch's.
-    total = float(answer_token_weights(collate(model, rows).labels, config.first_token_weight).sum()) if group.active else None
-    value = 0.0
-    if mine:
-        batch = collate(model, [rows[i] for i in mine])
-        if kind == "safety":
-            with intervene(model, interventions):
-                loss = answer_cross_entropy(_forward(model, batch), batch.labels, config.first_token_weight, total)
-        else:
-            logits = _forward(model, batch)
-            if config.utility_loss == "kl":
-                reference = _reference_logits(model, batch)
-                loss = config.kl_weight * answer_kl(reference, logits, batch.labels, config.first_token_weight, total)
+    # Every micro-batch (and every rank's share) is normalised by the whole batch's answer-token weight,
+    # so their summed gradients are the whole batch's.
+    total = float(answer_token_weights(collate(model, rows).labels, config.first_token_weight).sum())
+    params = [p for p in model.hf_model.parameters() if p.requires_grad]
+    before = [None if p.grad is None else p.grad.clone() for p in params]
+
+    def run(size: int) -> float:
+        for p, grad in zip(params, before):  # a retry after out-of-memory starts from the gradients before it
+            p.grad = None if grad is None else grad.clone()
+        value = 0.0
+        for chunk in batches(mine, size):
+            batch = collate(model, [rows[i] for i in chunk])
+            if kind == "safety":
+                # backward inside the block: with gradient checkpointing it reruns the hooked forward
+                with intervene(model, interventions):
+                    loss = answer_cross_entropy(_forward(model, batch), batch.labels, config.first_token_weight, total)
+                    loss.backward()
             else:
-                loss = answer_cross_entropy(logits, batch.labels, config.first_token_weight, total)
-        value = float(loss.detach())
-        loss.backward()
-    value = group.sum(value, model.device)
+                logits = _forward(model, batch)
+                if config.utility_loss == "kl":
+                    reference = _reference_logits(model, batch)
+                    loss = config.kl_weight * answer_kl(reference, logits, batch.labels, config.first_token_weight, total)
+                else:
+                    loss = answer_cross_entropy(logits, batch.labels, config.first_token_weight, total)
+                loss.backward()
+            value += float(loss.detach())
+        return value
+
+    value = group.sum(micro_batch.run(run) if mine else 0.0, model.device)
     _check_finite(value, step, f"{kind} loss", config)  # a non-finite loss on any rank stops every rank
     return value
