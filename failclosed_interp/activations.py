@@ -38,6 +38,7 @@ def forward_without_logits(model: ChatModel, batch: Batch) -> None:
 
 
 def check_positions(positions: Sequence[int]) -> tuple[int, ...]:
+    """Token positions as a tuple of negative indices (counted from the prompt's end); errors name the bad ones."""
     positions = tuple(int(p) for p in positions)
     if not positions:
         raise ValueError("no token positions given; use e.g. chat.post_instruction_positions(model)")

@@ -24,6 +24,8 @@ _BRIDGE_WRAPPER = "._original_component"
 
 @dataclass(frozen=True)
 class LoraSettings:
+    """LoRA hyper-parameters: rank `r`, scaling `alpha`, dropout and the projection modules it adapts."""
+
     r: int = 8
     alpha: int = 16
     dropout: float = 0.0
@@ -57,6 +59,7 @@ def inject_lora(hf_model: torch.nn.Module, settings: LoraSettings) -> torch.nn.M
 
 
 def lora_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The trainable LoRA parameters of `model` (those named `lora_*`)."""
     return [p for n, p in model.named_parameters() if "lora_" in n]
 
 
@@ -83,6 +86,7 @@ def save_adapter(model, folder: str | Path, settings: LoraSettings) -> Path:
 
 
 def read_lora_settings(folder: str | Path) -> LoraSettings:
+    """The `LoraSettings` an adapter folder was saved with (read from its PEFT config)."""
     folder = Path(folder)
     path = folder / _CONFIG
     if not path.is_file():
@@ -125,4 +129,5 @@ def load_adapter(hf_model: torch.nn.Module, folder: str | Path, expected_model: 
 
 
 def settings_dict(settings: LoraSettings) -> dict:
+    """`settings` as a JSON-ready dict."""
     return asdict(settings)

@@ -55,6 +55,7 @@ def _jsonable(value):
 
 
 def read_json(path: str | Path):
+    """Read a JSON file; a missing or corrupt file is an error that names it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
@@ -65,11 +66,13 @@ def read_json(path: str | Path):
 
 
 def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    """Write tensors (and string metadata) to a safetensors file atomically."""
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     return atomic_write(Path(path), lambda tmp: save_file(contiguous, tmp, metadata=metadata))
 
 
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a safetensors file; a missing or corrupt file is an error that names it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
@@ -80,6 +83,7 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def write_identity(folder: str | Path, identity: dict) -> Path:
+    """Record which model a run folder's tensors belong to (`model.json`)."""
     return write_json(Path(folder) / IDENTITY_FILE, identity)
 
 
@@ -99,4 +103,5 @@ def check_identity(folder: str | Path, identity: dict, what: str) -> None:
 
 
 def is_finite_number(x: float) -> bool:
+    """True for an int or float that is neither NaN nor infinite."""
     return isinstance(x, (int, float)) and math.isfinite(x)

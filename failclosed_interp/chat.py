@@ -78,6 +78,8 @@ def _prefix_ids(tokenizer, chat_template: str) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class Batch:
+    """Left-padded token ids and their attention mask."""
+
     input_ids: Int[Tensor, "batch pos"]
     attention_mask: Int[Tensor, "batch pos"]
 
@@ -93,6 +95,7 @@ def tokenize_prompts(model: ChatModel, instructions: list[str], *, formatted: bo
 
 
 def check_length(model: ChatModel, n_tokens: int, texts: list[str] | None = None) -> None:
+    """Refuse prompts longer than the model's context, naming the longest."""
     if n_tokens > model.max_context:
         longest = max(texts, key=len)[:80] if texts else ""
         raise ValueError(
@@ -107,6 +110,7 @@ def position_ids(attention_mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch
 
 
 def batches(items: list, size: int):
+    """Consecutive chunks of `items` of at most `size` each."""
     if size < 1:
         raise ValueError(f"batch size must be >= 1, got {size}")
     for start in range(0, len(items), size):

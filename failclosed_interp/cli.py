@@ -94,6 +94,7 @@ def _load(args):
 
 
 def cmd_demo(args) -> None:
+    """`failclosed demo`."""
     from failclosed_interp.pipeline import DemoConfig, demo_job, format_summary
 
     summary = demo_job(args.out, DemoConfig(model=args.model, n_eval=args.n_eval))
@@ -102,6 +103,7 @@ def cmd_demo(args) -> None:
 
 
 def cmd_sft(args) -> None:
+    """`failclosed sft`."""
     from failclosed_interp.training import SFTConfig, run_sft
 
     result = run_sft(_sft_config(args, SFTConfig()), args.out)
@@ -109,6 +111,7 @@ def cmd_sft(args) -> None:
 
 
 def cmd_align(args) -> None:
+    """`failclosed align`."""
     import dataclasses
 
     from failclosed_interp.align import AlignConfig, align, format_align_summary
@@ -131,6 +134,7 @@ def cmd_align(args) -> None:
 
 
 def cmd_directions(args) -> None:
+    """`failclosed directions`."""
     from failclosed_interp.pipeline import DirectionJobConfig, direction_job
 
     config = DirectionJobConfig(n_train=args.n_train, n_val=args.n_val, search=_search(args))
@@ -141,6 +145,7 @@ def cmd_directions(args) -> None:
 
 
 def cmd_score(args) -> None:
+    """`failclosed score`."""
     from failclosed_interp.generation import GenerationConfig
     from failclosed_interp.pipeline import score_job
     from failclosed_interp.prompts import load_prompts
@@ -154,6 +159,7 @@ def cmd_score(args) -> None:
 
 
 def cmd_judge(args) -> None:
+    """`failclosed judge`."""
     from failclosed_interp.artifacts import write_json
     from failclosed_interp.judge_check import judge_check, results_markdown
     from failclosed_interp.judge_files import judge_file
@@ -186,6 +192,7 @@ def _judge_parsers(sub) -> None:
 
 
 def cmd_evaluate(args) -> None:
+    """`failclosed evaluate`."""
     from failclosed_interp.attacks import AblationConfig, AutoDANConfig, GCGConfig, PAIRConfig
     from failclosed_interp.evaluate import EvalConfig, ModelSpec, evaluate, format_table
     from failclosed_interp.judges import LLMJudge
@@ -220,6 +227,7 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_audit(args) -> None:
+    """`failclosed audit`."""
     from failclosed_interp.audit import AuditConfig, MeasureConfig, audit_job, format_audit
 
     config = AuditConfig(k_max=args.k, threshold=args.threshold, carry_margin=args.carry_margin, kl_budget=args.kl_budget,
@@ -233,6 +241,7 @@ def cmd_audit(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every `failclosed` command."""
     parser = argparse.ArgumentParser(prog="failclosed", description="Refusal directions and fail-closed alignment")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -366,6 +375,7 @@ def _add_reproduce(sub) -> None:
 
 
 def cmd_reproduce(args) -> None:
+    """`failclosed reproduce`."""
     from failclosed_interp.reproduce import GridConfig, run_grid, write_results_page
     from failclosed_interp.reproduce.page import GRID_DIR
 
@@ -389,6 +399,7 @@ def _quiet_unless_main_process():
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one `failclosed` command; returns the exit status (2 with a one-line message for bad input)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:

@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 
 def world_size() -> int:
+    """How many processes the launcher started (1 without a launcher)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 

@@ -130,6 +130,7 @@ def _take(prompts: PromptSet, n: int, seed: int) -> list[str]:
 
 
 def harmful_prompts(config: EvalConfig) -> list[str]:
+    """The harmful prompts every attack is run on: the built-in test split or `harmful_file`."""
     source = (load_prompts(config.harmful_file, column=config.harmful_column) if config.harmful_file
               else builtin("harmful", "test"))
     return _take(source, config.n_harmful, config.seed)
@@ -196,10 +197,12 @@ class _Cache:
 # --- the job -------------------------------------------------------------------------------------------------
 
 def load_spec(spec: ModelSpec) -> ChatModel:
+    """Load the model (and adapter) a table row stands for."""
     return load_model(spec.model, adapter=spec.adapter)
 
 
 def make_judge(config: EvalConfig) -> Judge:
+    """The judge the config names."""
     return judge_by_name(config.judge)
 
 

@@ -19,6 +19,8 @@ from failclosed_interp.models import ChatModel
 
 @dataclass(frozen=True)
 class GenerationConfig:
+    """Decoding settings: new-token budget, greedy or sampled (temperature, top-p), batch size and seed."""
+
     max_new_tokens: int = 64
     do_sample: bool = False
     temperature: float = 1.0

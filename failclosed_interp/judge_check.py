@@ -61,6 +61,7 @@ def half_of(prompt_id: str) -> str:
 
 
 def load_xstest(path: str | Path) -> list[Item]:
+    """XSTest's labelled completions as items (prompt id, prompt, completion, reference label)."""
     rows = read_rows(path, extensions=(".csv",))
     if not rows:
         raise ValueError(f"{path} has no rows; give XSTest's labelled completions ({XSTEST_FILE})")
@@ -140,6 +141,7 @@ def non_answer_recall(items: Sequence[Item], verdicts: Sequence[str]) -> dict:
 
 
 def report(items: Sequence[Item], verdicts: Sequence[str]) -> dict:
+    """Confusion matrix, agreement and non-answer recall of `verdicts` against the items' labels."""
     return {"n": len(items), "confusion": confusion(items, verdicts), "agreement": agreement(items, verdicts),
             "non_answer_recall": non_answer_recall(items, verdicts)}
 

@@ -210,6 +210,7 @@ class TextFeatures:
 
 
 def text_features(prompt: str, response: str, config: ThreeWayConfig) -> TextFeatures:
+    """The cheap measurements the three-way judge decides on: refusal-marker offset, repetition and relevance."""
     text = _normalise(response)
     lowered = text.lower()
     for phrase in config.sympathy:  # blanked with spaces so marker offsets stay true

@@ -121,6 +121,8 @@ def score_job(
 
 @dataclass(frozen=True)
 class DemoConfig:
+    """The main job's settings: model, held-out prompts per set, judged tokens, the SFT recipe and the direction search."""
+
     model: str = EMBEDDED_MODEL
     n_eval: int = 20
     eval_tokens: int = 40

@@ -67,6 +67,7 @@ def refusal_scores(
     *,
     batch_size: int = 16,
 ) -> Float[Tensor, "batch"]:
+    """Refusal score (log-odds of the refusal tokens at the last prompt position, float64) per instruction."""
     return refusal_score_from_logits(last_token_logits(model, instructions, interventions, batch_size=batch_size), refusal_tokens)
 
 
@@ -157,6 +158,7 @@ class JudgedResponses:
 def judge_responses(
     instructions: Sequence[str], responses: Sequence[str], judge: Judge = ThreeWayJudge()
 ) -> JudgedResponses:
+    """Label every (instruction, response) pair with `judge` and estimate the refusal and compliance rates."""
     verdicts = classify(judge, instructions, responses)
     return JudgedResponses(
         tuple(instructions), tuple(responses), tuple(v is Verdict.REFUSAL for v in verdicts),
@@ -180,6 +182,7 @@ def refusal_rate(
 
 
 def token_strings(model: ChatModel, tokens: Sequence[int]) -> list[str]:
+    """Each token id decoded on its own, for printing refusal tokens."""
     return [model.tokenizer.decode([t]) for t in tokens]
 
 

@@ -253,7 +253,8 @@ def test_report_is_self_contained_and_holds_every_figure(closed_audit, tmp_path)
     saved = json.loads((tmp_path / "audit.json").read_text())
     assert REQUIRED_KEYS <= saved.keys()
     assert saved["redundancy_number"] == 3 and saved["independent_pathways"] == 3
-    assert saved["single_ablation_refusal"][0] == {"value": 1.0, "ci_low": 1.0, "ci_high": 1.0, "n": 12}
+    assert saved["single_ablation_refusal"][0] == {"value": 1.0, "ci_low": pytest.approx(0.7575, abs=1e-4), "ci_high": 1.0,
+                                                   "n": 12, "interval": "wilson"}  # Wilson: 12/12 is not certain
     assert len(saved["pairwise_ablation_refusal"]) == 3 and saved["joint_ablation_curve"]["found"][-1]["value"] == 0.0
 
 

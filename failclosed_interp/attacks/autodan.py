@@ -38,6 +38,8 @@ _MUTATOR_INSTRUCTION = "Reword this text. Keep {marker} unchanged. Reply with th
 
 @dataclass(frozen=True)
 class AutoDANConfig:
+    """AutoDAN's budget and search settings (generations x population, crossover, mutation, target)."""
+
     generations: int = 10
     population: int = 16
     elite_fraction: float = 0.1  # at least one elite survives each generation

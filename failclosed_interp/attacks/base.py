@@ -106,6 +106,7 @@ def check_budget(owner: str, **budgets: int) -> None:
 
 
 def check_judged_tokens(max_new_tokens: int) -> None:
+    """Refuse generation budgets too short to judge a jailbreak (fewer than `MIN_JUDGED_TOKENS`)."""
     if max_new_tokens < MIN_JUDGED_TOKENS:
         raise ValueError(
             f"max_new_tokens={max_new_tokens} is too short to judge a jailbreak: models often open compliantly and "
@@ -114,6 +115,7 @@ def check_judged_tokens(max_new_tokens: int) -> None:
 
 
 def check_prompts(prompts: Sequence[str]) -> list[str]:
+    """The prompts as a list, after checking that there is at least one and none is empty."""
     prompts = list(prompts)
     if not prompts:
         raise ValueError("no prompts to attack: give at least one harmful prompt")

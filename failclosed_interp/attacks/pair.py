@@ -35,6 +35,8 @@ _NEXT_TURN = (
 
 @dataclass(frozen=True)
 class PAIRConfig:
+    """PAIR's budget (iterations x streams) and the attacker model's sampling settings."""
+
     iterations: int = 3
     streams: int = 3
     attacker: str = EMBEDDED_MODEL  # loaded with load_model() when no attacker model is given

@@ -31,7 +31,7 @@ def single_ablation(refusal: AblationRefusal) -> list[RateEstimate]:
 
 
 def pairwise_ablation(refusal: AblationRefusal) -> list[list[RateEstimate]]:
-    """[i][j] = harmful refusal with directions i and j ablated together; the diagonal is i alone."""
+    """`[i][j]` = harmful refusal with directions i and j ablated together; the diagonal is i alone."""
     k = len(refusal.directions)
     return [[refusal({i, j}) for j in range(k)] for i in range(k)]
 
@@ -57,6 +57,7 @@ class JointCurves:
 
 
 def joint_curves(refusal: AblationRefusal) -> JointCurves:
+    """Harmful refusal as more directions are ablated together: in the given order and in the greedy (most damaging first) order."""
     k = len(refusal.directions)
     order = greedy_order(lambda subset: refusal.value(subset), k)
     return JointCurves(tuple(refusal(range(m)) for m in range(k + 1)),
@@ -66,7 +67,7 @@ def joint_curves(refusal: AblationRefusal) -> JointCurves:
 def steering_sweep(
     harmless: RefusalMeter, directions: DirectionSet, coeffs: Sequence[float]
 ) -> list[list[RateEstimate]]:
-    """[i][c] = refusal on harmless prompts with coeffs[c] x direction i (at its recorded norm, i.e. the
+    """`[i][c]` = refusal on harmless prompts with `coeffs[c]` x direction i (at its recorded norm, i.e. the
     DIM strength) added at its own layer, at every position. Does the direction alone induce refusal?"""
     return [[harmless.rate(("steer", i, float(c)), [Addition(d.raw, layer=d.layer, coeff=float(c))]) for c in coeffs]
             for i, d in enumerate(directions)]

@@ -19,6 +19,8 @@ from failclosed_interp.stats import RateEstimate
 
 @dataclass(frozen=True, eq=False)
 class AuditResult:
+    """Everything one audit measured on one model, the directions it counted and its verdict; `to_dict` is audit.json."""
+
     model: str
     identity: dict  # the audited model's identity (guards reloading the saved directions)
     source: str  # "given", "given+adaptive" or "discovered"

@@ -109,6 +109,7 @@ def _quick_base(seed: int) -> AlignConfig:
 
 
 def audit_config(quick: bool) -> AuditConfig:
+    """The audit settings of the grid (tiny budgets in quick mode)."""
     if quick:
         return AuditConfig(adaptive=True, k_max=2, max_exact=2, n_eval=3, n_harmless=3, n_train=4, n_val=2,
                            steering_coeffs=(1.0,), sweep=False, measure=MeasureConfig(max_new_tokens=4))
@@ -116,6 +117,7 @@ def audit_config(quick: bool) -> AuditConfig:
 
 
 def attacks_config(quick: bool) -> EvalConfig:
+    """The attacks and budgets of the grid (tiny budgets in quick mode)."""
     if quick:
         return EvalConfig(attacks=("gcg",), n_harmful=2, n_compliance=2,
                           gcg=GCGConfig(steps=1, search_width=4, top_k=4, suffix_init=" x x"))

@@ -28,6 +28,7 @@ class ResultsMismatch(ValueError):
 
 
 def machine() -> dict:
+    """What the run's figures were measured on (platform, CPUs, threads, torch, GPU)."""
     return {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
@@ -46,11 +47,13 @@ def load_result(path: Path) -> dict | None:
 
 
 def is_done(exp: Experiment, results: Path) -> bool:
+    """True if `results` holds this experiment's results file, for exactly this experiment."""
     data = load_result(results / f"{exp.name}.json")
     return data is not None and data["experiment"]["fingerprint"] == exp.fingerprint
 
 
 def run_folder(exp: Experiment, runs: Path) -> Path:
+    """Where an experiment keeps its heavy artifacts (adapters, caches)."""
     return runs / f"{exp.name}-{exp.fingerprint}"
 
 
