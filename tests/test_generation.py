@@ -34,7 +34,7 @@ def test_ablation_changes_greedy_output(tiny_llama, unit_direction):
 
 
 def test_bridged_llama_kv_cache_agrees_with_full_recompute(tiny_llama):
-    """Pin guard (DESIGN §3): transformers 5.24 + TransformerBridge 4.3 breaks KV-cached decoding of
+    """Pin guard (docs/design.md): transformers 5.24 + TransformerBridge 4.3 breaks KV-cached decoding of
     bridged Llama models after the first token. Checked both through our decoder and HF's own generate."""
     batch = tokenize_prompts(tiny_llama, PROMPTS[:1])
     ours_cached = _tokens(tiny_llama, GenerationConfig(max_new_tokens=24), prompts=PROMPTS[:1])
