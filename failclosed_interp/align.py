@@ -1,4 +1,4 @@
-"""The progressive fail-closed loop (`failclosed align`, DESIGN.md §4) and its baselines, through one trainer.
+"""The progressive fail-closed loop (`failclosed align`, arXiv 2602.16977) and its baselines, through one trainer.
 
 Round 0 is plain refusal SFT. At the end of every round the refusal direction the model now uses is
 found; round k then fine-tunes the same LoRA with the directions found so far ablated on the safety
