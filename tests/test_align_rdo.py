@@ -132,6 +132,7 @@ def test_recipes_are_presets_and_explicit_flags_override_them(tmp_path, monkeypa
     paper = recipe("paper")
     assert (paper.search, paper.mode, paper.rounds, paper.rdo) == ("plain", "cumulative", 10, RDOConfig())
     assert recipe("default") == AlignConfig()
+    assert AlignConfig.from_dict(json.loads(json.dumps(paper.to_dict()))) == paper  # what state.json stores
     with pytest.raises(ValueError, match="unknown recipe 'fast'"):
         recipe("fast")
     seen = {}
