@@ -37,6 +37,8 @@ SETTINGS = {
     "default": RDOConfig(),
     "longer": RDOConfig(steps=128, patience=10),  # twice the step budget and patience
     "short-targets": RDOConfig(target_tokens=16),
+    # a CPU candidate: half the batch, shorter targets, a smaller step budget and patience
+    "cpu": RDOConfig(batch_size=8, target_tokens=16, steps=24, patience=3),
 }
 
 

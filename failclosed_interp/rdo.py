@@ -164,14 +164,16 @@ def retain_kl(clean: Float[Tensor, "batch pos d_vocab"], ablated: Float[Tensor, 
     next-token distributions: the authors' `kl_div(log_softmax(clean), softmax(ablated), "batchmean")` on
     one example."""
     keep = labels[:, 1:] != IGNORE
-    return _kl_rows(torch.log_softmax(clean[:, :-1][keep].double(), -1), ablated[:, :-1][keep],
+    return _kl_rows(torch.log_softmax(clean[:, :-1][keep].float(), -1), ablated[:, :-1][keep],
                     keep.nonzero()[:, 0], len(labels))
 
 
 def _kl_rows(clean_logp: Tensor, ablated_logits: Tensor, rows: Tensor, n_rows: int) -> Tensor:
-    ablated_logp = torch.log_softmax(ablated_logits.double(), -1)
+    """Per-row sums of per-token KL(ablated || clean); float32 (log-softmax is stable in it, and float64
+    over a large vocabulary costs a visible share of a CPU step)."""
+    ablated_logp = torch.log_softmax(ablated_logits.float(), -1)
     per_token = (ablated_logp.exp() * (ablated_logp - clean_logp.to(ablated_logp.device))).sum(-1)
-    return torch.zeros(n_rows, dtype=per_token.dtype, device=per_token.device).index_add(0, rows, per_token).float()
+    return torch.zeros(n_rows, dtype=per_token.dtype, device=per_token.device).index_add(0, rows, per_token)
 
 
 class _Objective:
@@ -232,8 +234,8 @@ class _Objective:
             with torch.no_grad():
                 logits, labels = self._answer_logits(self._batch("retain", missing))
                 keep = labels[:, 1:] != IGNORE
-                logp = torch.log_softmax(logits[:, :-1].double(), -1)
-                fresh = {i: logp[row][keep[row]].float() for row, i in enumerate(missing)}
+                logp = torch.log_softmax(logits[:, :-1].float(), -1)
+                fresh = {i: logp[row][keep[row]] for row, i in enumerate(missing)}
             if self.cache is not None:
                 self.cache.update(fresh)
         return torch.cat([fresh[i] if i in fresh else self.cache[i] for i in idx])

@@ -148,10 +148,10 @@ def test_retain_term_is_the_kl_of_ablated_from_clean_summed_over_target_tokens()
             total += float(sum(p[v] * math.log(p[v] / q[v]) for v in range(5)))
         by_hand.append(total)
     got = retain_kl(clean, ablated, labels)
-    assert got.tolist() == pytest.approx(by_hand, rel=1e-5)
+    assert got.tolist() == pytest.approx(by_hand, rel=1e-4)
     authors = torch.nn.functional.kl_div(torch.log_softmax(clean[0, 1:4].double(), -1),
                                          torch.softmax(ablated[0, 1:4].double(), -1), reduction="sum")
-    assert float(got[0]) == pytest.approx(float(authors), rel=1e-5)
+    assert float(got[0]) == pytest.approx(float(authors), rel=1e-4)
     assert float(retain_kl(clean, clean, labels).abs().max()) < 1e-6
 
 
