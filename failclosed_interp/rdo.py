@@ -274,7 +274,7 @@ class _Objective:
             total = sum(self.weights[k] * t for k, t in terms.items()) / len(idx)
             if not math.isfinite(float(total.detach())):
                 values = {k: float(t.detach()) for k, t in terms.items()}
-                raise ValueError(f"the RDO loss is {float(total)} (terms {values}); lower lr (now {self.config.lr}) "
+                raise ValueError(f"the RDO loss is {float(total.detach())} (terms {values}); lower lr (now {self.config.lr}) "
                                  f"or check the model's dtype and weights (bf16/fp16 can overflow: try float32)")
             total.backward()
             for k, t in terms.items():
