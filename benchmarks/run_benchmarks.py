@@ -7,6 +7,8 @@
    vs a plain forward of the same bridge (target <= 1.15x).
 3. One progressive training step (LoRA, a 3-direction subspace ablated at every layer's block input,
    attention and MLP output) vs one plain LoRA SFT step on the same batch (target <= 1.3x).
+4. One RDO optimiser step (ablation, addition and retain terms on `--batch` examples of each kind,
+   30-token targets) vs one forward+backward of the same ablation batch (about 3x expected: three terms).
 Record results with the machine in docs/benchmarks.md.
 """
 
@@ -78,12 +80,45 @@ def bench_progressive_step(model_name: str, prompts, repeats: int) -> dict:
     return {"plain_s": t_plain, "progressive_s": t_ablated, "ratio": t_ablated / t_plain}
 
 
+def bench_rdo_step(model, prompts, repeats: int) -> dict:
+    """One RDO step through `_Objective.step` (the clean retain reference is cached by the warm-up call,
+    as it is after the first epoch of a real run) against a forward+backward of the ablation batch."""
+    from failclosed_interp.directions import Direction
+    from failclosed_interp.rdo import RDOConfig, _frozen, _Objective
+    from failclosed_interp.rdo_targets import RDOTargets
+    from failclosed_interp.training.data import collate, example_token_ids
+    from failclosed_interp.training.trainer import answer_cross_entropy
+
+    answer = " ".join(["Here is a short and careful answer to the question you asked"] * 3)
+    harmful = builtin("harmful", "test").take(len(prompts), seed=0).to_list()
+    targets = RDOTargets(tuple(Example(p, answer, "utility", False) for p in harmful),
+                         tuple(Example(p, DEFAULT_REFUSALS[0], "utility", False) for p in prompts),
+                         tuple(Example(p, answer, "utility", False) for p in prompts))
+    config = RDOConfig(batch_size=len(prompts), micro_batch_size=len(prompts), target_tokens=30)
+    reference = Direction(torch.randn(model.d_model, generator=torch.Generator().manual_seed(0)), layer=model.n_layers // 2)
+    v = torch.nn.Parameter(reference.vector.clone())
+    idx = list(range(len(prompts)))
+    with _frozen(model.bridge):
+        objective = _Objective(model, targets, reference, config, None)
+        t_step = timed(lambda: objective.step(v, idx), repeats)
+    batch = collate(model, [example_token_ids(model, e, 256) for e in targets.ablation])
+
+    def forward_backward():
+        logits = model.bridge(batch.input_ids, attention_mask=batch.attention_mask)
+        answer_cross_entropy(logits, batch.labels).backward()
+
+    t_fb = timed(forward_backward, repeats)
+    model.bridge.zero_grad(set_to_none=True)
+    return {"rdo_step_s": t_step, "forward_backward_s": t_fb, "ratio": t_step / t_fb,
+            "tokens": int(batch.attention_mask.sum())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=EMBEDDED_MODEL)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--only", default="generation,forward,step", help="comma-separated subset to run")
+    parser.add_argument("--only", default="generation,forward,step,rdo", help="comma-separated subset to run")
     args = parser.parse_args()
     only = set(args.only.split(","))
     torch.manual_seed(0)
@@ -104,6 +139,11 @@ def main() -> None:
         step = bench_progressive_step(args.model, prompts, args.repeats)
         print(f"LoRA training step, batch {args.batch}: plain {step['plain_s']:.2f} s, with 3 directions ablated "
               f"{step['progressive_s']:.2f} s -> ratio {step['ratio']:.3f} (target <= 1.3)")
+    if "rdo" in only:
+        rdo = bench_rdo_step(model, prompts, args.repeats)
+        print(f"RDO step, {args.batch} examples of each kind: {rdo['rdo_step_s']:.2f} s, forward+backward of the "
+              f"{rdo['tokens']}-token ablation batch {rdo['forward_backward_s']:.2f} s -> ratio {rdo['ratio']:.2f} "
+              f"(three terms: about 3 expected)")
 
 
 if __name__ == "__main__":

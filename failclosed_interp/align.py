@@ -1,9 +1,13 @@
-"""The progressive fail-closed loop (`failclosed align`, DESIGN.md §4) and its baselines, through one trainer.
+"""The progressive fail-closed loop (`failclosed align`, arXiv 2602.16977) and its baselines, through one trainer.
 
 Round 0 is plain refusal SFT. At the end of every round the refusal direction the model now uses is
-found (DIM with the selection rules, refined by RDO); round k then fine-tunes the same LoRA with
-the directions found so far ablated on the safety batches only, so the model has to rebuild refusal
-along a new direction, while the utility batches keep the model close to its frozen reference.
+found; round k then fine-tunes the same LoRA with the directions found so far ablated on the safety
+batches only, so the model has to rebuild refusal along a new direction, while the utility batches
+keep the model close to its frozen reference. With RDO (the default, as the authors): after round 0 the
+DIM direction with the selection rules gives the addition layer and strength and the RDO targets, once;
+every direction is then RDO's, on the current model toward those same targets. Without RDO each
+direction is DIM's. A new direction is trained against only if it mediates refusal now: ablating it
+lowers the validation harmful refusal score and adding it raises the harmless one, each by a margin.
 
 Methods, same data, steps and LoRA settings:
 - `failclosed`: ablate the span of all found directions (mode "cumulative"), only the last one
@@ -15,13 +19,14 @@ Methods, same data, steps and LoRA settings:
   model at the end of the previous round (re-found every round, with nothing ablated).
 
 A run folder holds `examples.json`, `round_K/` (adapter, directions, metrics.json, training.json) for
-every completed round, `state.json` (the last completed round), then `final/` and `summary.json`.
+every completed round, `round_0/rdo/` (the reference direction and the RDO targets, reused by every round), `state.json` (the last completed round), then `final/` and `summary.json`.
 Rounds are written completely before `state.json` names them, so a killed run resumes from the last
 completed round and ends with the same result as an uninterrupted one."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,16 +38,18 @@ from tqdm.auto import tqdm
 from failclosed_interp.adapters import save_adapter
 from failclosed_interp.artifacts import read_json, write_json
 from failclosed_interp.configs import config_from_dict, config_to_dict
-from failclosed_interp.dim import NoDirectionPassed
-from failclosed_interp.directions import DirectionSet, load_directions, save_directions
+from failclosed_interp.dim import FallbackRules, NoDirectionPassed
+from failclosed_interp.directions import Direction, DirectionSet, load_directions, save_directions
 from failclosed_interp.distributed import is_main_process
 from failclosed_interp.generation import GenerationConfig, generate
 from failclosed_interp.interventions import Intervention
 from failclosed_interp.models import ChatModel, load_model
 from failclosed_interp.orthogonalize import export_checkpoint
-from failclosed_interp.pipeline import DirectionJobConfig, builtin_prompts, direction_job
-from failclosed_interp.rdo import RDOConfig, optimize_direction
-from failclosed_interp.scoring import JudgedResponses, NoRefusals, refusal_rate
+from failclosed_interp.pipeline import DirectionJobConfig, builtin_prompts, derive_refusal_tokens, direction_job
+from failclosed_interp.rdo import NoNewDirection, RDOConfig, optimize_direction
+from failclosed_interp.rdo_config import addition_of
+from failclosed_interp.rdo_targets import RDOTargets, load_targets, rdo_targets, save_targets
+from failclosed_interp.scoring import JudgedResponses, NoRefusals, refusal_rate, refusal_scores
 from failclosed_interp.training import Example, SFTConfig, build_sft_examples, train_lora
 from failclosed_interp.training.sft import fresh_lora_model, sft_prompts
 from failclosed_interp.training.trainer import StepCallback, adapters_disabled
@@ -54,6 +61,7 @@ SEARCHES = ("ablated", "plain")
 STATE_FILE = "state.json"
 EXAMPLES_FILE = "examples.json"
 SUMMARY_FILE = "summary.json"
+RDO_FOLDER = "rdo"  # in round_0: the reference direction and the RDO targets
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,16 @@ class AlignConfig:
 
     `search` (failclosed only): find each new direction with the trained-against ones ablated
     ("ablated": the next mechanism the model falls back on) or on the plain model, as the adaptive
-    attacker does ("plain": the single direction whose ablation now hurts refusal most)."""
+    attacker does ("plain": the single direction whose ablation now hurts refusal most).
+
+    `skip_template_prefix`: False ablates every position, the chat template's constant prefix included,
+    in training, searches and evaluation (the method); True leaves the prefix alone.
+    `min_ablation_drop` / `min_addition_rise`: a new direction is trained against only if ablating it
+    lowers the mean validation harmful refusal score (log-odds) by at least this much and adding it
+    raises the harmless one by at least that; None switches a check off.
+    `initial_fallback`: when no DIM candidate passes the main selection rules after round 0 and
+    `directions.search` has no fallback of its own, the first direction is chosen by these rules (and
+    the run records so); None stops the loop there instead."""
 
     method: str = "failclosed"
     rounds: int = 3
@@ -76,6 +93,10 @@ class AlignConfig:
     min_new_component: float = 0.1
     n_eval: int = 20
     eval_tokens: int = 48
+    skip_template_prefix: bool = False
+    min_ablation_drop: float | None = 1.0
+    min_addition_rise: float | None = 1.0
+    initial_fallback: FallbackRules | None = field(default_factory=lambda: FallbackRules(kl_threshold=0.3, induce_threshold=None))
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -90,6 +111,11 @@ class AlignConfig:
             raise ValueError(f"min_new_component must be in (0, 1], got {self.min_new_component}")
         if self.n_eval < 1 or self.eval_tokens < 1:
             raise ValueError(f"n_eval and eval_tokens must be >= 1, got {self.n_eval} and {self.eval_tokens}")
+        for name in ("min_ablation_drop", "min_addition_rise"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite margin >= 0 in refusal log-odds (default 1.0) or None to "
+                                 f"switch the check off, got {value}")
 
     @property
     def model(self) -> str:
@@ -101,6 +127,23 @@ class AlignConfig:
     @classmethod
     def from_dict(cls, data: dict) -> AlignConfig:
         return config_from_dict(cls, data)
+
+
+# Named presets of AlignConfig values; explicit settings (CLI flags) override them.
+RECIPES: dict[str, dict] = {
+    "default": {},
+    # The authors' loop as far as this toolkit runs it: directions searched on the plain model, all of them
+    # ablated together, each one RDO's toward the round-0 targets, up to 10 rounds (the loop stops earlier
+    # when RDO finds no new direction or the new one does not mediate refusal).
+    "paper": {"search": "plain", "mode": "cumulative", "rounds": 10, "rdo": RDOConfig()},
+}
+
+
+def recipe(name: str) -> AlignConfig:
+    """The AlignConfig of a named recipe (`RECIPES`); change fields with dataclasses.replace."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {sorted(RECIPES)}")
+    return AlignConfig(**RECIPES[name])
 
 
 def _round_dir(out: Path, k: int) -> Path:
@@ -147,9 +190,10 @@ def training_ablation(config: AlignConfig, found: DirectionSet) -> list[Interven
     steps ablate in parts), and that the "ablated" search runs under."""
     if config.method == "sft" or len(found) == 0:
         return []
+    prefix = config.skip_template_prefix
     if config.method == "refat" or config.mode == "last-only":
-        return [found[len(found) - 1 :].ablation()]
-    return [found.ablation()]  # QR-orthonormalised span, every layer's block input, attention and MLP output
+        return [found[len(found) - 1 :].ablation(skip_template_prefix=prefix)]
+    return [found.ablation(skip_template_prefix=prefix)]  # QR-orthonormalised span, every layer's block input, attention and MLP output
 
 
 @dataclass(frozen=True)
@@ -160,6 +204,7 @@ class RandomSubsetAblation:
 
     found: DirectionSet
     seed: int
+    skip_template_prefix: bool = False
 
     def subset(self, step: int) -> list[int]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
@@ -167,7 +212,7 @@ class RandomSubsetAblation:
 
     def __call__(self, step: int) -> list[Intervention]:
         chosen = self.subset(step)
-        return [self.found[chosen].ablation()] if chosen else []
+        return [self.found[chosen].ablation(skip_template_prefix=self.skip_template_prefix)] if chosen else []
 
 
 def safety_interventions(config: AlignConfig, found: DirectionSet,
@@ -175,33 +220,101 @@ def safety_interventions(config: AlignConfig, found: DirectionSet,
     """What each training step's safety batch runs under: `training_ablation`, or per step a random
     subset of the found directions (failclosed, mode "random-subsets")."""
     if config.method == "failclosed" and config.mode == "random-subsets" and len(found):
-        return RandomSubsetAblation(found, seed)
+        return RandomSubsetAblation(found, seed, config.skip_template_prefix)
     return training_ablation(config, found)
 
 
-def _next_direction(model: ChatModel, config: AlignConfig, found: DirectionSet, folder: Path, progress: bool):
-    """(the direction found on the current model, None) or (None, why the loop stops)."""
+def _next_direction(model: ChatModel, config: AlignConfig, found: DirectionSet, out: Path, k: int, progress: bool):
+    """(the direction found on the current model, None, notes) or (None, why the loop stops, notes)."""
     base = training_ablation(config, found) if config.method == "failclosed" and config.search == "ablated" else []
+    folder, notes = _round_dir(out, k), {}
     try:
-        selection = direction_job(model, folder, config.directions, interventions=base, progress=progress)
+        if config.rdo is None:
+            selection = direction_job(model, folder / "search", _search_config(config, k), interventions=base, progress=progress)
+            direction = selection.direction
+            notes["direction_rule"] = selection.rules()
+        else:
+            reference, targets, notes = _rdo_reference(model, config, out, progress)
+            earlier = found if config.method == "failclosed" and len(found) else None
+            direction = optimize_direction(model, reference, targets, config.rdo, base, distinct_from=earlier,
+                                           min_residual=config.min_new_component, progress=progress)
     except NoRefusals as err:
-        return None, f"this round's model refuses none of the validation prompts, so it has no refusal to locate: {err}"
+        return None, f"this round's model refuses none of the validation prompts, so it has no refusal to locate: {err}", notes
     except NoDirectionPassed as err:
-        return None, f"no refusal direction passed the selection rules on this round's model: {err}"
-    direction = selection.direction
-    if config.rdo is not None:
-        jc = config.directions
-        harmful = builtin_prompts("harmful", "train", jc.n_train, jc.seed)
-        harmless = builtin_prompts("harmless", "train", jc.n_train, jc.seed)
-        earlier = found if config.method == "failclosed" and len(found) else None
-        direction = optimize_direction(model, harmful, harmless, direction, config.rdo, base, orthogonal_to=earlier,
-                                       progress=progress)
+        return None, f"no refusal direction passed the selection rules on this round's model: {err}", notes
+    except NoNewDirection as err:
+        return None, f"RDO found no direction outside the span of the {len(found)} earlier ones: {err}", notes
     if config.method == "failclosed" and len(found):
         outside = found.residual_norm(direction.vector)
         if outside < config.min_new_component:
             return None, (f"the new direction (layer {direction.layer}) lies inside the span of the {len(found)} earlier "
-                          f"ones (component outside {outside:.3f} < min_new_component={config.min_new_component})")
-    return direction, None
+                          f"ones (component outside {outside:.3f} < min_new_component={config.min_new_component})"), notes
+    if config.min_ablation_drop is None and config.min_addition_rise is None:
+        return direction, None, notes
+    try:
+        notes["mediation"] = mediation = mediation_check(model, config, direction, base)
+    except NoRefusals as err:
+        return None, f"this round's model refuses none of the validation prompts, so it has no refusal to locate: {err}", notes
+    if not mediation["passed"]:
+        return None, (f"the new direction (layer {direction.layer}) does not mediate refusal on validation prompts: "
+                      f"{mediation['why']}"), notes
+    return direction, None, notes
+
+
+def _search_config(config: AlignConfig, k: int) -> DirectionJobConfig:
+    """The DIM search settings; after round 0, `initial_fallback` fills in a missing fallback."""
+    jc = config.directions
+    if k == 0 and jc.search.fallback is None and config.initial_fallback is not None:
+        return dataclasses.replace(jc, search=dataclasses.replace(jc.search, fallback=config.initial_fallback))
+    return jc
+
+
+def _rdo_reference(model: ChatModel, config: AlignConfig, out: Path, progress: bool) -> tuple[Direction, RDOTargets, dict]:
+    """The reference direction (addition layer and strength) and the RDO targets: made once, after round 0,
+    from that round's model and its DIM direction, and kept in round_0/rdo for every later round."""
+    folder = _round_dir(out, 0) / RDO_FOLDER
+    if (folder / "targets.json").exists():
+        note = read_json(folder / "reference.json")
+        return load_directions(folder / "reference", model)[0], load_targets(folder / "targets.json"), note
+    jc = config.directions
+    selection = direction_job(model, _round_dir(out, 0) / "search", _search_config(config, 0), progress=progress)
+    reference = selection.direction
+    tokens, _ = derive_refusal_tokens(model, builtin_prompts("harmful", "val", jc.n_val, jc.seed), jc.refusal_probe_tokens)
+    targets = rdo_targets(model, builtin_prompts("harmful", "train", jc.n_train, jc.seed),
+                          builtin_prompts("harmless", "train", jc.n_train, jc.seed), reference, config.rdo,
+                          refusal_tokens=tokens, progress=progress)
+    note = {"reference_rule": selection.rules(), "reference_layer": reference.layer, "reference_norm": reference.norm,
+            "targets": targets.filtered, "n_pairs": len(targets)}
+    save_directions(reference, folder / "reference", model.identity())
+    save_targets(targets, folder / "targets.json")
+    write_json(folder / "reference.json", note)  # written last: its presence marks the folder complete
+    return reference, targets, note
+
+
+def mediation_check(model: ChatModel, config: AlignConfig, direction: Direction,
+                    base: Sequence[Intervention] = ()) -> dict:
+    """Does `direction` mediate refusal in the current model (under `base`)? On validation prompts: the
+    mean harmful refusal score with it ablated, and the mean harmless score with it added at its layer
+    with its strength (`direction.norm`), against both without it; refusal tokens from the model's own
+    refusals. Each change must reach its margin (a check whose margin is None passes)."""
+    jc = config.directions
+    harmful = builtin_prompts("harmful", "val", jc.n_val, jc.seed)
+    harmless = builtin_prompts("harmless", "val", jc.n_val, jc.seed)
+    tokens, _ = derive_refusal_tokens(model, harmful, jc.refusal_probe_tokens, base)
+    ablation = DirectionSet((direction,)).ablation(skip_template_prefix=config.skip_template_prefix)
+
+    def mean_score(prompts: list[str], extra: list[Intervention]) -> float:
+        return float(refusal_scores(model, prompts, tokens, [*base, *extra]).mean())
+
+    drop = mean_score(harmful, []) - mean_score(harmful, [ablation])
+    rise = mean_score(harmless, [addition_of(direction.vector, direction)]) - mean_score(harmless, [])
+    why = [f"{what} {value:.3g} < {name}={margin}"
+           for what, value, name, margin in (("ablating it lowers the harmful refusal score by", drop, "min_ablation_drop",
+                                              config.min_ablation_drop),
+                                             ("adding it raises the harmless refusal score by", rise, "min_addition_rise",
+                                              config.min_addition_rise))
+           if margin is not None and value < margin]
+    return {"harmful_score_drop": drop, "harmless_score_rise": rise, "passed": not why, "why": "; ".join(why)}
 
 
 def _held_out(config: AlignConfig, kinds: tuple[str, ...]) -> dict[str, list[str]]:
@@ -211,8 +324,9 @@ def _held_out(config: AlignConfig, kinds: tuple[str, ...]) -> dict[str, list[str
 
 def _refusal(model: ChatModel, config: AlignConfig, prompts: list[str], ablate: DirectionSet | None = None):
     """Judged refusal of `prompts` (with `ablate`'s span projected out, if given)."""
+    interventions = [] if ablate is None else [ablate.ablation(skip_template_prefix=config.skip_template_prefix)]
     return refusal_rate(model, prompts, generation=GenerationConfig(max_new_tokens=config.eval_tokens),
-                        interventions=[ablate.ablation()] if ablate is not None else [], progress=False)
+                        interventions=interventions, progress=False)
 
 
 def _round_metrics(model: ChatModel, config: AlignConfig, found: DirectionSet) -> dict[str, JudgedResponses]:
@@ -250,15 +364,16 @@ def align(
                             progress=progress, on_step=on_step)
         save_adapter(model, folder / "adapter", train.lora)
         write_json(folder / "training.json", result.to_dict())
+        notes = {}
         if config.method != "sft":
-            direction, stop_reason = _next_direction(model, config, found, folder / "search", progress)
+            direction, stop_reason, notes = _next_direction(model, config, found, out, k, progress)
             if direction is not None:
                 direction = dataclasses.replace(direction, round=k)  # found at the end of round k
                 found = found.append(direction) if config.method == "failclosed" else DirectionSet([direction])
         if len(found):
             save_directions(found, folder / "directions", model.identity())
         measured = _round_metrics(model, config, found)
-        write_json(folder / "metrics.json", {"round": k, "stop_reason": stop_reason, "n_directions": len(found),
+        write_json(folder / "metrics.json", {"round": k, "stop_reason": stop_reason, "n_directions": len(found), **notes,
                                              **{name: judged.rate.value for name, judged in measured.items()}})
         write_json(out / STATE_FILE, {"config": config.to_dict(), "completed_round": k, "stop_reason": stop_reason})
         done = k
@@ -268,6 +383,12 @@ def align(
     if merge and is_main_process():
         export_checkpoint(config.model, out / "final" / "merged", adapter=out / "final" / "adapter", overwrite=True)
     return summary
+
+
+def _reference_note(out: Path) -> dict:
+    """How the first direction's reference was chosen (which selection rules), when RDO made one."""
+    path = _round_dir(out, 0) / RDO_FOLDER / "reference.json"
+    return {"rdo_reference": read_json(path)} if path.exists() else {}
 
 
 def _load_found(out: Path, k: int, model: ChatModel) -> DirectionSet:
@@ -296,7 +417,8 @@ def _finish(model: ChatModel, config: AlignConfig, out: Path, found: DirectionSe
             tmp.rename(final / part)
     summary = {"method": config.method, "mode": config.mode, "model": config.model,
                "rounds_completed": done, "stop_reason": stop_reason, "n_directions": len(found),
-               "direction_layers": [d.layer for d in found],
+               "direction_layers": [d.layer for d in found], "direction_methods": [d.method for d in found],
+               **_reference_note(out),
                **evaluate_final(model, config, found, out / "final" / "adaptive", progress, measured)}
     write_json(out / SUMMARY_FILE, summary)
     return summary

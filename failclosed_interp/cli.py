@@ -114,20 +114,19 @@ def cmd_align(args) -> None:
     """`failclosed align`."""
     import dataclasses
 
-    from failclosed_interp.align import AlignConfig, align, format_align_summary
+    from failclosed_interp.align import align, format_align_summary, recipe
     from failclosed_interp.rdo import RDOConfig
 
-    defaults = AlignConfig()
-    sft = _sft_config(args, defaults.sft)
+    base = recipe(args.recipe)
     if args.rdo_steps is None:
-        rdo = defaults.rdo
+        rdo = base.rdo
     elif args.rdo_steps == 0:
         rdo = None  # DIM directions only
     else:
-        rdo = dataclasses.replace(defaults.rdo or RDOConfig(), steps=args.rdo_steps)
-    directions = dataclasses.replace(defaults.directions, search=_search(args))
-    config = AlignConfig(method=args.method, rounds=args.rounds, mode=args.mode, search=args.search, sft=sft,
-                         directions=directions, rdo=rdo, n_eval=args.n_eval)
+        rdo = dataclasses.replace(base.rdo or RDOConfig(), steps=args.rdo_steps)
+    explicit = {k: v for k in ("method", "rounds", "mode", "search") if (v := getattr(args, k)) is not None}
+    config = dataclasses.replace(base, sft=_sft_config(args, base.sft), rdo=rdo, n_eval=args.n_eval,
+                                 directions=dataclasses.replace(base.directions, search=_search(args)), **explicit)
     summary = align(config, args.out, merge=args.merge, device=args.device)
     print(format_align_summary(summary))
     print(f"\nrun folder: {args.out} (summary.json, final/adapter, final/directions, round_*/)")
@@ -260,15 +259,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("align", help="progressive fail-closed alignment (or the sft / refat baselines) with LoRA")
     _model_args(p, adapter=False)
-    p.add_argument("--method", choices=["failclosed", "sft", "refat"], default="failclosed")
-    p.add_argument("--rounds", type=int, default=3, help="rounds after round 0 (plain SFT), default 3")
-    p.add_argument("--mode", choices=["cumulative", "last-only", "random-subsets"], default="cumulative",
+    p.add_argument("--recipe", choices=["default", "paper"], default="default",
+                   help="preset of loop settings ('paper': plain search, cumulative ablation, RDO directions, up to 10 "
+                        "rounds); the flags below override it")
+    p.add_argument("--method", choices=["failclosed", "sft", "refat"], help="default failclosed")
+    p.add_argument("--rounds", type=int, help="rounds after round 0 (plain SFT), default 3 (paper: 10)")
+    p.add_argument("--mode", choices=["cumulative", "last-only", "random-subsets"],
                    help="failclosed: ablate all found directions (default), only the last one, or a random subset per step")
-    p.add_argument("--search", choices=["ablated", "plain"], default="ablated",
-                   help="failclosed: find each new direction with the found ones ablated (default) or on the plain model")
+    p.add_argument("--search", choices=["ablated", "plain"],
+                   help="failclosed: find each new direction with the found ones ablated (default) or on the plain model (paper)")
     _training_args(p)
     _positions_arg(p)
-    p.add_argument("--rdo-steps", type=int, help="RDO refinement steps per direction; 0 = DIM only")
+    p.add_argument("--rdo-steps", type=int, help="most RDO optimiser steps per direction (default 64); 0 = DIM directions only")
     p.add_argument("--n-eval", type=int, default=20, help="held-out prompts per set in the summary (default 20)")
     p.add_argument("--merge", action="store_true", help="also write final/merged, a HF checkpoint with the adapter merged")
     p.add_argument("--out", type=Path, required=True, help="run folder; an interrupted run resumes from it")

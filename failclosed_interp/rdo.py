@@ -1,148 +1,63 @@
-"""Refusal direction optimisation (RDO, Wollschläger et al. 2025): refine a refusal direction by
-gradient descent, starting from the DIM direction. Ablating the direction at every layer should
-make harmful prompts get a non-refusal answer, adding it at its layer should make harmless prompts
-get a refusal, and ablating it on harmless prompts should change nothing (KL to the clean model).
-The continuations these terms are trained toward are generated once, before optimising."""
+"""Refusal direction optimisation (RDO, Wollschläger et al. 2025), as the fail-closed authors run it.
+
+A unit vector is learned by gradient descent so that ablating it at every layer makes harmful prompts
+get a non-refusal answer, adding it at one layer makes harmless prompts get a refusal, and ablating it
+on harmless prompts changes nothing (KL to the clean model). The continuations these terms train
+toward (`RDOTargets`) are generated once from a reference refusal direction (`rdo_targets.py`); the
+vector itself starts at random by default, so the targets, not a starting point, say what to find."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from failclosed_interp.configs import config_from_dict, config_to_dict
 from failclosed_interp.directions import Direction, DirectionSet
-from failclosed_interp.generation import GenerationConfig
-from failclosed_interp.interventions import Ablation, Addition, Intervention, hook_name, intervene
+from failclosed_interp.interventions import Intervention, hook_name, intervene
 from failclosed_interp.models import ChatModel
-from failclosed_interp.training.data import Example, TokenizedExamples, collate, example_token_ids, own_answers
-from failclosed_interp.training.trainer import answer_cross_entropy, answer_kl
+from failclosed_interp.rdo_config import RDOConfig, ablation_of, addition_of
+from failclosed_interp.rdo_targets import RDOTargets, rdo_targets
+from failclosed_interp.training.data import IGNORE, TokenizedExamples, collate, example_token_ids
 
-TERMS = ("ablation", "addition", "retain", "independence")
-
-
-@dataclass(frozen=True)
-class RDOConfig:
-    """How RDO optimises; the loss weights default to the authors' (1, 0.2, 1) with no independence term."""
-
-    steps: int = 64
-    lr: float = 1e-2
-    batch_size: int = 8  # harmful and harmless prompts per step, each
-    target_tokens: int = 30  # length of the generated targets
-    ablation_weight: float = 1.0
-    addition_weight: float = 0.2
-    retain_weight: float = 1.0
-    independence_weight: float = 0.0  # > 0 needs independent_of=
-    independence_layers: tuple[int, ...] | None = None  # where the cosines are compared; None: every layer
-    max_grad_norm: float = 10.0
-    generation_batch_size: int = 16
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0 (default 1e-2), got {self.lr}")
-        for name in ("batch_size", "target_tokens", "generation_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        weights = self.weights()
-        bad = {k: w for k, w in weights.items() if not (math.isfinite(w) and w >= 0)}
-        if bad:
-            raise ValueError(f"loss weights must be finite and >= 0, got {bad}")
-        if not any(weights.values()):
-            raise ValueError("every loss weight is 0, so there is nothing to optimise; the authors use "
-                             "ablation_weight=1, addition_weight=0.2, retain_weight=1")
-        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
-            raise ValueError(f"max_grad_norm must be a finite number > 0, got {self.max_grad_norm}")
-        if self.independence_layers is not None:
-            object.__setattr__(self, "independence_layers", tuple(int(layer) for layer in self.independence_layers))
-            layers = self.independence_layers
-            if not layers or min(layers) < 0 or len(set(layers)) != len(layers):
-                raise ValueError(f"independence_layers must be distinct layer indices >= 0 (or None for all), got {layers}")
-
-    def weights(self) -> dict[str, float]:
-        return {term: getattr(self, f"{term}_weight") for term in TERMS}
-
-    def to_dict(self) -> dict:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> RDOConfig:
-        return config_from_dict(cls, data)
+# Clean next-token log-probs of the retain targets are kept in memory up to this size, else recomputed.
+REFERENCE_CACHE_BYTES = 2**30
 
 
-@dataclass(frozen=True)
-class RDOTargets:
-    """The continuations RDO trains toward, in prompt order."""
-
-    ablation: tuple[Example, ...]  # harmful prompt -> its answer with the init direction ablated (a non-refusal)
-    addition: tuple[Example, ...]  # harmless prompt -> its answer with the init direction added (a refusal)
-    retain: tuple[Example, ...]  # harmless prompt -> its own answer, init untouched (where the KL is measured)
-
-    def to_dict(self) -> dict:
-        return {name: [e.to_dict() for e in getattr(self, name)] for name in ("ablation", "addition", "retain")}
-
-
-def _addition(vector: Float[Tensor, "d_model"], init: Direction) -> Addition:
-    """`vector` added at init's layer and site, scaled by init's raw (DIM) norm: the steering strength."""
-    return Addition(vector, layer=init.layer, coeff=init.norm, site=init.site)
-
-
-def rdo_targets(
-    model: ChatModel,
-    harmful: Sequence[str],
-    harmless: Sequence[str],
-    init: Direction,
-    config: RDOConfig = RDOConfig(),
-    interventions: Sequence[Intervention] = (),
-    *,
-    progress: bool = True,
-) -> RDOTargets:
-    """Generate the targets once (greedy, `config.target_tokens` tokens): harmful prompts under the init
-    direction's ablation, harmless prompts under its addition and with neither; `interventions` apply to all."""
-    _check_inputs(model, harmful, harmless, init)
-    generation = GenerationConfig(max_new_tokens=config.target_tokens, batch_size=config.generation_batch_size, seed=config.seed)
-
-    def answers(prompts: Sequence[str], extra: Sequence[Intervention], kind: str) -> tuple[Example, ...]:
-        return tuple(own_answers(model, prompts, kind, generation, [*interventions, *extra], progress=progress))
-
-    return RDOTargets(
-        ablation=answers(harmful, [DirectionSet((init,)).ablation()], "utility"),
-        addition=answers(harmless, [_addition(init.vector, init)], "safety"),
-        retain=answers(harmless, [], "utility"),
-    )
+class NoNewDirection(ValueError):
+    """Every vector RDO visited lies inside the span of the directions it had to differ from."""
 
 
 def optimize_direction(
     model: ChatModel,
-    harmful: Sequence[str],
-    harmless: Sequence[str],
     init: Direction,
+    targets: RDOTargets,
     config: RDOConfig = RDOConfig(),
     interventions: Sequence[Intervention] = (),
     *,
     orthogonal_to: DirectionSet | None = None,
+    distinct_from: DirectionSet | None = None,
+    min_residual: float = 1e-5,
     independent_of: DirectionSet | None = None,
-    targets: RDOTargets | None = None,
     progress: bool = True,
 ) -> Direction:
-    """An RDO direction (method "rdo", at `init`'s layer, position and steering strength), optimised from
-    `init` (usually the DIM direction). `orthogonal_to` keeps it out of that span at every step;
-    `independent_of` with `config.independence_weight > 0` penalises representational dependence on
-    those directions. `interventions` (e.g. earlier directions ablated) apply to every forward pass, the
-    reference ones included. `targets` (from `rdo_targets`) skips generating them again. The model's weights
-    are frozen meanwhile and their requires_grad flags restored afterwards, also after an error.
-    `scores` holds the loss terms over all prompts, for the init and the result."""
-    _check_inputs(model, harmful, harmless, init)
+    """An RDO direction (method "rdo") at `init`'s layer, position and steering strength (`init.norm`),
+    trained toward `targets` (from `rdo_targets`). It starts from `init` or at random (`config.start`).
+    The lowest-loss vector visited is returned; with `distinct_from`, the lowest-loss one whose component
+    outside that span is at least `min_residual` (the authors' rule; `NoNewDirection` if none is).
+    `orthogonal_to` keeps every step out of that span; `independent_of` with `config.independence_weight > 0`
+    penalises representational dependence on those directions. `interventions` apply to every forward
+    pass, the clean reference included. The weights are frozen meanwhile and their requires_grad flags
+    restored afterwards, also after an error."""
+    _check_inputs(model, init, targets)
     orthogonal_to = _nonempty(model, orthogonal_to, "orthogonal_to")
+    distinct_from = _nonempty(model, distinct_from, "distinct_from")
     independent_of = _nonempty(model, independent_of, "independent_of")
     if (config.independence_weight > 0) != (independent_of is not None):
         raise ValueError(
@@ -150,111 +65,221 @@ def optimize_direction(
             f"config.independence_weight > 0; got independence_weight={config.independence_weight} and "
             f"{'no' if independent_of is None else len(independent_of)} independent_of directions"
         )
-    if orthogonal_to is not None and (outside := orthogonal_to.residual_norm(init.vector)) < 1e-4:
-        raise ValueError(f"init lies inside the span of orthogonal_to (its component outside has norm {outside:.2g}); "
-                         f"start from a direction outside that span")
     basis = None if orthogonal_to is None else orthogonal_to.basis().double()
-    start = _constrain(init.vector, basis)
-    if targets is None:
-        targets = rdo_targets(model, harmful, harmless, init, config, interventions, progress=progress)
-    elif (len(targets.ablation), len(targets.addition), len(targets.retain)) != (len(harmful), len(harmless), len(harmless)):
-        raise ValueError(f"targets are for {len(targets.ablation)} harmful / {len(targets.addition)} harmless prompts but "
-                         f"{len(harmful)} / {len(harmless)} were given; make them with rdo_targets() on the same prompts")
-    v = torch.nn.Parameter(start.clone())
-    optimizer = torch.optim.AdamW([v], lr=config.lr, betas=(0.9, 0.98), weight_decay=0.0, amsgrad=True)
+    if config.start == "init":
+        first = init.vector
+        if orthogonal_to is not None and (outside := orthogonal_to.residual_norm(first)) < 1e-4:
+            raise ValueError(f"init lies inside the span of orthogonal_to (its component outside has norm {outside:.2g}); "
+                             f"start from a direction outside that span, or use start='random'")
+    else:
+        first = torch.randn(model.d_model, generator=torch.Generator().manual_seed(config.seed)).to(init.vector.dtype)
     generator = torch.Generator().manual_seed(config.seed)
-    plan = list(zip(_index_batches(len(harmful), config.batch_size, config.steps, generator),
-                    _index_batches(len(harmless), config.batch_size, config.steps, generator)))
+    plan = _index_batches(len(targets), config.batch_size, config.steps, generator)
     with _frozen(model.bridge), intervene(model, interventions):
         objective = _Objective(model, targets, init, config, independent_of)
-        initial = objective.evaluate(v)
-        bar = tqdm(plan, desc="RDO", disable=not progress, leave=False)
-        for step, (h_idx, s_idx) in enumerate(bar):
-            optimizer.zero_grad(set_to_none=True)
-            total = objective.total(objective.terms(v, h_idx, s_idx), step)
-            total.backward()
-            bar.set_postfix(loss=f"{float(total.detach()):.4f}")
-            with torch.no_grad():
-                # Only the tangent of the unit sphere (and of the allowed subspace) moves the direction.
-                v.grad.copy_(_constrain(v.grad, basis, unit=False) - (v.grad @ v) * v)
-                torch.nn.utils.clip_grad_norm_([v], config.max_grad_norm)
-                optimizer.step()
-                v.copy_(_constrain(v, basis))
-        final = objective.evaluate(v)
-    scores = {**_named(final, "loss"), **_named(initial, "init_loss"),
-              "cosine_to_init": float(F.cosine_similarity(v.detach().double(), init.vector.double(), dim=0))}
-    fitted_on = (f"RDO ({config.steps} steps) from the {init.method} direction at layer {init.layer} on "
-                 f"{len(harmful)} harmful / {len(harmless)} harmless prompts"
+        visited = _descend(_constrain(first, basis), plan, objective.step, config, basis, progress)
+    best = _lowest_loss(visited, distinct_from, min_residual)
+    vector = best.vector.to(init.vector.dtype)
+    scores = {"loss": best.loss, **{f"loss_{k}": v for k, v in best.terms.items()},
+              "first_loss": visited[0].loss, **{f"first_loss_{k}": v for k, v in visited[0].terms.items()},
+              "best_step": float(best.step), "steps_run": float(len(visited)),
+              "cosine_to_init": float(F.cosine_similarity(vector.double(), init.vector.double(), dim=0))}
+    fitted_on = (f"RDO ({len(visited)} of at most {config.steps} steps, {config.start} start, lowest loss at step "
+                 f"{best.step}) toward targets from the {init.method} direction at layer {init.layer}, on "
+                 f"{len(targets)} harmful / harmless prompt pairs"
                  + (f", orthogonal to {len(orthogonal_to)} direction(s)" if orthogonal_to is not None else "")
                  + (f", independent of {len(independent_of)} direction(s)" if independent_of is not None else ""))
-    return Direction(v.detach().clone(), layer=init.layer, position=init.position, site=init.site, method="rdo",
+    return Direction(vector, layer=init.layer, position=init.position, site=init.site, method="rdo",
                      round=init.round, norm=init.norm, fitted_on=fitted_on, scores=scores)
 
 
+@dataclass(frozen=True)
+class Visited:
+    """A vector at the start of an optimiser step and the loss measured on it at that step."""
+
+    step: int
+    vector: Tensor
+    loss: float
+    terms: dict[str, float]
+
+
+StepFn = Callable[[Tensor, list[int]], tuple[float, dict[str, float]]]
+
+
+def _descend(start: Tensor, plan: list[list[int]], step_fn: StepFn, config: RDOConfig, basis: Tensor | None,
+             progress: bool) -> list[Visited]:
+    """Projected AdamW on the unit sphere (and outside `basis`'s span). `step_fn(v, batch)` accumulates the
+    gradient of the step's loss into v.grad and returns (loss, terms). Patience as the authors: a step
+    whose loss is not below the lowest so far uses up patience; out of patience, the lr is divided by 10,
+    or, after `lr_reductions` reductions, the descent stops."""
+    v = torch.nn.Parameter(start.clone())
+    optimizer = torch.optim.AdamW([v], lr=config.lr, betas=(0.9, 0.98), weight_decay=0.0, amsgrad=True)
+    visited: list[Visited] = []
+    lowest, waited, reductions = math.inf, 0, 0
+    bar = tqdm(plan, desc="RDO", disable=not progress, leave=False)
+    for step, batch in enumerate(bar):
+        optimizer.zero_grad(set_to_none=True)
+        loss, terms = step_fn(v, batch)
+        visited.append(Visited(step, v.detach().clone(), loss, terms))
+        bar.set_postfix(loss=f"{loss:.4f}")
+        with torch.no_grad():
+            # Only the tangent of the unit sphere (and of the allowed subspace) moves the direction.
+            v.grad.copy_(_constrain(v.grad, basis, unit=False) - (v.grad @ v) * v)
+            torch.nn.utils.clip_grad_norm_([v], config.max_grad_norm)
+            optimizer.step()
+            v.copy_(_constrain(v, basis))
+        if loss < lowest:
+            lowest, waited = loss, 0
+            continue
+        waited += 1
+        if waited >= config.patience:
+            if reductions >= config.lr_reductions:
+                break
+            reductions, waited = reductions + 1, 0
+            for group in optimizer.param_groups:
+                group["lr"] /= 10
+    return visited
+
+
+def _lowest_loss(visited: list[Visited], distinct_from: DirectionSet | None, min_residual: float) -> Visited:
+    for candidate in sorted(visited, key=lambda s: (s.loss, s.step)):
+        if distinct_from is None or distinct_from.residual_norm(candidate.vector) >= min_residual:
+            return candidate
+    raise NoNewDirection(f"all {len(visited)} vectors RDO visited lie within the span of the {len(distinct_from)} "
+                         f"earlier direction(s) (component outside < {min_residual:g})")
+
+
+def answer_cross_entropy_per_row(logits: Float[Tensor, "batch pos d_vocab"], labels: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch"]:
+    """Each row's mean next-token cross-entropy over its answer tokens (labels != IGNORE)."""
+    target = labels[:, 1:]
+    per_token = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE,
+                                reduction="none").view(target.shape)
+    keep = target != IGNORE
+    return per_token.sum(1) / keep.sum(1).clamp(min=1)
+
+
+def retain_kl(clean: Float[Tensor, "batch pos d_vocab"], ablated: Float[Tensor, "batch pos d_vocab"],
+              labels: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch"]:
+    """Per row, the sum over the positions that predict answer tokens of KL(ablated || clean) between the
+    next-token distributions: the authors' `kl_div(log_softmax(clean), softmax(ablated), "batchmean")` on
+    one example."""
+    keep = labels[:, 1:] != IGNORE
+    return _kl_rows(torch.log_softmax(clean[:, :-1][keep].float(), -1), ablated[:, :-1][keep],
+                    keep.nonzero()[:, 0], len(labels))
+
+
+def _kl_rows(clean_logp: Tensor, ablated_logits: Tensor, rows: Tensor, n_rows: int) -> Tensor:
+    """Per-row sums of per-token KL(ablated || clean); float32 (log-softmax is stable in it, and float64
+    over a large vocabulary costs a visible share of a CPU step)."""
+    ablated_logp = torch.log_softmax(ablated_logits.float(), -1)
+    per_token = (ablated_logp.exp() * (ablated_logp - clean_logp.to(ablated_logp.device))).sum(-1)
+    return torch.zeros(n_rows, dtype=per_token.dtype, device=per_token.device).index_add(0, rows, per_token)
+
+
 class _Objective:
-    """The weighted RDO loss on index batches of the harmful and harmless prompts."""
+    """The weighted RDO loss: per-example losses (mean CE over a target's tokens; KL summed over them),
+    averaged over the step's examples, computed `micro_batch_size` examples per forward pass."""
 
     def __init__(self, model: ChatModel, targets: RDOTargets, init: Direction, config: RDOConfig,
                  independent_of: DirectionSet | None):
         self.model, self.init, self.config = model, init, config
         self.weights = {k: w for k, w in config.weights().items() if w > 0}
-        rows = {name: [example_token_ids(model, e, model.max_context) for e in getattr(targets, name)]
-                for name in ("ablation", "addition", "retain")}
-        self.rows = rows
+        self.rows = {name: [example_token_ids(model, e, model.max_context) for e in getattr(targets, name)]
+                     for name in ("ablation", "addition", "retain")}
+        n_answer = sum(len(a) for _, a in self.rows["retain"])
+        self.cache: dict[int, Tensor] | None = {} if n_answer * model.bridge.cfg.d_vocab * 4 <= REFERENCE_CACHE_BYTES else None
         self.layers = config.independence_layers or tuple(range(model.n_layers))
         if max(self.layers) >= model.n_layers:
             raise ValueError(f"independence_layers {self.layers} out of range: the model has layers 0..{model.n_layers - 1}")
         self.independent = None if independent_of is None else independent_of.matrix().to(model.device)
         if self.independent is not None:  # neither depends on the optimised direction: compute them once
             with torch.no_grad():
-                self.clean = self._prompt_end_states(range(len(rows["ablation"])), [])
-                self.ablated = [self._prompt_end_states(range(len(rows["ablation"])), [Ablation(d)]) for d in self.independent]
+                every = range(len(self.rows["ablation"]))
+                self.clean = self._prompt_end_states(every, [])
+                self.ablated = [self._prompt_end_states(every, [ablation_of(d, config)]) for d in self.independent]
 
     def _batch(self, name: str, idx: Sequence[int]) -> TokenizedExamples:
         return collate(self.model, [self.rows[name][i] for i in idx])
 
-    def _logits(self, batch: TokenizedExamples) -> Float[Tensor, "batch pos d_vocab"]:
-        return self.model.bridge(batch.input_ids, attention_mask=batch.attention_mask)
+    def _answer_logits(self, batch: TokenizedExamples) -> tuple[Tensor, Tensor]:
+        """(logits, labels) cut to the span from the earliest last-prompt position on: the LM head, the
+        costliest layer of a small model, runs only where an answer token is predicted."""
+        first = int((batch.labels != IGNORE).int().argmax(1).min()) - 1
+        keep = batch.input_ids.shape[1] - first
+        if self.model.hf_model is not None:  # the bridged HF module fires the same hooks
+            logits = self.model.hf_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                         logits_to_keep=keep).logits
+        else:
+            logits = self.model.bridge(batch.input_ids, attention_mask=batch.attention_mask)[:, first:]
+        return logits, batch.labels[:, first:]
 
     def _prompt_end_states(self, idx: Sequence[int], interventions: Sequence[Intervention]) -> Tensor:
         """resid_pre at each prompt's last token, [batch, layer, d_model], for the ablation rows."""
-        idx = list(idx)
-        out = []
-        for start in range(0, len(idx), self.config.batch_size):
-            chunk = idx[start: start + self.config.batch_size]
-            batch = self._batch("ablation", chunk)
+        idx, out = list(idx), []
+        for start in range(0, len(idx), self.config.micro_batch_size):
+            chunk = idx[start: start + self.config.micro_batch_size]
             with intervene(self.model, interventions), _prompt_end_activations(self.model, self.layers, self._ends(chunk)) as acts:
-                self._logits(batch)
+                self._answer_logits(self._batch("ablation", chunk))
             out.append(acts())
         return torch.cat(out)
 
     def _ends(self, idx: Sequence[int]) -> list[int]:
         return [len(self.rows["ablation"][i][0]) - 1 for i in idx]
 
-    def terms(self, v: Float[Tensor, "d_model"], harmful_idx: Sequence[int], harmless_idx: Sequence[int]) -> dict[str, Tensor]:
-        """Unweighted loss terms (those with weight > 0) on these prompts; a term whose prompts are empty is left out."""
-        model, w, terms = self.model, self.weights, {}
-        ablation = Ablation(v[None])
-        if harmful_idx and ("ablation" in w or "independence" in w):
-            batch = self._batch("ablation", harmful_idx)
-            layers = self.layers if "independence" in w else ()
-            with intervene(model, [ablation]), _prompt_end_activations(model, layers, self._ends(harmful_idx)) as acts:
-                logits = self._logits(batch)
-            if "ablation" in w:
-                terms["ablation"] = answer_cross_entropy(logits, batch.labels)
-            if "independence" in w:
-                terms["independence"] = self._independence(v, acts(), list(harmful_idx))
-        if harmless_idx and "addition" in w:
-            batch = self._batch("addition", harmless_idx)
-            with intervene(model, [_addition(v, self.init)]):
-                terms["addition"] = answer_cross_entropy(self._logits(batch), batch.labels)
-        if harmless_idx and "retain" in w:
-            batch = self._batch("retain", harmless_idx)
+    def _reference(self, idx: list[int]) -> Tensor:
+        """Clean log-probs at the positions predicting each retain target's tokens, rows concatenated."""
+        missing = [i for i in idx if self.cache is None or i not in self.cache]
+        fresh = {}
+        if missing:
             with torch.no_grad():
-                reference = self._logits(batch)
+                logits, labels = self._answer_logits(self._batch("retain", missing))
+                keep = labels[:, 1:] != IGNORE
+                logp = torch.log_softmax(logits[:, :-1].float(), -1)
+                fresh = {i: logp[row][keep[row]] for row, i in enumerate(missing)}
+            if self.cache is not None:
+                self.cache.update(fresh)
+        return torch.cat([fresh[i] if i in fresh else self.cache[i] for i in idx])
+
+    def terms(self, v: Float[Tensor, "d_model"], idx: list[int]) -> dict[str, Tensor]:
+        """Unweighted loss terms (those with weight > 0), each the SUM over these examples."""
+        model, w, terms = self.model, self.weights, {}
+        ablation = ablation_of(v[None], self.config)
+        if "ablation" in w or "independence" in w:
+            batch = self._batch("ablation", idx)
+            layers = self.layers if "independence" in w else ()
+            with intervene(model, [ablation]), _prompt_end_activations(model, layers, self._ends(idx)) as acts:
+                logits, labels = self._answer_logits(batch)
+            if "ablation" in w:
+                terms["ablation"] = answer_cross_entropy_per_row(logits, labels).sum()
+            if "independence" in w:
+                terms["independence"] = self._independence(v, acts(), idx) * len(idx)
+        if "addition" in w:
+            with intervene(model, [addition_of(v, self.init)]):
+                logits, labels = self._answer_logits(self._batch("addition", idx))
+            terms["addition"] = answer_cross_entropy_per_row(logits, labels).sum()
+        if "retain" in w:
+            clean = self._reference(idx)
             with intervene(model, [ablation]):
-                terms["retain"] = answer_kl(reference, self._logits(batch), batch.labels)
+                logits, labels = self._answer_logits(self._batch("retain", idx))
+            keep = labels[:, 1:] != IGNORE
+            terms["retain"] = _kl_rows(clean, logits[:, :-1][keep], keep.nonzero()[:, 0], len(idx)).sum()
         return terms
+
+    def step(self, v: Tensor, idx: list[int]) -> tuple[float, dict[str, float]]:
+        """Accumulate into v.grad the gradient of the step's loss (mean over `idx`); return it and its terms."""
+        sums: dict[str, float] = {}
+        size = self.config.micro_batch_size
+        for start in range(0, len(idx), size):
+            terms = self.terms(v, idx[start: start + size])
+            total = sum(self.weights[k] * t for k, t in terms.items()) / len(idx)
+            if not math.isfinite(float(total.detach())):
+                values = {k: float(t.detach()) for k, t in terms.items()}
+                raise ValueError(f"the RDO loss is {float(total.detach())} (terms {values}); lower lr (now {self.config.lr}) "
+                                 f"or check the model's dtype and weights (bf16/fp16 can overflow: try float32)")
+            total.backward()
+            for k, t in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(t.detach()) / len(idx)
+        return sum(self.weights[k] * s for k, s in sums.items()), sums
 
     def _independence(self, v: Tensor, states: Tensor, idx: list[int]) -> Tensor:
         """Sum over independent directions d of the mean squared change, over layers and prompts, of
@@ -267,34 +292,6 @@ class _Objective:
             loss = loss + (_cos(states.float(), d) - _cos(clean, d)).square().mean()
             loss = loss + (_cos(ablated[idx].float(), v) - _cos(clean, v)).square().mean()
         return loss
-
-    def total(self, terms: dict[str, Tensor], step: int | None = None) -> Tensor:
-        total = sum(self.weights[k] * t for k, t in terms.items())
-        if not math.isfinite(float(total.detach())):
-            where = "when evaluating the direction" if step is None else f"at step {step}"
-            values = {k: float(t) for k, t in terms.items()}
-            raise ValueError(f"the RDO loss is {float(total)} {where} (terms {values}); lower lr (now {self.config.lr}) "
-                             f"or check the model's dtype and weights (bf16/fp16 can overflow: try float32)")
-        return total
-
-    @torch.no_grad()
-    def evaluate(self, v: Tensor) -> dict[str, float]:
-        """Each weighted term over all prompts (mean over batches, weighted by their size) and their sum."""
-        sums: dict[str, float] = {}
-        size = self.config.batch_size
-        for n, side in ((len(self.rows["ablation"]), 0), (len(self.rows["addition"]), 1)):
-            for start in range(0, n, size):
-                chunk = list(range(start, min(start + size, n)))
-                terms = self.terms(v, *((chunk, []) if side == 0 else ([], chunk)))
-                self.total(terms)
-                for k, t in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(t) * len(chunk) / n
-        weighted = {k: self.weights[k] * s for k, s in sums.items()}
-        return {"": sum(weighted.values()), **{f"_{k}": s for k, s in sums.items()}}
-
-
-def _named(values: dict[str, float], prefix: str) -> dict[str, float]:
-    return {prefix + k: v for k, v in values.items()}
 
 
 def _cos(x: Float[Tensor, "batch n_layers d_model"], d: Float[Tensor, "d_model"]) -> Float[Tensor, "batch n_layers"]:
@@ -331,7 +328,7 @@ def _constrain(v: Float[Tensor, "d_model"], basis: Tensor | None, *, unit: bool 
 
 
 def _index_batches(n: int, size: int, steps: int, generator: torch.Generator) -> list[list[int]]:
-    """`steps` batches of min(size, n) indices from back-to-back shuffles of range(n)."""
+    """`steps` batches of min(size, n) indices from back-to-back shuffles of range(n) (epochs)."""
     size = min(size, n)
     stream: list[int] = []
     while len(stream) < steps * size:
@@ -356,12 +353,11 @@ def _frozen(module: torch.nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-def _check_inputs(model: ChatModel, harmful: Sequence[str], harmless: Sequence[str], init: Direction) -> None:
-    if not harmful or not harmless:
-        raise ValueError(f"RDO needs nonempty harmful and harmless prompt sets, got {len(harmful)} harmful and "
-                         f"{len(harmless)} harmless prompts")
+def _check_inputs(model: ChatModel, init: Direction, targets: RDOTargets) -> None:
     if not isinstance(init, Direction):
         raise TypeError(f"init must be a Direction (e.g. find_direction(...).direction), got {type(init).__name__}")
+    if not isinstance(targets, RDOTargets):
+        raise TypeError(f"targets must be RDOTargets (make them with rdo_targets()), got {type(targets).__name__}")
     if init.d_model != model.d_model:
         raise ValueError(f"init has d_model={init.d_model} but the model {model.name!r} has d_model={model.d_model}; "
                          f"it was computed on another model")
@@ -370,7 +366,7 @@ def _check_inputs(model: ChatModel, harmful: Sequence[str], harmless: Sequence[s
 
 
 def _nonempty(model: ChatModel, dirset: DirectionSet | None, what: str) -> DirectionSet | None:
-    """None for no set or an empty one (e.g. round 1 of the progressive loop); checks the width."""
+    """None for no set or an empty one (e.g. the first direction of the progressive loop); checks the width."""
     if dirset is not None and not isinstance(dirset, DirectionSet):
         raise TypeError(f"{what} must be a DirectionSet, got {type(dirset).__name__}")
     if dirset is None or not len(dirset):
@@ -379,3 +375,6 @@ def _nonempty(model: ChatModel, dirset: DirectionSet | None, what: str) -> Direc
         raise ValueError(f"{what} has d_model={dirset.d_model} but the model {model.name!r} has d_model={model.d_model}; "
                          f"those directions were computed on another model")
     return dirset
+
+
+__all__ = ["RDOConfig", "RDOTargets", "NoNewDirection", "optimize_direction", "rdo_targets", "retain_kl"]

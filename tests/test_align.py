@@ -138,6 +138,9 @@ def test_safety_batches_train_against_the_right_directions(method, mode, expecte
     (ablation,) = training_ablation(AlignConfig(method=method, mode=mode), found)
     torch.testing.assert_close(_span(ablation), _span(found[expected].ablation()))
     assert ablation.sites == found.ablation().sites and ablation.layers is None  # every layer, all three sites
+    assert ablation.skip_template_prefix is False  # every position, the template prefix included (the method)
+    (kept,) = training_ablation(AlignConfig(method=method, mode=mode, skip_template_prefix=True), found)
+    assert kept.skip_template_prefix is True
 
 
 @pytest.mark.parametrize("search", ["ablated", "plain"])
@@ -154,13 +157,17 @@ def test_the_next_direction_is_searched_with_the_found_ones_ablated_or_on_the_pl
     class Selection:
         direction = new
 
+        def rules(self):
+            return "main rules (KL <= 0.1, induce score > 0.0)"
+
     def fake_direction_job(m, out, config, interventions=(), progress=True):
         seen.append(list(interventions))
         return Selection()
 
     monkeypatch.setattr(align_module, "direction_job", fake_direction_job)
-    config = dataclasses.replace(tiny_config("failclosed"), search=search, rdo=None)
-    direction, stop = align_module._next_direction(model, config, found, tmp_path, progress=False)
+    config = dataclasses.replace(tiny_config("failclosed"), search=search, rdo=None, min_ablation_drop=None,
+                                 min_addition_rise=None)
+    direction, stop, _ = align_module._next_direction(model, config, found, tmp_path, 1, progress=False)
     assert direction is new and stop is None
     if search == "plain":
         assert seen == [[]]  # as the adaptive attacker searches
@@ -183,6 +190,7 @@ def test_random_subsets_mode_ablates_a_reproducible_random_subset_each_step():
         interventions = per_step(step)
         if subset:
             (ablation,) = interventions
+            assert ablation.skip_template_prefix is False
             torch.testing.assert_close(_span(ablation), _span(found[list(subset)].ablation()))
         else:
             assert interventions == []

@@ -1,5 +1,7 @@
-"""RDO on a tiny Llama with a planted refusal mechanism: from a corrupted start it moves toward the
-planted direction and removes refusal better, keeps its constraints, and never touches the weights."""
+"""RDO on a tiny Llama with a planted refusal mechanism: from a random start it finds the planted
+direction, from a corrupted one it moves toward it; its loss is the authors' (per-example means, the
+retain KL summed over target tokens) whatever the micro-batch; it returns the lowest-loss vector, keeps
+its constraints, and never touches the weights."""
 
 from __future__ import annotations
 
@@ -14,11 +16,11 @@ from failclosed_interp.chat import tokenize_prompts
 from failclosed_interp.directions import Direction, DirectionSet
 from failclosed_interp.generation import GenerationConfig, generate
 from failclosed_interp.interventions import Ablation, Addition, hook_name, intervene
-from failclosed_interp.rdo import RDOConfig, optimize_direction, rdo_targets
+from failclosed_interp.rdo import NoNewDirection, RDOConfig, RDOTargets, Visited, _descend, _lowest_loss, optimize_direction, rdo_targets, retain_kl
 from failclosed_interp.scoring import refusal_scores
 
 COMPLY_TEXT = "O"  # "OK, ..." in the character-level tokenizer
-CONFIG = RDOConfig(steps=30, batch_size=4, target_tokens=8)
+CONFIG = RDOConfig(steps=30, batch_size=4, micro_batch_size=4, target_tokens=8, start="init")
 
 
 def compliant_planted_model():
@@ -63,7 +65,7 @@ def targets(planted, corrupted):
 
 @pytest.fixture(scope="module")
 def optimised(planted, corrupted, targets):
-    return optimize_direction(planted[0], HARMFUL, HARMLESS, corrupted, CONFIG, targets=targets, progress=False)
+    return optimize_direction(planted[0], corrupted, targets, CONFIG, progress=False)
 
 
 def _cos(a, b) -> float:
@@ -92,7 +94,7 @@ def test_interventions_are_differentiable_in_their_direction(tiny_llama, unit_di
     assert float(v.grad.norm()) > 1e-3
 
 
-def test_targets_are_generated_under_the_init_intervention(planted, corrupted, targets):
+def test_targets_are_generated_under_the_reference_intervention(planted, corrupted, targets):
     model, _, _ = planted
     assert all(r.startswith(REFUSAL_TEXT) for r in generate(model, HARMFUL, GenerationConfig(max_new_tokens=8), progress=False))
     assert [e.prompt for e in targets.ablation] == HARMFUL and [e.prompt for e in targets.addition] == HARMLESS
@@ -101,7 +103,112 @@ def test_targets_are_generated_under_the_init_intervention(planted, corrupted, t
     clean = generate(model, HARMLESS, GenerationConfig(max_new_tokens=8), progress=False)
     assert [e.answer for e in targets.retain] == clean and all(a.startswith(COMPLY_TEXT) for a in clean)
     assert all(len(e.answer) == 8 and not e.complete for e in targets.ablation)  # cut by target_tokens
-    json.dumps(targets.to_dict())
+    assert RDOTargets.from_dict(json.loads(json.dumps(targets.to_dict()))) == targets
+
+
+def test_the_filter_keeps_prompts_by_the_sign_of_their_refusal_score_and_pairs_them(corrupted):
+    model, _, refusal = compliant_planted_model()
+    with torch.no_grad():  # a surer refusal: harmful prompts get p(refusal) > 1/2
+        hf_params(model)["lm_head.weight"][refusal] *= 3
+    mixed_harmful = [*HARMFUL[:3], *HARMLESS[:2]]  # two "harmful" prompts the model answers: score < 0
+    mixed_harmless = [*HARMLESS[2:], HARMFUL[5]]  # one "harmless" prompt it refuses: score > 0
+    assert (refusal_scores(model, HARMFUL, [refusal]) > 0).all() and (refusal_scores(model, HARMLESS, [refusal]) < 0).all()
+    kept = rdo_targets(model, mixed_harmful, mixed_harmless, corrupted, CONFIG, refusal_tokens=[refusal], progress=False)
+    assert [e.prompt for e in kept.ablation] == HARMFUL[:3]
+    assert [e.prompt for e in kept.addition] == [e.prompt for e in kept.retain] == HARMLESS[2:5]  # cut to 3 pairs
+    assert "3 of 5 harmful" in kept.filtered and "6 of 7 harmless" in kept.filtered
+    with pytest.raises(ValueError, match="0 harmful and 8 harmless are left"):
+        rdo_targets(model, HARMLESS[:2], HARMLESS, corrupted, CONFIG, refusal_tokens=[refusal], progress=False)
+
+
+def test_the_addition_target_is_cut_at_its_first_sentence():
+    from failclosed_interp.rdo_targets import _first_sentence
+    from failclosed_interp.training.data import Example
+
+    cut = _first_sentence(Example("q", "I can't help with that. It is illegal. Ask me", "utility", complete=False))
+    assert cut.answer == "I can't help with that" and not cut.complete
+    whole = Example("q", "No full stop here", "utility")
+    assert _first_sentence(whole) == whole
+
+
+def test_retain_term_is_the_kl_of_ablated_from_clean_summed_over_target_tokens():
+    """By hand: sum over the positions that predict target tokens of sum_v p_abl(v) log(p_abl(v) / p_clean(v)),
+    which is torch's kl_div(log_softmax(clean), softmax(ablated)) as the authors call it, per example."""
+    g = torch.Generator().manual_seed(0)
+    clean, ablated = torch.randn(2, 6, 5, generator=g), torch.randn(2, 6, 5, generator=g)
+    labels = torch.full((2, 6), -100)
+    labels[0, 2:5] = torch.tensor([1, 2, 3])  # row 0: target tokens at 2..4, predicted from positions 1..3
+    labels[1, 4:6] = torch.tensor([0, 4])  # row 1: predicted from positions 3..4
+    by_hand = []
+    for row, positions in ((0, [1, 2, 3]), (1, [3, 4])):
+        total = 0.0
+        for t in positions:
+            p = torch.softmax(ablated[row, t].double(), -1)
+            q = torch.softmax(clean[row, t].double(), -1)
+            total += float(sum(p[v] * math.log(p[v] / q[v]) for v in range(5)))
+        by_hand.append(total)
+    got = retain_kl(clean, ablated, labels)
+    assert got.tolist() == pytest.approx(by_hand, rel=1e-4)
+    authors = torch.nn.functional.kl_div(torch.log_softmax(clean[0, 1:4].double(), -1),
+                                         torch.softmax(ablated[0, 1:4].double(), -1), reduction="sum")
+    assert float(got[0]) == pytest.approx(float(authors), rel=1e-4)
+    assert float(retain_kl(clean, clean, labels).abs().max()) < 1e-6
+
+
+def test_the_step_loss_is_the_same_whatever_the_micro_batch(planted, corrupted, targets):
+    """Examples of unequal length in one padded forward give the per-example means the authors accumulate."""
+    from failclosed_interp.rdo import _frozen, _Objective
+
+    model = planted[0]
+    results = []
+    for micro in (1, 3, 8):
+        config = RDOConfig(**{**CONFIG.to_dict(), "micro_batch_size": micro})
+        v = torch.nn.Parameter(corrupted.vector.clone())
+        with _frozen(model.bridge):
+            loss, terms = _Objective(model, targets, corrupted, config, None).step(v, list(range(8)))
+        results.append((loss, terms, v.grad.clone()))
+    for loss, terms, grad in results[1:]:
+        assert loss == pytest.approx(results[0][0], rel=1e-5)
+        assert terms == pytest.approx(results[0][1], rel=1e-5)
+        torch.testing.assert_close(grad, results[0][2], rtol=1e-4, atol=1e-6)
+    assert results[0][1]["retain"] > 0 and results[0][2].norm() > 1e-3  # not vacuous
+
+
+def test_the_lowest_loss_vector_is_returned_and_patience_lowers_the_lr_then_stops():
+    """A loss that rises at every step: the start is the best vector; 5 steps without a new lowest loss
+    divide the lr by 10, twice, and the next 5 stop the descent."""
+    u = torch.nn.functional.normalize(torch.arange(1.0, 9.0), dim=0)
+    lrs = []
+
+    def rising(v, batch):
+        (-(v @ u)).backward()
+        lrs.append(None)
+        return float(len(lrs)), {"ablation": float(len(lrs))}
+
+    config = RDOConfig(steps=100, patience=5, lr_reductions=2)
+    start = torch.nn.functional.normalize(torch.ones(8), dim=0)
+    visited = _descend(start, [[0]] * 100, rising, config, None, progress=False)
+    assert len(visited) == 1 + 5 * 3  # stops after patience runs out the third time
+    assert torch.equal(_lowest_loss(visited, None, 1e-5).vector, start)
+    assert all(float(s.vector.norm()) == pytest.approx(1.0, abs=1e-6) for s in visited)
+    assert _cos(visited[-1].vector, u) > _cos(start, u)  # it moved (the gradient pointed somewhere)
+    # with an earlier direction to differ from, the lowest-loss vector outside its span wins
+    earlier = DirectionSet((Direction(start, layer=0),))
+    assert _lowest_loss(visited, earlier, 1e-5).step == 1
+    with pytest.raises(NoNewDirection, match="within the span"):
+        _lowest_loss(visited[:1], earlier, 1e-5)
+
+
+def test_rdo_from_a_random_start_finds_the_planted_direction(planted, corrupted, targets):
+    model, planted_dir, refusal = planted
+    config = RDOConfig(steps=40, batch_size=4, micro_batch_size=4, target_tokens=8, lr=5e-2)
+    found = optimize_direction(model, corrupted, targets, config, progress=False)
+    assert abs(_cos(corrupted.vector, planted_dir)) < 1  # targets came from the corrupted reference
+    assert _cos(found.vector, planted_dir) > 0.9
+    assert "random start" in found.fitted_on
+    clean, ablated = (float(refusal_scores(model, HARMFUL_VAL, [refusal], ivs).mean())
+                      for ivs in ([], [DirectionSet((found,)).ablation(skip_template_prefix=False)]))
+    assert ablated < clean - 2
 
 
 def test_rdo_moves_a_corrupted_init_toward_the_planted_direction(planted, corrupted, optimised):
@@ -118,18 +225,18 @@ def test_rdo_moves_a_corrupted_init_toward_the_planted_direction(planted, corrup
     assert (optimised.method, optimised.layer, optimised.position, optimised.site) == ("rdo", 1, -1, "resid_pre")
     assert optimised.norm == corrupted.norm  # the steering strength stays the init's
     s = optimised.scores
-    assert {"loss", "loss_ablation", "loss_addition", "loss_retain", "init_loss", "cosine_to_init"} <= s.keys()
+    assert {"loss", "loss_ablation", "loss_addition", "loss_retain", "first_loss", "best_step", "cosine_to_init"} <= s.keys()
     assert "loss_independence" not in s  # weight 0: not computed
-    assert s["loss"] < s["init_loss"] and s["loss_ablation"] < s["init_loss_ablation"]
+    assert s["loss"] < s["first_loss"]
     assert s["loss"] == pytest.approx(s["loss_ablation"] + 0.2 * s["loss_addition"] + s["loss_retain"], rel=1e-6)
     assert s["cosine_to_init"] == pytest.approx(_cos(optimised.vector, corrupted.vector), abs=1e-6)
-    assert "RDO (30 steps)" in optimised.fitted_on
+    assert "init start" in optimised.fitted_on
 
 
 def test_same_seed_same_direction(planted, corrupted, targets):
     model, short = planted[0], RDOConfig(**{**CONFIG.to_dict(), "steps": 5})
     first, again, other = (
-        optimize_direction(model, HARMFUL, HARMLESS, corrupted, config, targets=targets, progress=False)
+        optimize_direction(model, corrupted, targets, config, progress=False)
         for config in (short, short, RDOConfig(**{**short.to_dict(), "seed": 1}))
     )
     assert torch.equal(again.vector, first.vector) and again.scores == first.scores
@@ -139,7 +246,7 @@ def test_same_seed_same_direction(planted, corrupted, targets):
 def test_orthogonality_constraint_holds(planted, corrupted, targets):
     model, planted_dir, _ = planted
     # Forced away from the planted direction: the objective pulls toward it, the constraint must win.
-    away = optimize_direction(model, HARMFUL, HARMLESS, corrupted, CONFIG, targets=targets, progress=False,
+    away = optimize_direction(model, corrupted, targets, CONFIG, progress=False,
                               orthogonal_to=DirectionSet((Direction(planted_dir, layer=1),)))
     assert abs(float(away.vector @ planted_dir)) < 1e-5
     assert float(away.vector.norm()) == pytest.approx(1.0, abs=1e-6)
@@ -147,7 +254,7 @@ def test_orthogonality_constraint_holds(planted, corrupted, targets):
     others = torch.randn(2, model.d_model, generator=torch.Generator().manual_seed(11))
     others -= torch.outer(others @ planted_dir, planted_dir)
     constraint = DirectionSet(tuple(Direction(o, layer=0) for o in others))
-    kept = optimize_direction(model, HARMFUL, HARMLESS, corrupted, CONFIG, targets=targets, progress=False,
+    kept = optimize_direction(model, corrupted, targets, CONFIG, progress=False,
                               orthogonal_to=constraint)
     assert (kept.vector @ constraint.matrix().T).abs().max() < 1e-5
     assert _cos(kept.vector, planted_dir) > _cos(corrupted.vector, planted_dir) + 0.05
@@ -172,11 +279,11 @@ def test_independence_penalty_reduces_representational_dependence(planted, corru
                    for n in names) / len(names)
 
     config = RDOConfig(**{**CONFIG.to_dict(), "independence_weight": 20.0})
-    independent = optimize_direction(model, HARMFUL, HARMLESS, corrupted, config, targets=targets, progress=False,
+    independent = optimize_direction(model, corrupted, targets, config, progress=False,
                                      independent_of=DirectionSet((Direction(distractor, layer=1),)))
     assert cosine_shift(optimised) > 0.01  # without the penalty the dependence is real
     assert cosine_shift(independent) < 0.5 * cosine_shift(optimised)
-    assert independent.scores["loss_independence"] < independent.scores["init_loss_independence"]
+    assert independent.scores["loss_independence"] < independent.scores["first_loss_independence"]
     assert "independent of 1 direction(s)" in independent.fitted_on
 
 
@@ -189,7 +296,7 @@ def test_weights_stay_frozen_and_flags_are_restored(planted, corrupted, targets)
         for name, p in params.items():
             p.requires_grad_(flags[name])
         model.bridge.train()
-        optimize_direction(model, HARMFUL, HARMLESS, corrupted, RDOConfig(steps=3, batch_size=4), targets=targets, progress=False)
+        optimize_direction(model, corrupted, targets, RDOConfig(steps=3, batch_size=4), progress=False)
         assert {n: p.requires_grad for n, p in params.items()} == flags
         assert model.bridge.training and all(m.training for m in model.bridge.modules())
         assert all(torch.equal(p, before[n]) for n, p in params.items())
@@ -197,7 +304,7 @@ def test_weights_stay_frozen_and_flags_are_restored(planted, corrupted, targets)
         # Also after an error: NaN activations make the loss NaN.
         poison = [(hook_name(2, "resid_pre"), lambda x, hook=None: x * math.nan)]
         with model.bridge.hooks(fwd_hooks=poison), pytest.raises(ValueError, match="RDO loss is nan"):
-            optimize_direction(model, HARMFUL, HARMLESS, corrupted, CONFIG, targets=targets, progress=False)
+            optimize_direction(model, corrupted, targets, CONFIG, progress=False)
         assert {n: p.requires_grad for n, p in params.items()} == flags
         assert model.bridge.training
     finally:
@@ -209,13 +316,15 @@ def test_weights_stay_frozen_and_flags_are_restored(planted, corrupted, targets)
 def test_bad_inputs_raise_clear_errors(planted, corrupted, targets):
     model, planted_dir, _ = planted
 
-    def run(harmful=HARMFUL, harmless=HARMLESS, init=corrupted, config=CONFIG, **kwargs):
-        return optimize_direction(model, harmful, harmless, init, config, progress=False, **{"targets": targets, **kwargs})
+    def run(init=corrupted, config=CONFIG, **kwargs):
+        return optimize_direction(model, init, kwargs.pop("targets", targets), config, progress=False, **kwargs)
 
     with pytest.raises(ValueError, match="nonempty harmful and harmless"):
-        run(harmful=[])
-    with pytest.raises(ValueError, match="nonempty harmful and harmless"):
         rdo_targets(model, HARMFUL, [], corrupted)
+    with pytest.raises(ValueError, match="same nonzero number"):
+        RDOTargets(targets.ablation[:2], targets.addition, targets.retain)
+    with pytest.raises(TypeError, match="targets"):
+        run(targets=targets.to_dict())
     with pytest.raises(ValueError, match="d_model=32 but the model"):
         run(init=Direction(torch.ones(32), layer=1))
     with pytest.raises(ValueError, match="layer 9"):
@@ -235,8 +344,6 @@ def test_bad_inputs_raise_clear_errors(planted, corrupted, targets):
     with pytest.raises(ValueError, match="independence_layers .* out of range"):
         run(config=RDOConfig(independence_weight=1.0, independence_layers=(7,)),
             independent_of=DirectionSet((Direction(planted_dir, layer=1),)))
-    with pytest.raises(ValueError, match="targets are for 8 harmful"):
-        run(harmful=HARMFUL[:3])
     assert float(run(config=RDOConfig(steps=1), orthogonal_to=DirectionSet()).vector.norm()) == pytest.approx(1.0)
 
 
@@ -250,6 +357,10 @@ def test_bad_inputs_raise_clear_errors(planted, corrupted, targets):
     ({"ablation_weight": 0.0, "addition_weight": 0.0, "retain_weight": 0.0}, "nothing to optimise"),
     ({"max_grad_norm": 0.0}, "max_grad_norm"),
     ({"independence_layers": (1, 1)}, "distinct"),
+    ({"micro_batch_size": 0}, "micro_batch_size must be >= 1"),
+    ({"patience": 0}, "patience must be >= 1"),
+    ({"lr_reductions": -1}, "lr_reductions"),
+    ({"start": "dim"}, "start must be one of"),
 ])
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -1,0 +1,117 @@
+"""Time RDO per direction on a refusing model and check what the direction does, for several settings.
+
+    python benchmarks/rdo_timing.py --adapter RUN/adapter [--settings default,longer] [--out results/rdo_timing.json]
+
+As the loop does after round 0: the DIM direction at the last prompt token (Arditi's rules, else KL <= 0.3)
+is the reference (addition layer and strength) and makes the RDO targets, on built-in TRAIN prompts
+filtered by the sign of their refusal score. Each setting then runs RDO from a random start, timed, and
+its direction is checked on built-in VALIDATION prompts: the mean refusal score (log-odds) of harmful
+prompts with it ablated and of harmless prompts with it added, and the judged refusal rates of greedy
+answers under the same interventions, next to the plain model and the reference direction. Writes one
+JSON with the machine, the settings, seconds per direction and these figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from failclosed_interp.artifacts import write_json
+from failclosed_interp.dim import DirectionConfig, FallbackRules
+from failclosed_interp.directions import DirectionSet
+from failclosed_interp.generation import GenerationConfig
+from failclosed_interp.models import EMBEDDED_MODEL, load_model
+from failclosed_interp.pipeline import DirectionJobConfig, builtin_prompts, derive_refusal_tokens, direction_job
+from failclosed_interp.rdo import RDOConfig, optimize_direction
+from failclosed_interp.rdo_config import addition_of
+from failclosed_interp.rdo_targets import rdo_targets
+from failclosed_interp.scoring import refusal_rate, refusal_scores
+
+SETTINGS = {
+    "default": RDOConfig(),
+    "longer": RDOConfig(steps=128, patience=10),  # twice the step budget and patience
+    "short-targets": RDOConfig(target_tokens=16),
+    # a CPU candidate: half the batch, shorter targets, a smaller step budget and patience
+    "cpu": RDOConfig(batch_size=8, target_tokens=16, steps=24, patience=3),
+}
+
+
+def check(model, direction, tokens, harmful, harmless, generation) -> dict:
+    """Validation figures of one direction: refusal scores and judged rates with it ablated / added."""
+    ablate = [DirectionSet((direction,)).ablation(skip_template_prefix=False)]
+    add = [addition_of(direction.vector, direction)]
+    return {
+        "harmful_score_ablated": float(refusal_scores(model, harmful, tokens, ablate).mean()),
+        "harmless_score_added": float(refusal_scores(model, harmless, tokens, add).mean()),
+        "harmful_refusal_ablated": refusal_rate(model, harmful, generation=generation, interventions=ablate, progress=False).rate.value,
+        "harmless_refusal_added": refusal_rate(model, harmless, generation=generation, interventions=add, progress=False).rate.value,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=EMBEDDED_MODEL)
+    parser.add_argument("--adapter", type=Path, required=True, help="a refusal SFT adapter (failclosed sft --out DIR: DIR/adapter)")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {sorted(SETTINGS)}")
+    parser.add_argument("--n-train", type=int, default=64, help="built-in TRAIN prompts of each kind for the targets")
+    parser.add_argument("--n-val", type=int, default=16, help="built-in VALIDATION prompts of each kind for the checks")
+    parser.add_argument("--out", type=Path, default=Path("results/rdo_timing.json"))
+    parser.add_argument("--work", type=Path, default=Path("runs/rdo_timing"), help="folder for the DIM search outputs")
+    args = parser.parse_args()
+    model = load_model(args.model, adapter=args.adapter)
+    jc = DirectionJobConfig(n_train=args.n_train, n_val=args.n_val,
+                            search=DirectionConfig(positions=(-1,), fallback=FallbackRules(kl_threshold=0.3)))
+    start = time.perf_counter()
+    selection = direction_job(model, args.work / "search", jc, progress=False)
+    reference, dim_s = selection.direction, time.perf_counter() - start
+    harmful_val = builtin_prompts("harmful", "val", args.n_val, 0)
+    harmless_val = builtin_prompts("harmless", "val", args.n_val, 0)
+    tokens, _ = derive_refusal_tokens(model, harmful_val, jc.refusal_probe_tokens)
+    generation = GenerationConfig(max_new_tokens=24)
+    result = {
+        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "load_average_at_start": os.getloadavg()},
+        "model": model.name, "adapter": str(args.adapter), "n_train": args.n_train, "n_val": args.n_val,
+        "reference": {"layer": reference.layer, "norm": reference.norm, "rules": selection.rules(), "search_s": dim_s},
+        "plain": {"harmful_score": float(refusal_scores(model, harmful_val, tokens).mean()),
+                  "harmless_score": float(refusal_scores(model, harmless_val, tokens).mean()),
+                  "harmful_refusal": refusal_rate(model, harmful_val, generation=generation, progress=False).rate.value,
+                  "harmless_refusal": refusal_rate(model, harmless_val, generation=generation, progress=False).rate.value},
+        "reference_checks": check(model, reference, tokens, harmful_val, harmless_val, generation),
+        "settings": {},
+    }
+    harmful = builtin_prompts("harmful", "train", args.n_train, 0)
+    harmless = builtin_prompts("harmless", "train", args.n_train, 0)
+    targets_by_length = {}
+    for name in args.settings.split(","):
+        config = SETTINGS[name]
+        if config.target_tokens not in targets_by_length:
+            start = time.perf_counter()
+            targets_by_length[config.target_tokens] = (
+                rdo_targets(model, harmful, harmless, reference, config, refusal_tokens=tokens, progress=False),
+                time.perf_counter() - start)
+        targets, targets_s = targets_by_length[config.target_tokens]
+        start = time.perf_counter()
+        direction = optimize_direction(model, reference, targets, config, progress=False)
+        seconds = time.perf_counter() - start
+        result["settings"][name] = {
+            "config": dataclasses.asdict(config), "n_pairs": len(targets), "targets": targets.filtered,
+            "targets_s": targets_s, "rdo_s": seconds, "steps_run": direction.scores["steps_run"],
+            "s_per_step": seconds / direction.scores["steps_run"], "best_step": direction.scores["best_step"],
+            "loss": direction.scores["loss"], "first_loss": direction.scores["first_loss"],
+            "cosine_to_reference": direction.scores["cosine_to_init"],
+            **check(model, direction, tokens, harmful_val, harmless_val, generation),
+        }
+        write_json(args.out, result)  # after every setting, so a stopped run keeps what it measured
+        print(name, {k: v for k, v in result["settings"][name].items() if k != "config"}, flush=True)
+
+
+if __name__ == "__main__":
+    main()
