@@ -50,10 +50,12 @@ class RDOTargets:
 
 
 def save_targets(targets: RDOTargets, path: str | Path) -> None:
+    """Write the targets as JSON (atomically), to be reused by every later round."""
     write_json(path, targets.to_dict())
 
 
 def load_targets(path: str | Path) -> RDOTargets:
+    """Targets written by `save_targets`."""
     return RDOTargets.from_dict(read_json(path))
 
 
