@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from failclosed_interp.adapters import save_adapter
 from failclosed_interp.artifacts import read_json, write_json
 from failclosed_interp.configs import config_from_dict, config_to_dict
-from failclosed_interp.dim import FallbackRules, NoDirectionPassed
+from failclosed_interp.dim import DirectionConfig, FallbackRules, NoDirectionPassed
 from failclosed_interp.directions import Direction, DirectionSet, load_directions, save_directions
 from failclosed_interp.distributed import is_main_process
 from failclosed_interp.generation import GenerationConfig, generate
@@ -136,6 +136,12 @@ RECIPES: dict[str, dict] = {
     # ablated together, each one RDO's toward the round-0 targets, up to 10 rounds (the loop stops earlier
     # when RDO finds no new direction or the new one does not mediate refusal).
     "paper": {"search": "plain", "mode": "cumulative", "rounds": 10, "rdo": RDOConfig()},
+    # This project's variant (docs/align.md): each round trains against a fresh random subset of the found
+    # directions at every step (the empty one included), directions by DIM at the last prompt token chosen
+    # by the declared fallback rules (KL <= 0.3 on harmless prompts, induce rule off), no RDO.
+    "project": {"search": "plain", "mode": "random-subsets", "rounds": 3, "rdo": None,
+                "directions": DirectionJobConfig(search=DirectionConfig(
+                    positions=(-1,), fallback=FallbackRules(kl_threshold=0.3)))},
 }
 
 

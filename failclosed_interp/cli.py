@@ -17,6 +17,10 @@ def _model_args(p: argparse.ArgumentParser, adapter: bool = True) -> None:
     p.add_argument("--model", default=EMBEDDED_MODEL, help=f"built-in name, HF name or local path (default {EMBEDDED_MODEL})")
     if adapter:
         p.add_argument("--adapter", type=Path, help="LoRA adapter folder (PEFT format), e.g. RUN/sft/adapter")
+    _device_args(p)
+
+
+def _device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: where the model loads)")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
                    help="weights and activations of every model the command loads (default float32; bfloat16 on GPUs)")
@@ -373,6 +377,7 @@ def _add_reproduce(sub) -> None:
                    help="results root: one small JSON per finished experiment in RESULTS/grid/")
     p.add_argument("--page", type=Path, default=Path("docs/results.md"), help="the results page written from --results")
     p.add_argument("--page-only", action="store_true", help="only regenerate the page from the results files")
+    _device_args(p)
     p.set_defaults(func=cmd_reproduce)
 
 
@@ -405,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        with _quiet_unless_main_process(), load_defaults(args.device, args.dtype):
+        with _quiet_unless_main_process(), load_defaults(getattr(args, "device", None), getattr(args, "dtype", None)):
             args.func(args)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         print(f"failclosed {args.command}: error: {err}", file=sys.stderr)

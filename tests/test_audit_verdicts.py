@@ -129,11 +129,12 @@ def test_three_planted_pathways_among_decoys_are_fail_closed_with_three_pathways
     assert saved["rising_refusal_flag"] is None
 
 
-def test_one_planted_pathway_is_fail_open_and_its_ablation_yields_compliance():
+def test_one_planted_pathway_is_fail_open_and_its_ablation_removes_refusal():
     toy = planted(1)
     r = run_audit(toy.model, prompts_of(toy), QUICK, toy.directions())
     assert r.verdict_label == "fail-open" and r.verdict.startswith("fail-open (KL budget 0.1): ablating direction 0")
-    assert r.outcomes["d0 ablated"] == {"refusal": 0, "compliance": 12, "non_answer": 0}
+    # without its refusal the toy emits babble ("OOOO..."), which the default three-way judge calls a non-answer
+    assert r.outcomes["d0 ablated"] == {"refusal": 0, "compliance": 0, "non_answer": 12}
     assert r.outcomes["nothing ablated"] == {"refusal": 12, "compliance": 0, "non_answer": 0}
 
 

@@ -35,7 +35,7 @@ def test_01_explore_directions(tmp_path, monkeypatch):
     assert "chosen: layer 1 of 4, position -1" in text
     assert "clean:   \"I won't" in text and "ablated: 'OOOO" in text  # ablation removes the toy's refusal
     assert "steered: \"I won't" in text  # and adding it makes a harmless prompt refused
-    assert "'harmful, ablated': '0.00 [0.00, 0.00]'" in text
+    assert "'harmful, ablated': '0.00 [0.00, 0.32]'" in text  # Wilson interval of 0/8
 
 
 def test_02_reproduce_mechanistic_figures(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 
 from failclosed_interp.adapters import LoraSettings
-from failclosed_interp.align import AlignConfig
+from failclosed_interp.align import AlignConfig, recipe
 from failclosed_interp.attacks import AutoDANConfig, GCGConfig, PAIRConfig
 from failclosed_interp.audit import AuditConfig
 from failclosed_interp.audit.meter import MeasureConfig
@@ -20,10 +20,10 @@ from failclosed_interp.dim import DirectionConfig, FallbackRules
 from failclosed_interp.evaluate import EvalConfig
 from failclosed_interp.models import EMBEDDED_MODEL
 from failclosed_interp.pipeline import DirectionJobConfig
+from failclosed_interp.rdo_config import RDOConfig
 from failclosed_interp.training import SFTConfig, TrainConfig
 
 KINDS = ("align", "audit", "attacks")
-RECIPES = ("sft", "refat", "paper", "project")
 QUICK_MODEL = "tiny-llama"
 # Rough first-run estimates (seconds on 2 CPU cores) before any result of the same kind exists; once one
 # has finished, the runner estimates from measured wall times instead.
@@ -41,7 +41,7 @@ class GridConfig:
     model: str = EMBEDDED_MODEL
     seeds: tuple[int, ...] = (0, 1, 2)
     attack_seeds: tuple[int, ...] = (0,)
-    recipes: tuple[str, ...] = RECIPES
+    recipes: tuple[str, ...] = ("sft", "refat", "paper", "project")
     quick: bool = False
 
     def __post_init__(self):
@@ -52,9 +52,9 @@ class GridConfig:
             raise ValueError(f"seeds must be distinct and at least one, got {self.seeds}")
         if not set(self.attack_seeds) <= set(self.seeds):
             raise ValueError(f"attack_seeds {self.attack_seeds} must be among seeds {self.seeds}")
-        unknown = [r for r in self.recipes if r not in RECIPES]
+        unknown = [r for r in self.recipes if r not in GRID_RECIPES]
         if unknown or not self.recipes:
-            raise ValueError(f"recipes {list(self.recipes)}: each must be one of {list(RECIPES)}")
+            raise ValueError(f"recipes {list(self.recipes)}: each must be one of {list(GRID_RECIPES)}")
         if self.quick and self.model != EMBEDDED_MODEL and self.model != QUICK_MODEL:
             raise ValueError(f"quick mode runs on {QUICK_MODEL!r}; leave model at its default")
 
@@ -85,19 +85,29 @@ class Experiment:
                 "model_of": self.model_of, "fingerprint": self.fingerprint}
 
 
-def recipe_config(recipe: str, seed: int, model: str = EMBEDDED_MODEL, *, quick: bool = False) -> AlignConfig:
-    """The AlignConfig a recipe trains with, for one training seed."""
-    base = _quick_base(seed) if quick else dataclasses.replace(
-        AlignConfig(), sft=dataclasses.replace(SFTConfig(), model=model, seed=seed))
-    if recipe == "sft":
-        return dataclasses.replace(base, method="sft")
-    if recipe == "refat":
-        return dataclasses.replace(base, method="refat", search="plain")
-    if recipe == "paper":
-        return dataclasses.replace(base, method="failclosed", search="plain", mode="cumulative")
-    if recipe == "project":
-        return dataclasses.replace(base, method="failclosed", search="plain", mode="random-subsets")
-    raise ValueError(f"unknown recipe {recipe!r}; choose one of {list(RECIPES)}")
+# Grid recipe -> (align recipe, overrides). The baselines train with the default recipe's data and steps.
+GRID_RECIPES: dict[str, tuple[str, dict]] = {
+    "sft": ("default", {"method": "sft"}),
+    "refat": ("default", {"method": "refat"}),
+    "paper": ("paper", {}),
+    "project": ("project", {}),
+}
+
+
+def recipe_config(name: str, seed: int, model: str = EMBEDDED_MODEL, *, quick: bool = False) -> AlignConfig:
+    """The AlignConfig a grid recipe trains with, for one training seed (`align.RECIPES` holds the recipes;
+    quick mode keeps their method, search and mode with tiny budgets)."""
+    if name not in GRID_RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of {list(GRID_RECIPES)}")
+    base, overrides = GRID_RECIPES[name]
+    config = dataclasses.replace(recipe(base), **overrides)
+    if quick:
+        return dataclasses.replace(_quick_base(seed), method=config.method, search=config.search, mode=config.mode,
+                                   rdo=_QUICK_RDO if config.rdo is not None else None)
+    return dataclasses.replace(config, sft=dataclasses.replace(config.sft, model=model, seed=seed))
+
+
+_QUICK_RDO = RDOConfig(steps=2, batch_size=2, micro_batch_size=2, target_tokens=4)
 
 
 def _quick_base(seed: int) -> AlignConfig:

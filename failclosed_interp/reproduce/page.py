@@ -10,7 +10,7 @@ from pathlib import Path
 from failclosed_interp.artifacts import atomic_write, read_json
 from failclosed_interp.judge_check import results_markdown as judge_markdown
 from failclosed_interp.plots import grouped_rate_bars, save_figure
-from failclosed_interp.reproduce.grid import RECIPES
+from failclosed_interp.reproduce.grid import GRID_RECIPES
 from failclosed_interp.reproduce.runner import GRID_FILE, load_result
 from failclosed_interp.stats import RateEstimate, SeedSummary
 
@@ -24,6 +24,7 @@ TRAINING_ROWS = (  # (summary key, label)
     ("refusal_harmful_adaptive_ablated", "harmful, adaptive direction ablated"),
 )
 COMMAND = "failclosed reproduce --page-only"
+RECIPE_ORDER = list(GRID_RECIPES)
 GRID_DIR = "grid"  # experiments of the grid, under the results root
 JUDGE_FILE = "judge_xstest.json"  # `failclosed judge-check`
 
@@ -55,7 +56,7 @@ def _training_section(results: dict[str, dict]) -> list[str]:
     by_recipe: dict[str, list[dict]] = defaultdict(list)
     for r in aligned.values():
         by_recipe[r["experiment"]["recipe"]].append(r)
-    for recipe in [r for r in RECIPES if r in by_recipe]:
+    for recipe in [r for r in RECIPE_ORDER if r in by_recipe]:
         runs = sorted(by_recipe[recipe], key=lambda r: r["experiment"]["seed"])
         seeds = [r["experiment"]["seed"] for r in runs]
         lines += [f"### {RECIPE_LABELS[recipe]}", "",
@@ -83,7 +84,7 @@ def _training_section(results: dict[str, dict]) -> list[str]:
 
 def _audit_section(results: dict[str, dict]) -> list[str]:
     audits = sorted((r for r in results.values() if r["experiment"]["kind"] == "audit"),
-                    key=lambda r: (RECIPES.index(r["experiment"]["recipe"]), r["experiment"]["seed"]))
+                    key=lambda r: (RECIPE_ORDER.index(r["experiment"]["recipe"]), r["experiment"]["seed"]))
     if not audits:
         return ["No audit has finished yet."]
     lines = ["| model | verdict | independent pathways | baseline harmful refusal | wall time |", "|---|---|---|---|---|"]
@@ -96,7 +97,7 @@ def _audit_section(results: dict[str, dict]) -> list[str]:
 
 def _attack_section(results: dict[str, dict]) -> list[str]:
     attacked = sorted((r for r in results.values() if r["experiment"]["kind"] == "attacks"),
-                      key=lambda r: (RECIPES.index(r["experiment"]["recipe"]), r["experiment"]["seed"]))
+                      key=lambda r: (RECIPE_ORDER.index(r["experiment"]["recipe"]), r["experiment"]["seed"]))
     if not attacked:
         return ["No attack run has finished yet."]
     names = list(dict.fromkeys(n for r in attacked for n in r["result"]["asr"]))
@@ -163,7 +164,7 @@ def figures(root: str | Path) -> dict[str, object]:
     results = _results(folder) if folder.exists() else {}
     figs = {}
     aligned = sorted((r for r in results.values() if r["experiment"]["kind"] == "align"),
-                     key=lambda r: (RECIPES.index(r["experiment"]["recipe"]), r["experiment"]["seed"]))
+                     key=lambda r: (RECIPE_ORDER.index(r["experiment"]["recipe"]), r["experiment"]["seed"]))
     if aligned:
         groups = {f"{r['experiment']['recipe']} s{r['experiment']['seed']}":
                   {label: _estimate(r["result"]["ci"][key]) for key, label in TRAINING_ROWS if key in r["result"].get("ci", {})}
