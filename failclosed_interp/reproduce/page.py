@@ -27,6 +27,14 @@ COMMAND = "failclosed reproduce --page-only"
 RECIPE_ORDER = list(GRID_RECIPES)
 GRID_DIR = "grid"  # experiments of the grid, under the results root
 JUDGE_FILE = "judge_xstest.json"  # `failclosed judge-check`
+BENCHMARK_FILE = "benchmarks.json"  # `python benchmarks/run_benchmarks.py --out results/benchmarks.json`
+# (benchmark, ratio key, what the ratio compares, target)
+SPEED_ROWS = (
+    ("generation", "speedup", "KV-cached vs uncached greedy generation (x faster)", ">= 5"),
+    ("forward", "ratio", "forward with a direction ablated at every site / plain forward", "<= 1.15"),
+    ("step", "ratio", "progressive LoRA step (3 directions ablated) / plain LoRA step", "<= 1.3"),
+    ("rdo", "ratio", "one RDO step / one forward+backward of the same ablation batch", "about 3"),
+)
 
 
 def _results(folder: Path) -> dict[str, dict]:
@@ -136,6 +144,22 @@ def _judge_section(root: Path) -> list[str]:
     return [f"From `{root.name}/{JUDGE_FILE}` (`failclosed judge-check`).", "", judge_markdown(read_json(path))]
 
 
+def _speed_section(root: Path) -> list[str]:
+    path = root / BENCHMARK_FILE
+    if not path.exists():
+        return [f"Not measured yet: `python benchmarks/run_benchmarks.py --out {root.name}/{BENCHMARK_FILE}`."]
+    data = read_json(path)
+    m = data["machine"]
+    lines = [f"From `{root.name}/{BENCHMARK_FILE}`: model {data['model']}, batch {data['batch']}, median of "
+             f"{data['repeats']} repeats; {m['platform']}, {m['cpus']} CPUs, {m['torch_threads']} torch thread(s), "
+             f"torch {m['torch']}, GPU: {m['cuda'] or 'none'}.", "",
+             "| measure | ratio | target |", "|---|---|---|"]
+    for name, key, label, target in SPEED_ROWS:
+        if name in data["benchmarks"]:
+            lines.append(f"| {label} | {data['benchmarks'][name][key]:.2f} | {target} |")
+    return lines
+
+
 def render_results(root: str | Path) -> str:
     """The markdown of the results page, from the results files under `root` alone (the grid's experiments
     in `root/grid/`, the judge check in `root/judge_xstest.json`)."""
@@ -153,6 +177,7 @@ def render_results(root: str | Path) -> str:
         "## Independence audit", "", *_audit_section(results), "",
         "## Jailbreak attack success (compliance judged)", "", *_attack_section(results), "",
         "## Judge check", "", *_judge_section(root), "",
+        "## Speed", "", *_speed_section(root), "",
         "## Machines", "", *(_machines(results) or ["No run has finished yet."]), "",
     ]
     return "\n".join(lines)
