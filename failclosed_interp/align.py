@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from failclosed_interp.adapters import save_adapter
 from failclosed_interp.artifacts import read_json, write_json
-from failclosed_interp.configs import config_from_dict, config_to_dict
+from failclosed_interp.configs import JsonConfig
 from failclosed_interp.dim import DirectionConfig, FallbackRules, NoDirectionPassed
 from failclosed_interp.directions import Direction, DirectionSet, load_directions, save_directions
 from failclosed_interp.distributed import is_main_process
@@ -65,7 +65,7 @@ RDO_FOLDER = "rdo"  # in round_0: the reference direction and the RDO targets
 
 
 @dataclass(frozen=True)
-class AlignConfig:
+class AlignConfig(JsonConfig):
     """One progressive run. `rounds` counts the rounds after round 0 (plain SFT); every round trains
     `sft.train.epochs` epochs on the same examples. `min_new_component` is the smallest norm the
     unit-length new direction may keep outside the span of the earlier ones.
@@ -120,13 +120,6 @@ class AlignConfig:
     @property
     def model(self) -> str:
         return self.sft.model
-
-    def to_dict(self) -> dict:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> AlignConfig:
-        return config_from_dict(cls, data)
 
 
 # Named presets of AlignConfig values; explicit settings (CLI flags) override them.

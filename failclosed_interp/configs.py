@@ -35,3 +35,16 @@ def config_from_dict(cls, data: dict):
             value = tuple(value)
         values[key] = value
     return cls(**values)
+
+
+class JsonConfig:
+    """Base of the frozen per-stage configs: `to_dict()` for JSON and `from_dict()` back, written once."""
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict of every field (nested configs included)."""
+        return config_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        """The config `to_dict` wrote; unknown keys are an error that lists the known ones."""
+        return config_from_dict(cls, data)

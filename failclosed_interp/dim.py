@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from failclosed_interp.activations import check_positions, mean_activations
 from failclosed_interp.artifacts import write_json
 from failclosed_interp.chat import post_instruction_positions
-from failclosed_interp.configs import config_from_dict, config_to_dict
+from failclosed_interp.configs import JsonConfig
 from failclosed_interp.directions import Direction, DirectionSet, save_directions
 from failclosed_interp.interventions import Ablation, Addition, Intervention
 from failclosed_interp.models import ChatModel
@@ -57,7 +57,7 @@ class FallbackRules:
 
 
 @dataclass(frozen=True)
-class DirectionConfig:
+class DirectionConfig(JsonConfig):
     """How DIM candidates are made and selected (defaults follow Arditi et al. 2024)."""
 
     positions: tuple[int, ...] | None = None  # None: the chat template's post-instruction tokens
@@ -98,13 +98,6 @@ class DirectionConfig:
     def accepts(self, kl: float, induce_score: float) -> bool:
         """Does a candidate with this harmless KL and induce score pass the main selection rules?"""
         return _accepts(self, kl, induce_score)
-
-    def to_dict(self) -> dict:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> DirectionConfig:
-        return config_from_dict(cls, data)
 
 
 def _positions(model: ChatModel, config: DirectionConfig) -> tuple[int, ...]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from jaxtyping import Float
 from torch import Tensor
 
-from failclosed_interp.configs import config_from_dict, config_to_dict
+from failclosed_interp.configs import JsonConfig
 from failclosed_interp.directions import Direction
 from failclosed_interp.interventions import Ablation, Addition
 
@@ -17,7 +17,7 @@ STARTS = ("random", "init")
 
 
 @dataclass(frozen=True)
-class RDOConfig:
+class RDOConfig(JsonConfig):
     """How RDO optimises. Defaults are the authors': effective batch 16, AdamW lr 1e-2, patience 5 with
     the lr divided by 10 at most twice, loss weights (1, 0.2, 1), random start, ablation at every
     position. `steps` caps the optimiser steps (the data is cycled through as often as needed);
@@ -68,13 +68,6 @@ class RDOConfig:
 
     def weights(self) -> dict[str, float]:
         return {term: getattr(self, f"{term}_weight") for term in TERMS}
-
-    def to_dict(self) -> dict:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> RDOConfig:
-        return config_from_dict(cls, data)
 
 
 def addition_of(vector: Float[Tensor, "d_model"], reference: Direction) -> Addition:

@@ -6,12 +6,12 @@ import math
 from dataclasses import dataclass, field
 
 from failclosed_interp.audit.meter import MeasureConfig
-from failclosed_interp.configs import config_from_dict, config_to_dict
+from failclosed_interp.configs import JsonConfig
 from failclosed_interp.dim import DirectionConfig
 
 
 @dataclass(frozen=True)
-class AuditConfig:
+class AuditConfig(JsonConfig):
     """What the audit measures and how hard it searches (defaults sized for a CPU run with k <= 5).
 
     A direction *carries* refusal when a test shows it: adding it raises harmless refusal, or ablating
@@ -54,10 +54,3 @@ class AuditConfig:
         for name in ("n_eval", "n_harmless", "n_train", "n_val"):
             if getattr(self, name) < 2:
                 raise ValueError(f"{name} must be >= 2 prompts, got {getattr(self, name)}")
-
-    def to_dict(self) -> dict:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> AuditConfig:
-        return config_from_dict(cls, data)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from failclosed_interp.configs import config_from_dict, config_to_dict
+from failclosed_interp.configs import JsonConfig
 from failclosed_interp.directions import Direction, DirectionSet
 from failclosed_interp.generation import GenerationConfig
 from failclosed_interp.interventions import Intervention
@@ -27,7 +27,7 @@ MODES = ("generate", "logit")
 
 
 @dataclass(frozen=True)
-class MeasureConfig:
+class MeasureConfig(JsonConfig):
     """How refusal is measured: `generate` judges greedy responses of `max_new_tokens` tokens;
     `logit` counts prompts whose refusal score (log-odds of the refusal tokens) is > 0."""
 
@@ -46,13 +46,6 @@ class MeasureConfig:
 
     def generation(self) -> GenerationConfig:
         return GenerationConfig(max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, seed=self.seed)
-
-    def to_dict(self) -> dict:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> MeasureConfig:
-        return config_from_dict(cls, data)
 
 
 class RefusalMeter:

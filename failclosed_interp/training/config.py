@@ -6,13 +6,13 @@ import math
 from dataclasses import dataclass, field
 
 from failclosed_interp.adapters import LoraSettings
-from failclosed_interp.configs import config_from_dict, config_to_dict
+from failclosed_interp.configs import JsonConfig
 
 UTILITY_LOSSES = ("ce", "kl")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """LoRA training settings.
 
     `max_length` bounds prompt + answer tokens: longer examples lose the end of their answer, and an
@@ -59,10 +59,3 @@ class TrainConfig:
             raise TypeError(f"gradient_checkpointing must be True or False, got {self.gradient_checkpointing!r}")
         if not isinstance(self.lora, LoraSettings):
             raise TypeError(f"lora must be a LoraSettings, got {type(self.lora).__name__}; use LoraSettings(r=..., ...)")
-
-    def to_dict(self) -> dict:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        return config_from_dict(cls, data)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from failclosed_interp.artifacts import write_json
-from failclosed_interp.configs import config_from_dict, config_to_dict
+from failclosed_interp.configs import JsonConfig
 from failclosed_interp.adapters import save_adapter
 from failclosed_interp.generation import GenerationConfig
 from failclosed_interp.models import EMBEDDED_MODEL, ChatModel, load_model
@@ -26,7 +26,7 @@ ADAPTER_DIR = "adapter"
 
 
 @dataclass(frozen=True)
-class SFTConfig:
+class SFTConfig(JsonConfig):
     """Which model, how many built-in TRAIN prompts of each kind, how long the self-distilled answers
     are (`answer_tokens`), and the training settings. `seed` picks the prompt subsets and the LoRA init."""
 
@@ -51,13 +51,6 @@ class SFTConfig:
             raise ValueError(f"answer_tokens must be >= 1, got {self.answer_tokens}; 48 is a good default")
         if not isinstance(self.train, TrainConfig):
             raise TypeError(f"train must be a TrainConfig, got {type(self.train).__name__}")
-
-    def to_dict(self) -> dict:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> SFTConfig:
-        return config_from_dict(cls, data)
 
 
 @dataclass
