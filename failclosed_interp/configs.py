@@ -1,19 +1,23 @@
-"""JSON round-trips for the frozen per-stage config dataclasses (nested configs, tuples as lists)."""
+"""JSON round-trips for the frozen per-stage config dataclasses (nested configs, tuples as lists, infinite
+floats as "inf" / "-inf", which JSON cannot hold; configs turn them back with float())."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 
 
 def config_to_dict(config) -> dict:
-    """A JSON-ready dict: nested dataclasses become dicts, tuples become lists."""
+    """A JSON-ready dict: nested dataclasses become dicts, tuples become lists, infinities strings."""
 
     def plain(value):
         if dataclasses.is_dataclass(value):
             return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         if isinstance(value, (tuple, list)):
             return [plain(v) for v in value]
+        if isinstance(value, float) and math.isinf(value):
+            return "inf" if value > 0 else "-inf"
         return value
 
     return plain(config)
