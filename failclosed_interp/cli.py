@@ -212,7 +212,8 @@ def cmd_adaptive_attack(args) -> None:
     from failclosed_interp.evaluate import EvalConfig, make_judge
 
     result = adaptive_attack_job(_load(args), args.out, _attacker_config(args), make_judge(EvalConfig(judge=args.judge)),
-                                 n_harmful=args.n_harmful, max_new_tokens=args.max_new_tokens, responses=args.responses)
+                                 n_harmful=args.n_harmful, max_new_tokens=args.max_new_tokens, responses=args.responses,
+                                 about={"model": args.model, "adapter": str(args.adapter) if args.adapter else None})
     for o in result.outcomes:
         d = o.direction
         where = "no direction (none fits)" if d is None else f"{d.method} layer {d.layer} position {d.position}, KL {d.scores['kl']:.3f}"

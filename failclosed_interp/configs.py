@@ -1,5 +1,5 @@
 """JSON round-trips for the frozen per-stage config dataclasses (nested configs, tuples as lists, infinite
-floats as "inf" / "-inf", which JSON cannot hold; configs turn them back with float())."""
+floats as "inf" / "-inf", which JSON cannot hold, read back as floats where the field holds floats)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,13 @@ def config_from_dict(cls, data: dict):
         if isinstance(value, dict) and nested:
             value = config_from_dict(nested[0], value)
         elif isinstance(value, list):
-            value = tuple(value)
+            value = tuple(_infinity(v, hints[key]) for v in value)
+        else:
+            value = _infinity(value, hints[key])
         values[key] = value
     return cls(**values)
+
+
+def _infinity(value, hint):
+    """float("inf") for the "inf" / "-inf" that config_to_dict wrote for a float field; anything else as is."""
+    return float(value) if value in ("inf", "-inf") and "float" in str(hint) else value

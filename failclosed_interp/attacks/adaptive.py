@@ -365,14 +365,16 @@ def adaptive_attack(
 def adaptive_attack_job(
     model: ChatModel, out: str | Path, config: AdaptiveAttackConfig = AdaptiveAttackConfig(), judge: Judge = SubstringJudge(),
     *, n_harmful: int = 70, max_new_tokens: int = MIN_JUDGED_TOKENS, responses: str | Path | None = None,
-    progress: bool = True,
+    about: dict | None = None, progress: bool = True,
 ) -> AdaptiveAttackResult:
     """Attack `n_harmful` built-in harmful TEST prompts; write the budget curve (JSON, no responses) to `out`
-    and, with `responses`, the whole result with every response to that file."""
+    and, with `responses`, the whole result with every response to that file. `about` (e.g. the model name and
+    adapter path) is recorded in both."""
     test = builtin("harmful", "test")
     prompts = test.take(min(n_harmful, len(test)), seed=config.seed).to_list()
     result = adaptive_attack(model, prompts, config, judge, max_new_tokens=max_new_tokens, progress=progress)
-    meta = {"model": model.identity(), "max_new_tokens": max_new_tokens, "eval_prompts": f"built-in harmful test split"}
+    meta = {**(about or {}), "model_identity": model.identity(), "max_new_tokens": max_new_tokens,
+            "eval_prompts": "built-in harmful test split"}
     write_json(out, {**meta, **result.to_dict(responses=False)})
     if responses is not None:
         write_json(responses, {**meta, **result.to_dict()})
