@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from failclosed_interp.activations import check_positions
+from failclosed_interp.activations import check_layer_choice, check_positions
 from failclosed_interp.artifacts import read_json, write_json
 from failclosed_interp.attacks.base import MIN_JUDGED_TOKENS, check_budget, check_judged_tokens, check_prompts
 from failclosed_interp.chat import post_instruction_positions
@@ -92,9 +92,7 @@ class AdaptiveAttackConfig:
         if self.positions is not None:
             object.__setattr__(self, "positions", check_positions(self.positions))
         if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
-            if not self.layers or min(self.layers) < 0 or len(set(self.layers)) != len(self.layers):
-                raise ValueError(f"layers must be distinct layer indices >= 0 (or None for every layer), got {self.layers}")
+            object.__setattr__(self, "layers", check_layer_choice(self.layers))
 
     def prompts(self, kind: str) -> tuple[list[str], list[str]]:
         """(fit, score): the attacker's `kind` prompts split at random (seeded), `n_fit` of them to fit."""
