@@ -49,6 +49,14 @@ def check_positions(positions: Sequence[int]) -> tuple[int, ...]:
     return positions
 
 
+def check_layer_choice(layers: Sequence[int], what: str = "layers") -> tuple[int, ...]:
+    """A chosen subset of layer indices: nonempty, distinct, >= 0 (their upper bound depends on the model)."""
+    layers = tuple(int(layer) for layer in layers)
+    if not layers or min(layers) < 0 or len(set(layers)) != len(layers):
+        raise ValueError(f"{what} must be distinct layer indices >= 0 (or None for all), got {layers}")
+    return layers
+
+
 @torch.no_grad()
 def mean_activations(
     model: ChatModel,

@@ -91,6 +91,30 @@ def _search(args, **options):
                            induce_threshold=args.induce_threshold, fallback=fallback, **options)
 
 
+def _attacker_args(p: argparse.ArgumentParser) -> None:
+    """Options of the adaptive ablation attacker (its prompts are the built-in attack split)."""
+    p.add_argument("--kl-budgets", default="0.1,0.3,1,inf",
+                   help="attacker: KL budgets on harmless prompts, one chosen direction each ('inf' = no limit)")
+    p.add_argument("--report-budget", type=float, default=0.3, help="attacker: the KL budget its ASR is quoted at")
+    p.add_argument("--n-fit", type=int, default=20,
+                   help="attacker: prompts per kind for DIM means and RDO; the rest of its prompts score candidates")
+    p.add_argument("--rdo-steps", type=int, default=64, help="attacker: RDO steps for its RDO direction (0: none)")
+    p.add_argument("--positions", default="all",
+                   help="attacker: token positions of DIM candidates: 'all' post-instruction positions (default), "
+                        "or negative indices such as -1,-2")
+
+
+def _attacker_config(args):
+    from failclosed_interp.attacks import AdaptiveAttackConfig
+
+    try:
+        budgets = tuple(float(b) for b in args.kl_budgets.split(","))
+    except ValueError as err:
+        raise ValueError(f"--kl-budgets must be comma-separated numbers or inf, e.g. 0.1,0.3,1,inf: {err}") from err
+    return AdaptiveAttackConfig(kl_budgets=budgets, report_budget=args.report_budget, n_fit=args.n_fit,
+                                rdo_steps=args.rdo_steps, positions=_positions(args), seed=args.seed)
+
+
 def _load(args):
     from failclosed_interp.models import load_model
 
@@ -196,7 +220,7 @@ def _judge_parsers(sub) -> None:
 
 def cmd_evaluate(args) -> None:
     """`failclosed evaluate`."""
-    from failclosed_interp.attacks import AblationConfig, AutoDANConfig, GCGConfig, PAIRConfig
+    from failclosed_interp.attacks import AutoDANConfig, GCGConfig, PAIRConfig
     from failclosed_interp.evaluate import EvalConfig, ModelSpec, evaluate, format_table
     from failclosed_interp.judges import LLMJudge
     from failclosed_interp.lm_eval_tasks import LMEvalConfig
@@ -215,8 +239,7 @@ def cmd_evaluate(args) -> None:
         pair=PAIRConfig(iterations=args.pair_iterations, streams=args.pair_streams, attacker=args.pair_attacker,
                         attacker_max_new_tokens=args.pair_attacker_tokens, seed=args.seed),
         templates_file=args.templates, human_templates=args.human_templates,
-        ablation=AblationConfig(n_train=args.ablation_train, n_val=args.ablation_val, search=_search(args, lazy=True),
-                                seed=args.seed),
+        ablation=_attacker_config(args),
         utility_file=args.utility_file, seed=args.seed,
         lm_eval=LMEvalConfig(tasks=tuple(t.strip() for t in args.lm_eval_tasks.split(",") if t.strip()),
                              limit=args.lm_eval_limit, include_path=args.lm_eval_include,
@@ -227,6 +250,21 @@ def cmd_evaluate(args) -> None:
                        load=lambda spec: load_model(spec.model, adapter=spec.adapter, device=args.device))
     print(format_table(results))
     print(f"run folder: {args.out} (results.json, table.md, responses.json, figures/rates.html, cache/)")
+
+
+def cmd_adaptive_attack(args) -> None:
+    """`failclosed adaptive-attack`."""
+    from failclosed_interp.attacks import adaptive_attack_job
+    from failclosed_interp.evaluate import EvalConfig, make_judge
+
+    result = adaptive_attack_job(_load(args), args.out, _attacker_config(args), make_judge(EvalConfig(judge=args.judge)),
+                                 n_harmful=args.n_harmful, max_new_tokens=args.max_new_tokens, responses=args.responses,
+                                 about={"model": args.model, "adapter": str(args.adapter) if args.adapter else None})
+    for o in result.outcomes:
+        d = o.direction
+        where = "no direction (none fits)" if d is None else f"{d.method} layer {d.layer} position {d.position}, KL {d.scores['kl']:.3f}"
+        print(f"KL <= {o.kl_budget:g}: {where}; refusal {o.refusal:.2f}, compliance {o.compliance:.2f}")
+    print(f"written to {args.out}")
 
 
 def cmd_audit(args) -> None:
@@ -327,9 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair-attacker-tokens", type=int, default=128, help="tokens the attacker writes per prompt")
     p.add_argument("--templates", help="human jailbreak templates file (default: the built-in set)")
     p.add_argument("--human-templates", type=int, help="templates tried per prompt (default: all)")
-    p.add_argument("--ablation-train", type=int, default=64, help="train prompts per set for the attacker's DIM")
-    p.add_argument("--ablation-val", type=int, default=16, help="validation prompts per set for its selection")
-    _positions_arg(p)  # the ablation attacker's direction search
+    _attacker_args(p)
     p.add_argument("--utility-file", help="held-out prompt/answer pairs (CSV/JSON) for perplexity")
     p.add_argument("--lm-eval-tasks", help="also run these lm-evaluation-harness tasks, comma-separated, e.g. "
                    "arc_easy,hellaswag (needs the lm-eval extra and the tasks' data)")
@@ -340,6 +376,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     _judge_parsers(sub)
+
+    p = sub.add_parser("adaptive-attack", help="white-box adaptive ablation attack with its own prompts and search: "
+                                               "refusal and compliance per KL budget on built-in harmful test prompts")
+    _model_args(p)
+    p.add_argument("--out", type=Path, required=True, help="JSON file for the budget curve (no responses)")
+    p.add_argument("--responses", type=Path, help="also write the whole result, every response included, here")
+    p.add_argument("--n-harmful", type=int, default=70, help="built-in harmful TEST prompts attacked (default 70)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens judged per response (>= 64)")
+    p.add_argument("--judge", choices=list(JUDGE_NAMES), default=DEFAULT_JUDGE)
+    _attacker_args(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_adaptive_attack)
 
     p = sub.add_parser("audit", help="independence audit: how many independent refusal pathways; fail-open or fail-closed")
     _model_args(p)

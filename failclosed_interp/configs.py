@@ -1,19 +1,23 @@
-"""JSON round-trips for the frozen per-stage config dataclasses (nested configs, tuples as lists)."""
+"""JSON round-trips for the frozen per-stage config dataclasses (nested configs, tuples as lists, infinite
+floats as "inf" / "-inf", which JSON cannot hold, read back as floats where the field holds floats)."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 
 
 def config_to_dict(config) -> dict:
-    """A JSON-ready dict: nested dataclasses become dicts, tuples become lists."""
+    """A JSON-ready dict: nested dataclasses become dicts, tuples become lists, infinities strings."""
 
     def plain(value):
         if dataclasses.is_dataclass(value):
             return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         if isinstance(value, (tuple, list)):
             return [plain(v) for v in value]
+        if isinstance(value, float) and math.isinf(value):
+            return "inf" if value > 0 else "-inf"
         return value
 
     return plain(config)
@@ -32,7 +36,9 @@ def config_from_dict(cls, data: dict):
         if isinstance(value, dict) and nested:
             value = config_from_dict(nested[0], value)
         elif isinstance(value, list):
-            value = tuple(value)
+            value = tuple(_infinity(v, hints[key]) for v in value)
+        else:
+            value = _infinity(value, hints[key])
         values[key] = value
     return cls(**values)
 
@@ -48,3 +54,8 @@ class JsonConfig:
     def from_dict(cls, data: dict):
         """The config `to_dict` wrote; unknown keys are an error that lists the known ones."""
         return config_from_dict(cls, data)
+
+
+def _infinity(value, hint):
+    """float("inf") for the "inf" / "-inf" that config_to_dict wrote for a float field; anything else as is."""
+    return float(value) if value in ("inf", "-inf") and "float" in str(hint) else value

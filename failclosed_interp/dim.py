@@ -14,7 +14,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from failclosed_interp.activations import check_positions, mean_activations
+from failclosed_interp.activations import check_layer_choice, check_positions, mean_activations
 from failclosed_interp.artifacts import write_json
 from failclosed_interp.chat import post_instruction_positions
 from failclosed_interp.configs import JsonConfig
@@ -73,9 +73,7 @@ class DirectionConfig(JsonConfig):
         if self.positions is not None:
             object.__setattr__(self, "positions", check_positions(self.positions))
         if self.layers is not None:
-            object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
-            if not self.layers or min(self.layers) < 0 or len(set(self.layers)) != len(self.layers):
-                raise ValueError(f"layers must be distinct layer indices >= 0 (or None for all), got {self.layers}")
+            object.__setattr__(self, "layers", check_layer_choice(self.layers))
         if not 0 <= self.exclude_last_fraction < 1:
             raise ValueError(f"exclude_last_fraction must be in [0, 1) (0.2 drops the last 20% of layers), got {self.exclude_last_fraction}")
         _check_thresholds("DirectionConfig", self.kl_threshold, self.induce_threshold)

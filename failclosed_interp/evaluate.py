@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 
 from failclosed_interp.artifacts import atomic_write, read_json, write_json
 from failclosed_interp.attacks import (
-    GCG, MIN_JUDGED_TOKENS, PAIR, AblationConfig, Attack, AttackResult, AutoDAN, AutoDANConfig, DirectionAblation,
-    GCGConfig, HumanTemplates, PAIRConfig, builtin_prototype, load_templates,
+    GCG, MIN_JUDGED_TOKENS, PAIR, AdaptiveAttackConfig, Attack, AttackResult, AutoDAN, AutoDANConfig, DirectionAblation,
+    GCGConfig, HumanTemplates, PAIRConfig, budget_curve, builtin_prototype, load_templates,
 )
 from failclosed_interp.configs import config_to_dict
 from failclosed_interp.generation import GenerationConfig
@@ -97,7 +97,7 @@ class EvalConfig:
     pair: PAIRConfig = field(default_factory=PAIRConfig)
     templates_file: str | None = None  # None: the built-in human templates
     human_templates: int | None = None  # templates tried per prompt; None: all
-    ablation: AblationConfig = field(default_factory=AblationConfig)
+    ablation: AdaptiveAttackConfig = field(default_factory=AdaptiveAttackConfig)
     utility_file: str | None = None
     lm_eval: LMEvalConfig | None = None  # optional lm-evaluation-harness tasks, a utility column each
     batch_size: int = 16
@@ -283,6 +283,8 @@ def evaluate(
             results = _attack(attack, harmful, cache, folder, model, judge, config, progress)
             records[attack.name] = [r.to_dict() for r in results]
             row["asr"][attack.name] = wilson_rate([float(r.success) for r in results])
+            if isinstance(attack, DirectionAblation):  # its ASR is one point of this curve (report_budget)
+                row["ablation_budgets"] = budget_curve(results)
         for kind, prompts in compliance_sets.items():
             folder = cache.unit(f"compliance-{kind}", {**common, "batch_size": config.batch_size})
             answered = _compliance(prompts, cache, folder, model, judge, config, progress)
@@ -382,6 +384,7 @@ def _results(rows: dict, names: list[str], harmful: list[str], config: EvalConfi
             label: {
                 "spec": row["spec"],
                 "asr": {n: rate(r) for n, r in row["asr"].items()},
+                "ablation_budgets": row.get("ablation_budgets"),
                 "average_asr": rate(row["average_asr"]) if "average_asr" in row else None,
                 "compliance": {k: rate(r) for k, r in row["compliance"].items()},
                 "utility": row["utility"],
@@ -429,6 +432,10 @@ def format_table(results: dict) -> str:
         f"Utility: perplexity of {results['n_utility_answers']} held-out reference answers given their prompts; lower is better.",
         "Budgets: see results.json (`budgets`).",
     ]
+    if "ablation" in names:
+        kl = results["budgets"]["ablation"]["report_budget"]
+        notes.insert(2, f"ASR {ATTACK_LABELS['ablation']}: the adaptive attacker's direction ablated, chosen within KL <= {kl} "
+                        "on harmless prompts; every KL budget's refusal and compliance: results.json (`ablation_budgets`).")
     if tasks:
         limit = (results.get("lm_eval") or {}).get("limit")
         notes.insert(-1, f"lm-eval: each task's headline metric (lm-evaluation-harness"

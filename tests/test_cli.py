@@ -127,10 +127,9 @@ def test_fallback_selection_options():
         _search(build_parser().parse_args(["directions", "--out", "d", "--fallback-induce-threshold", "0"]))
 
 
-def test_evaluate_passes_the_selection_options_to_the_ablation_attacker(tmp_path, monkeypatch):
+def test_evaluate_passes_its_options_to_the_ablation_attacker(tmp_path, monkeypatch):
     import importlib
-
-    from failclosed_interp.dim import FallbackRules
+    import math
 
     evaluate_module = importlib.import_module("failclosed_interp.evaluate")  # the module, not the function
 
@@ -138,6 +137,9 @@ def test_evaluate_passes_the_selection_options_to_the_ablation_attacker(tmp_path
     monkeypatch.setattr(evaluate_module, "evaluate", lambda specs, out, config, **kw: seen.setdefault("config", config) and [])
     monkeypatch.setattr(evaluate_module, "format_table", lambda results: "")
     main(["evaluate", "--no-base", "--adapter", f"m={tmp_path}", "--attacks", "ablation", "--positions", "-1",
-          "--fallback-kl-threshold", "0.3", "--out", str(tmp_path / "e")])
-    search = seen["config"].ablation.search
-    assert search.positions == (-1,) and search.lazy and search.fallback == FallbackRules(kl_threshold=0.3)
+          "--kl-budgets", "0.05,inf", "--report-budget", "0.05", "--rdo-steps", "0", "--n-fit", "10",
+          "--out", str(tmp_path / "e")])
+    attacker = seen["config"].ablation
+    assert attacker.positions == (-1,) and attacker.kl_budgets == (0.05, math.inf) and attacker.report_budget == 0.05
+    assert attacker.rdo_steps == 0 and attacker.n_fit == 10
+    assert main(["evaluate", "--no-base", "--attacks", "ablation", "--kl-budgets", "0.1,lots", "--out", str(tmp_path)]) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 
@@ -13,6 +14,10 @@ from failclosed_interp.prompts import KINDS, PromptSet, builtin, load_hf_dataset
 def _set(instructions, categories=None, name="t") -> PromptSet:
     categories = categories if categories is not None else [""] * len(instructions)
     return PromptSet(instructions=tuple(instructions), categories=tuple(categories), name=name)
+
+
+ATTACK_KINDS = ("harmful", "harmless")
+HELD_OUT_SIZES = {"harmful": (42, 70), "harmless": (36, 72)}  # (val, test)
 
 
 # --- built-in sets ---------------------------------------------------------------------------
@@ -30,13 +35,29 @@ def test_builtin_sizes_and_categories():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_builtin_splits_are_disjoint_and_cover_all(kind):
-    splits = {s: set(builtin(kind, s)) for s in ("train", "val", "test")}
+    names = ("train", "val", "test", "attack") if kind in ATTACK_KINDS else ("train", "val", "test")
+    splits = {s: set(builtin(kind, s)) for s in names}
     assert all(splits.values())
-    assert not splits["train"] & splits["val"]
-    assert not splits["train"] & splits["test"]
-    assert not splits["val"] & splits["test"]
-    assert splits["train"] | splits["val"] | splits["test"] == set(builtin(kind, "all"))
+    for a, b in itertools.combinations(names, 2):
+        assert not splits[a] & splits[b], f"{kind}: splits {a} and {b} share prompts"
+    assert set().union(*splits.values()) == set(builtin(kind, "all"))
     assert builtin(kind, "train").name == f"{kind}/train"
+
+
+@pytest.mark.parametrize("kind", ATTACK_KINDS)
+def test_the_attack_split_covers_every_category_and_leaves_the_held_out_splits_alone(kind):
+    attack, train = builtin(kind, "attack"), builtin(kind, "train")
+    assert 36 <= len(attack) <= 44 and len(train) >= 100
+    per_category = Counter(attack.categories)
+    assert set(per_category) == set(train.categories)  # carved out of train, stratified
+    assert max(per_category.values()) - min(per_category.values()) <= 1
+    # val and test keep the sizes every earlier evaluation used, so figures stay comparable
+    assert (len(builtin(kind, "val")), len(builtin(kind, "test"))) == HELD_OUT_SIZES[kind]
+
+
+def test_borderline_has_no_attack_split():
+    with pytest.raises(ValueError, match=r"borderline set has no 'attack' split; choose one of \['test', 'train', 'val'\]"):
+        builtin("borderline", "attack")
 
 
 def test_no_instruction_in_two_builtin_sets():
@@ -47,7 +68,7 @@ def test_no_instruction_in_two_builtin_sets():
 def test_builtin_rejects_unknown_kind_and_split():
     with pytest.raises(ValueError, match=r"unknown built-in prompt set 'harmfull'.*'harmful', 'harmless', 'borderline'"):
         builtin("harmfull")
-    with pytest.raises(ValueError, match=r"unknown split 'dev'.*'train', 'val', 'test', 'all'"):
+    with pytest.raises(ValueError, match=r"unknown split 'dev'.*'train', 'val', 'test', 'attack', 'all'"):
         builtin("harmful", "dev")
 
 

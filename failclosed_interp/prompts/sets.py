@@ -1,5 +1,7 @@
 """`PromptSet`, an immutable list of instructions with categories, and the built-in sets shipped
-with the package (harmful / harmless / borderline, each with fixed train/val/test splits)."""
+with the package (harmful / harmless / borderline, each with fixed train/val/test splits; harmful and
+harmless also hold an `attack` split that only the adaptive attacker reads, so what it finds never comes
+from prompts the defender trained or searched on)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from functools import lru_cache
 from importlib import resources
 
 KINDS = ("harmful", "harmless", "borderline")
-SPLITS = ("train", "val", "test", "all")
+SPLITS = ("train", "val", "test", "attack", "all")
 
 
 @dataclass(frozen=True)
@@ -96,12 +98,16 @@ class PromptSet:
 
 def builtin(kind: str, split: str = "all") -> PromptSet:
     """A built-in prompt set. kind: "harmful", "harmless" or "borderline"; split: "train", "val",
-    "test" or "all". (Plain str annotations so bad values reach our ValueError, also under beartype.)"""
+    "test", "attack" (harmful and harmless only: the adaptive attacker's own prompts) or "all".
+    (Plain str annotations so bad values reach our ValueError, also under beartype.)"""
     if kind not in KINDS:
         raise ValueError(f"unknown built-in prompt set {kind!r}; choose one of {list(KINDS)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {list(SPLITS)}")
     rows = [r for r in _read_builtin(kind) if split == "all" or r["split"] == split]
+    if not rows:
+        present = sorted({r["split"] for r in _read_builtin(kind)})
+        raise ValueError(f"the built-in {kind} set has no {split!r} split; choose one of {present} or 'all'")
     return PromptSet(
         instructions=tuple(r["instruction"] for r in rows),
         categories=tuple(r["category"] for r in rows),
