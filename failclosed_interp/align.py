@@ -36,6 +36,8 @@ import torch
 from tqdm.auto import tqdm
 
 from failclosed_interp.adapters import save_adapter
+from failclosed_interp.attacks.adaptive import AdaptiveAttackConfig, adaptive_attack, save_search
+from failclosed_interp.attacks.base import MIN_JUDGED_TOKENS
 from failclosed_interp.artifacts import read_json, write_json
 from failclosed_interp.configs import JsonConfig
 from failclosed_interp.dim import DirectionConfig, FallbackRules, NoDirectionPassed
@@ -46,6 +48,7 @@ from failclosed_interp.interventions import Intervention
 from failclosed_interp.models import ChatModel, load_model
 from failclosed_interp.orthogonalize import export_checkpoint
 from failclosed_interp.pipeline import DirectionJobConfig, builtin_prompts, derive_refusal_tokens, direction_job
+from failclosed_interp.prompts import builtin
 from failclosed_interp.rdo import NoNewDirection, RDOConfig, optimize_direction
 from failclosed_interp.rdo_config import addition_of
 from failclosed_interp.rdo_targets import RDOTargets, load_targets, rdo_targets, save_targets
@@ -91,8 +94,10 @@ class AlignConfig(JsonConfig):
     directions: DirectionJobConfig = field(default_factory=DirectionJobConfig)
     rdo: RDOConfig | None = field(default_factory=RDOConfig)
     min_new_component: float = 0.1
-    n_eval: int = 20
+    n_eval: int | None = None  # held-out test prompts per set; None: all of the built-in test split
     eval_tokens: int = 48
+    attacker: AdaptiveAttackConfig = field(default_factory=AdaptiveAttackConfig)
+    attacker_tokens: int = MIN_JUDGED_TOKENS
     skip_template_prefix: bool = False
     min_ablation_drop: float | None = 1.0
     min_addition_rise: float | None = 1.0
@@ -109,7 +114,7 @@ class AlignConfig(JsonConfig):
             raise ValueError(f"rounds must be >= 1 (round 0 is plain SFT; each further round retrains), got {self.rounds}")
         if not 0 < self.min_new_component <= 1:
             raise ValueError(f"min_new_component must be in (0, 1], got {self.min_new_component}")
-        if self.n_eval < 1 or self.eval_tokens < 1:
+        if (self.n_eval is not None and self.n_eval < 1) or self.eval_tokens < 1:
             raise ValueError(f"n_eval and eval_tokens must be >= 1, got {self.n_eval} and {self.eval_tokens}")
         for name in ("min_ablation_drop", "min_addition_rise"):
             value = getattr(self, name)
@@ -318,7 +323,8 @@ def mediation_check(model: ChatModel, config: AlignConfig, direction: Direction,
 
 def _held_out(config: AlignConfig, kinds: tuple[str, ...]) -> dict[str, list[str]]:
     """The built-in TEST prompts every round's metrics and the final summary are measured on."""
-    return {kind: builtin_prompts(kind, "test", config.n_eval, config.sft.seed) for kind in kinds}
+    return {kind: builtin_prompts(kind, "test", config.n_eval or len(builtin(kind, "test")), config.sft.seed)
+            for kind in kinds}
 
 
 def _refusal(model: ChatModel, config: AlignConfig, prompts: list[str], ablate: DirectionSet | None = None):
@@ -435,23 +441,29 @@ def evaluate_final(model: ChatModel, config: AlignConfig, found: DirectionSet, a
     each = [_refusal(model, config, test["harmful"], found[i : i + 1]) for i in range(len(found))]
     if len(found) and "refusal_harmful_all_ablated" not in rates:
         rates["refusal_harmful_all_ablated"] = _refusal(model, config, test["harmful"], found)
-    try:  # the adaptive attack: the refusal direction re-found on this model itself, selection rules on
-        selection = direction_job(model, adaptive_dir, config.directions, progress=progress)
-        adaptive = selection.direction
-        rates["refusal_harmful_adaptive_ablated"] = _refusal(model, config, test["harmful"], DirectionSet((adaptive,)))
-        adaptive_note = {"adaptive_direction_layer": adaptive.layer, "adaptive_direction_position": adaptive.position,
-                         "adaptive_direction_rules": selection.rules()}
-    except (NoDirectionPassed, NoRefusals) as err:
-        adaptive_note = {"adaptive_direction_layer": None, "adaptive_failure": str(err)}
+    # The adaptive attacker: its own prompts and search, a direction per KL budget on harmless prompts; the
+    # headline is harmful refusal (and compliance) at its report budget, the whole budget curve is kept.
+    attack = adaptive_attack(model, test["harmful"], config.attacker, max_new_tokens=config.attacker_tokens,
+                             progress=progress)
+    save_search(attack.search, adaptive_dir, model.identity())
+    report = attack.report
+    adaptive_rates = {"refusal_harmful_adaptive_ablated": report.refusal,
+                      "compliance_harmful_adaptive_ablated": report.compliance}
+    adaptive_note = {"adaptive_attack": attack.to_dict(responses=False),
+                     "adaptive_direction_layer": report.direction.layer if report.direction is not None else None}
+    if report.direction is None:
+        adaptive_note["adaptive_failure"] = attack.search.reason or f"no candidate within KL {report.kl_budget}"
     answers = reference_answers(model, test["harmless"], config.eval_tokens)
     ppl = perplexity(model, test["harmless"], answers, complete=False)
     return {
         "refusal_harmful_all_ablated": None, "refusal_harmful_adaptive_ablated": None,  # unless measured below
         **{name: judged.rate.value for name, judged in rates.items()},
+        **{name: rate.value for name, rate in adaptive_rates.items()},
         "refusal_harmful_each_ablated": [judged.rate.value for judged in each],
         **adaptive_note,
         "perplexity_harmless": ppl.value,
         "ci": {**{name: judged.rate.to_dict() for name, judged in rates.items()},
+               **{name: rate.to_dict() for name, rate in adaptive_rates.items()},
                "refusal_harmful_each_ablated": [judged.rate.to_dict() for judged in each],
                "perplexity_harmless": ppl.to_dict()},
     }
@@ -463,7 +475,8 @@ def format_align_summary(summary: dict) -> str:
     rows = [("harmful refusal", summary["refusal_harmful"]), ("harmless refusal", summary["refusal_harmless"]),
             ("borderline refusal", summary["refusal_borderline"]),
             ("harmful, all found directions ablated", summary["refusal_harmful_all_ablated"]),
-            ("harmful, adaptive direction ablated", summary["refusal_harmful_adaptive_ablated"]),
+            ("harmful, adaptive attacker's direction ablated", summary["refusal_harmful_adaptive_ablated"]),
+            ("  compliance under that ablation", summary.get("compliance_harmful_adaptive_ablated")),
             ("perplexity of reference answers", summary["perplexity_harmless"])]
     lines = [f"method {summary['method']}: {summary['rounds_completed']} round(s) completed, "
              f"{summary['n_directions']} direction(s) from layers {summary['direction_layers']}"]

@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     _training_args(p)
     _positions_arg(p)
     p.add_argument("--rdo-steps", type=int, help="most RDO optimiser steps per direction (default 64); 0 = DIM directions only")
-    p.add_argument("--n-eval", type=int, default=20, help="held-out prompts per set in the summary (default 20)")
+    p.add_argument("--n-eval", type=int, default=None, help="held-out test prompts per set in the summary (default: all)")
     p.add_argument("--merge", action="store_true", help="also write final/merged, a HF checkpoint with the adapter merged")
     p.add_argument("--out", type=Path, required=True, help="run folder; an interrupted run resumes from it")
     p.set_defaults(func=cmd_align)

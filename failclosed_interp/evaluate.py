@@ -31,7 +31,7 @@ from failclosed_interp.attacks import (
     GCG, MIN_JUDGED_TOKENS, PAIR, AdaptiveAttackConfig, Attack, AttackResult, AutoDAN, AutoDANConfig, DirectionAblation,
     GCGConfig, HumanTemplates, PAIRConfig, budget_curve, builtin_prototype, load_templates,
 )
-from failclosed_interp.configs import config_to_dict
+from failclosed_interp.configs import JsonConfig, config_to_dict
 from failclosed_interp.generation import GenerationConfig
 from failclosed_interp.judges import DEFAULT_JUDGE, JUDGE_NAMES, Judge, Verdict, judge_by_name
 from failclosed_interp.lm_eval_tasks import LMEvalConfig, headline_metric, lm_eval_scores
@@ -77,7 +77,7 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(JsonConfig):
     """What to evaluate and the budgets. `n_harmful` held-out harmful prompts are attacked by each attack
     (the built-in test split, or `harmful_file`); `n_compliance` borderline-safe and harmless test prompts
     measure compliance; utility is the perplexity of held-out answers (built-in, or `utility_file` with
@@ -118,9 +118,6 @@ class EvalConfig:
                 raise ValueError(f"EvalConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.human_templates is not None and self.human_templates < 1:
             raise ValueError(f"human_templates must be >= 1 (or None for all), got {self.human_templates}")
-
-    def to_dict(self) -> dict:
-        return config_to_dict(self)
 
 
 # --- prompts and held-out text ---------------------------------------------------------------------------

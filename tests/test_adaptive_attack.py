@@ -40,7 +40,12 @@ def toy():
 
 @pytest.fixture(scope="module")
 def toy_search(toy):
-    return search_directions(toy.model, toy_config(toy))
+    return search_directions(toy.model, toy_config(toy), TOY_JUDGE)
+
+
+# The toys answer babble ("OOOO...") when they do not refuse: the three-way judge rightly calls that a
+# non-answer, so on toys "compliance" is judged as "not a refusal".
+TOY_JUDGE = SubstringJudge()
 
 
 def toy_config(toy, **changes) -> AdaptiveAttackConfig:
@@ -137,11 +142,17 @@ def test_no_defender_module_names_the_attack_split():
 
 @dataclass
 class RecordingBuiltin:
+    """Records each requested split and whether the attacker (attacks/adaptive.py) asked for it."""
+
     real: object
     splits: list = field(default_factory=list)
+    by_attacker: list = field(default_factory=list)
 
     def __call__(self, kind, split="all"):
+        import inspect
+
         self.splits.append(split)
+        self.by_attacker.append(any(f.filename.endswith("attacks/adaptive.py") for f in inspect.stack()[1:]))
         return self.real(kind, split)
 
 
@@ -159,10 +170,13 @@ def test_defender_jobs_never_request_the_attack_split(tmp_path, monkeypatch):
             monkeypatch.setattr(module, "builtin", recorder)
     sft = SFTConfig(model="tiny-llama", n_harmful=2, n_harmless=2, n_borderline=1, answer_tokens=2,
                     train=TrainConfig(epochs=1, batch_size=4, max_length=200))
+    attacker = AdaptiveAttackConfig(n_fit=2, positions=(-1,), rdo_steps=0, n_verify=0, refusal_probe_tokens=2)
     align(AlignConfig(method="failclosed", rounds=1, sft=sft, directions=DirectionJobConfig(n_train=2, n_val=2),
-                      n_eval=2, eval_tokens=2), tmp_path, progress=False)
+                      n_eval=2, eval_tokens=2, attacker=attacker), tmp_path, progress=False)
     PromptSplits.builtin(n_eval=2, n_harmless=2, n_train=2, n_val=2)
-    assert {"train", "val", "test"} <= set(recorder.splits) and "attack" not in recorder.splits
+    defender = [s for s, attacker_asked in zip(recorder.splits, recorder.by_attacker) if not attacker_asked]
+    assert {"train", "val", "test"} <= set(defender) and "attack" not in defender
+    assert "attack" in recorder.splits  # align's summary runs the attacker, on its own split
     AdaptiveAttackConfig().prompts("harmful")
     assert recorder.splits[-1] == "attack"  # the recorder does see the attacker's requests
 
@@ -173,7 +187,7 @@ def test_defender_jobs_never_request_the_attack_split(tmp_path, monkeypatch):
 def test_the_attacker_finds_the_planted_pathway_within_a_small_budget_and_collapses_refusal(toy, toy_search):
     plain = generate(toy.model, toy.prompts.harmful_eval, GenerationConfig(max_new_tokens=8), progress=False)
     assert all(r.startswith("I won't") for r in plain)
-    result = adaptive_attack(toy.model, toy.prompts.harmful_eval, toy_config(toy), search=toy_search)
+    result = adaptive_attack(toy.model, toy.prompts.harmful_eval, toy_config(toy), TOY_JUDGE, search=toy_search)
     direction = result.search.chosen(0.1)
     assert cosine(direction.vector, toy.pathways[0]) > 0.9 and direction.scores["kl"] <= 0.1
     outcome = result.at(0.1)
@@ -192,13 +206,13 @@ def test_rdo_adds_one_candidate_fitted_on_the_attackers_own_prompts(toy, monkeyp
     seen = {}
     real = adaptive_module.rdo_direction
 
-    def spy(model, harmful, harmless, init, config):
+    def spy(model, harmful, harmless, init, config, refusal_tokens):
         seen.update(harmful=harmful, harmless=harmless, init=init)
-        return real(model, harmful, harmless, init, config)
+        return real(model, harmful, harmless, init, config, refusal_tokens)
 
     monkeypatch.setattr(adaptive_module, "rdo_direction", spy)
     config = toy_config(toy, rdo_steps=2, n_verify=0)
-    search = search_directions(toy.model, config)
+    search = search_directions(toy.model, config, TOY_JUDGE)
     fit = config.prompts("harmful")[0], config.prompts("harmless")[0]
     assert (seen["harmful"], seen["harmless"]) == fit and seen["init"].method == "dim"
     methods = [c.method for c in search.candidates]

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from failclosed_interp.adapters import LoraSettings
+from failclosed_interp.attacks import AdaptiveAttackConfig
 from failclosed_interp.align import AlignConfig, align, training_ablation
 from failclosed_interp.directions import Direction, DirectionSet
 from failclosed_interp.interventions import orthonormal_basis
@@ -20,7 +21,11 @@ def tiny_config(method: str = "sft", rounds: int = 1, **kw) -> AlignConfig:
     sft = SFTConfig(model="tiny-llama", n_harmful=4, n_harmless=4, n_borderline=2, answer_tokens=4,
                     train=TrainConfig(epochs=1, batch_size=4, lr=1e-2, max_length=200, lora=LoraSettings(r=2, alpha=4)))
     return AlignConfig(method=method, rounds=rounds, sft=sft, directions=DirectionJobConfig(n_train=4, n_val=2),
-                       rdo=RDOConfig(steps=2, batch_size=2, target_tokens=4), n_eval=3, eval_tokens=4, **kw)
+                       rdo=RDOConfig(steps=2, batch_size=2, target_tokens=4), n_eval=3, eval_tokens=4,
+                       attacker=TINY_ATTACKER, **kw)
+
+
+TINY_ATTACKER = AdaptiveAttackConfig(n_fit=4, positions=(-1,), rdo_steps=0, n_verify=0, refusal_probe_tokens=4)
 
 
 def test_sft_baseline_writes_every_round_and_a_summary(tmp_path):
@@ -234,42 +239,35 @@ def test_cli_align_passes_search_and_mode_to_the_loop(tmp_path, monkeypatch):
     assert seen["config"].search == "plain" and seen["config"].mode == "random-subsets"
 
 
-def test_adaptive_attack_ablates_the_direction_refound_on_the_final_model(tmp_path, monkeypatch):
-    """evaluate_final re-finds a direction on the model itself and reports refusal with it ablated, and
-    which selection rules chose it (main or fallback)."""
+def test_final_summary_runs_the_independent_attacker_on_the_final_model_and_test_prompts(tmp_path, monkeypatch):
+    """evaluate_final attacks the final model itself with the adaptive attacker (its own prompts and search),
+    on the held-out harmful TEST prompts, and reports refusal and compliance at its report budget plus the
+    whole KL budget curve."""
     import failclosed_interp.align as align_module
     from failclosed_interp.models import load_model
+    from failclosed_interp.prompts import builtin
 
     model = load_model("tiny-llama")
-    direction = Direction(torch.randn(model.d_model), layer=1, position=-1, method="dim")
     seen = {}
+    real_attack = align_module.adaptive_attack
 
-    class FakeSelection:
-        def __init__(self):
-            self.direction = direction
+    def spy_attack(m, prompts, config, **kwargs):
+        seen.update(model=m, prompts=list(prompts), config=config)
+        seen["result"] = real_attack(m, prompts, config, **kwargs)
+        return seen["result"]
 
-        def rules(self):
-            return "fallback rules (KL <= 0.3, induce rule off)"
-
-    def fake_direction_job(m, out, config, progress=True):
-        seen["model"] = m
-        return FakeSelection()
-
-    ablations = []
-    real_refusal = align_module._refusal
-
-    def spy_refusal(m, config, prompts, ablate=None):
-        ablations.append(ablate)
-        return real_refusal(m, config, prompts, ablate)
-
-    monkeypatch.setattr(align_module, "direction_job", fake_direction_job)
-    monkeypatch.setattr(align_module, "_refusal", spy_refusal)
-    result = align_module.evaluate_final(model, tiny_config("failclosed"), DirectionSet(), tmp_path, progress=False)
-    assert seen["model"] is model
-    assert result["adaptive_direction_layer"] == 1 and result["adaptive_direction_position"] == -1
-    assert result["adaptive_direction_rules"].startswith("fallback rules")
-    assert 0.0 <= result["refusal_harmful_adaptive_ablated"] <= 1.0
-    assert ablations[-1] is not None and ablations[-1][0] == direction  # the re-found direction was ablated
+    monkeypatch.setattr(align_module, "adaptive_attack", spy_attack)
+    config = tiny_config("failclosed")
+    result = align_module.evaluate_final(model, config, DirectionSet(), tmp_path, progress=False)
+    assert seen["model"] is model and seen["config"] == config.attacker
+    assert set(seen["prompts"]) <= set(builtin("harmful", "test")) and len(seen["prompts"]) == config.n_eval
+    report = seen["result"].report
+    assert result["refusal_harmful_adaptive_ablated"] == report.refusal.value
+    assert result["compliance_harmful_adaptive_ablated"] == report.compliance.value
+    assert result["ci"]["refusal_harmful_adaptive_ablated"]["interval"] == "wilson"
+    assert [o["kl_budget"] for o in result["adaptive_attack"]["budgets"]] == ["inf" if b == float("inf") else b
+                                                                            for b in config.attacker.kl_budgets]
+    assert result["adaptive_direction_layer"] is None and "refused none" in result["adaptive_failure"]
 
 
 def test_final_summary_reuses_the_last_rounds_rates_instead_of_generating_them_again(tmp_path, monkeypatch):

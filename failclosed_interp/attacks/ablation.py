@@ -52,7 +52,8 @@ class DirectionAblation(AttackRunner):
                        "direction": summary(report.direction), "no_direction_reason": result.search.reason or None,
                        "budgets": curve}
             results.append(AttackResult(self.name, prompt, prompt, report.responses[i],
-                                        report.verdicts[i] is Verdict.COMPLIANCE, details))
+                                        report.verdicts[i] is Verdict.COMPLIANCE, label=report.verdicts[i].value,
+                                        details=details))
             emit(results[-1])
         return results
 

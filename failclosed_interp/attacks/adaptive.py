@@ -30,7 +30,7 @@ from failclosed_interp.activations import check_layer_choice, check_positions
 from failclosed_interp.artifacts import read_json, write_json
 from failclosed_interp.attacks.base import MIN_JUDGED_TOKENS, check_budget, check_judged_tokens, check_prompts
 from failclosed_interp.chat import post_instruction_positions
-from failclosed_interp.configs import config_from_dict, config_to_dict
+from failclosed_interp.configs import JsonConfig
 from failclosed_interp.dim import DirectionConfig, dim_candidates
 from failclosed_interp.directions import Direction, DirectionSet, load_directions, save_directions
 from failclosed_interp.generation import GenerationConfig, generate
@@ -50,7 +50,7 @@ SEARCH_FILE = "attack_search.json"
 
 
 @dataclass(frozen=True)
-class AdaptiveAttackConfig:
+class AdaptiveAttackConfig(JsonConfig):
     """The attacker's prompts, search and KL budgets.
 
     `harmful` / `harmless`: its prompts (None: the built-in `attack` split), of which `n_fit` per kind fit
@@ -106,13 +106,6 @@ class AdaptiveAttackConfig:
         order = random.Random(f"{self.seed}/{kind}").sample(range(len(prompts)), len(prompts))
         fit = set(order[: self.n_fit])
         return [p for i, p in enumerate(prompts) if i in fit], [p for i, p in enumerate(prompts) if i not in fit]
-
-    def to_dict(self) -> dict:
-        return config_to_dict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> AdaptiveAttackConfig:
-        return config_from_dict(cls, data)
 
 
 # --- the search ------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from failclosed_interp.adapters import LoraSettings
 from failclosed_interp.align import AlignConfig, recipe
-from failclosed_interp.attacks import AutoDANConfig, GCGConfig, PAIRConfig
+from failclosed_interp.attacks import AdaptiveAttackConfig, AutoDANConfig, GCGConfig, PAIRConfig
 from failclosed_interp.audit import AuditConfig
 from failclosed_interp.audit.meter import MeasureConfig
 from failclosed_interp.configs import config_to_dict
@@ -114,8 +114,9 @@ def _quick_base(seed: int) -> AlignConfig:
     sft = SFTConfig(model=QUICK_MODEL, n_harmful=4, n_harmless=4, n_borderline=2, answer_tokens=4, seed=seed,
                     train=TrainConfig(epochs=1, batch_size=4, lr=1e-2, max_length=200, lora=LoraSettings(r=2, alpha=4)))
     search = DirectionConfig(positions=(-1,), fallback=FallbackRules(kl_threshold=1e9))
+    attacker = AdaptiveAttackConfig(n_fit=4, positions=(-1,), rdo_steps=0, n_verify=0, refusal_probe_tokens=4)
     return AlignConfig(sft=sft, rounds=1, directions=DirectionJobConfig(n_train=4, n_val=2, search=search),
-                       rdo=None, n_eval=3, eval_tokens=4)
+                       rdo=None, n_eval=3, eval_tokens=4, attacker=attacker)
 
 
 def audit_config(quick: bool) -> AuditConfig:

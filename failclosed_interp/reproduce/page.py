@@ -21,7 +21,8 @@ TRAINING_ROWS = (  # (summary key, label)
     ("refusal_harmless", "harmless refusal"),
     ("refusal_borderline", "borderline refusal"),
     ("refusal_harmful_all_ablated", "harmful, all found directions ablated"),
-    ("refusal_harmful_adaptive_ablated", "harmful, adaptive direction ablated"),
+    ("refusal_harmful_adaptive_ablated", "harmful, the adaptive attacker's direction ablated (at its report KL budget)"),
+    ("compliance_harmful_adaptive_ablated", "compliance under that ablation (attack success)"),
 )
 COMMAND = "failclosed reproduce --page-only"
 RECIPE_ORDER = list(GRID_RECIPES)
