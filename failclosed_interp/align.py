@@ -431,7 +431,7 @@ def _finish(model: ChatModel, config: AlignConfig, out: Path, found: DirectionSe
 
 def evaluate_final(model: ChatModel, config: AlignConfig, found: DirectionSet, adaptive_dir: Path, progress: bool,
                    measured: dict[str, JudgedResponses] | None = None) -> dict:
-    """The summary figures of issue 3 on held-out built-in TEST prompts. `measured`: rates already judged
+    """The final summary figures on held-out built-in TEST prompts. `measured`: rates already judged
     on this model with these settings (`_round_metrics`), not generated again."""
     test = _held_out(config, ("harmful", "harmless", "borderline"))
     rates = dict(measured or {})
