@@ -91,9 +91,14 @@ def _training_section(results: dict[str, dict]) -> list[str]:
     return lines
 
 
+def _of_kind(results: dict[str, dict], kind: str) -> list[dict]:
+    """The finished experiments of one kind, in recipe order, then by seed."""
+    return sorted((r for r in results.values() if r["experiment"]["kind"] == kind),
+                  key=lambda r: (RECIPE_ORDER.index(r["experiment"]["recipe"]), r["experiment"]["seed"]))
+
+
 def _audit_section(results: dict[str, dict]) -> list[str]:
-    audits = sorted((r for r in results.values() if r["experiment"]["kind"] == "audit"),
-                    key=lambda r: (RECIPE_ORDER.index(r["experiment"]["recipe"]), r["experiment"]["seed"]))
+    audits = _of_kind(results, "audit")
     if not audits:
         return ["No audit has finished yet."]
     lines = ["| model | verdict | independent pathways | baseline harmful refusal | wall time |", "|---|---|---|---|---|"]
@@ -105,8 +110,7 @@ def _audit_section(results: dict[str, dict]) -> list[str]:
 
 
 def _attack_section(results: dict[str, dict]) -> list[str]:
-    attacked = sorted((r for r in results.values() if r["experiment"]["kind"] == "attacks"),
-                      key=lambda r: (RECIPE_ORDER.index(r["experiment"]["recipe"]), r["experiment"]["seed"]))
+    attacked = _of_kind(results, "attacks")
     if not attacked:
         return ["No attack run has finished yet."]
     names = list(dict.fromkeys(n for r in attacked for n in r["result"]["asr"]))
@@ -189,14 +193,13 @@ def figures(root: str | Path) -> dict[str, object]:
     folder = Path(root) / GRID_DIR
     results = _results(folder) if folder.exists() else {}
     figs = {}
-    aligned = sorted((r for r in results.values() if r["experiment"]["kind"] == "align"),
-                     key=lambda r: (RECIPE_ORDER.index(r["experiment"]["recipe"]), r["experiment"]["seed"]))
+    aligned = _of_kind(results, "align")
     if aligned:
         groups = {f"{r['experiment']['recipe']} s{r['experiment']['seed']}":
                   {label: _estimate(r["result"]["ci"][key]) for key, label in TRAINING_ROWS if key in r["result"].get("ci", {})}
                   for r in aligned}
         figs["training"] = grouped_rate_bars(groups, title="Refusal on held-out prompts, per recipe and training seed")
-    attacked = [r for r in results.values() if r["experiment"]["kind"] == "attacks"]
+    attacked = _of_kind(results, "attacks")
     if attacked:
         groups = {f"{r['experiment']['recipe']} s{r['experiment']['seed']}":
                   {n: _estimate(v) for n, v in r["result"]["asr"].items()} for r in attacked}
