@@ -293,8 +293,8 @@ def test_evaluate_reports_the_budget_curve_and_its_asr_is_the_report_budget(toy,
     attack = DirectionAblation(toy_config(toy))
     monkeypatch.setattr(evaluate_module, "harmful_prompts", lambda c: list(toy.prompts.harmful_eval[:3]))
     monkeypatch.setattr(ablation_module, "search_directions", lambda *args, **kwargs: toy_search)
-    results = evaluate([ModelSpec("toy", "tiny-llama")], tmp_path, config, attacks=[attack], load=lambda spec: toy.model,
-                       progress=False)
+    results = evaluate([ModelSpec("toy", "tiny-llama")], tmp_path, config, attacks=[attack], judge=TOY_JUDGE,
+                       load=lambda spec: toy.model, progress=False)
     row = results["models"]["toy"]
     curve = row["ablation_budgets"]
     assert [c["kl_budget"] for c in curve] == [0.1, 0.3, 1.0, "inf"]
