@@ -165,6 +165,28 @@ def _speed_section(root: Path) -> list[str]:
     return lines
 
 
+def _attacker_section(root: Path) -> list[str]:
+    files = sorted(root.glob("attacker_*.json"))
+    if not files:
+        return ["Not measured yet: `failclosed adaptive-attack --adapter DIR --out results/attacker_NAME.json`."]
+    lines = []
+    for path in files:
+        data = read_json(path)
+        lines += [f"From `{root.name}/{path.name}`: model {data['model']}, adapter `{data['adapter']}`, "
+                  f"{data['n_prompts']} harmful test prompts, judge `{data['judge']}`.", "",
+                  "| KL budget | direction (method, layer, position) | its KL | harmful refusal | compliance | non-answers |",
+                  "|---|---|---|---|---|---|"]
+        for b in data["budgets"]:
+            d = b["direction"]
+            none = d is None or d["layer"] is None
+            where = "none fits" if none else f"{d['method']}, {d['layer']}, {d['position']}"
+            kl = "-" if none else f"{d['kl']:.3f}"
+            lines.append(f"| {b['kl_budget']} | {where} | {kl} | {_rate(b['refusal'])} | {_rate(b['compliance'])} | "
+                         f"{b['non_answer']} |")
+        lines.append("")
+    return lines
+
+
 def render_results(root: str | Path) -> str:
     """The markdown of the results page, from the results files under `root` alone (the grid's experiments
     in `root/grid/`, the judge check in `root/judge_xstest.json`)."""
@@ -181,6 +203,7 @@ def render_results(root: str | Path) -> str:
         "## Training: refusal, over-refusal, and ablation of the found directions", "", *_training_section(results), "",
         "## Independence audit", "", *_audit_section(results), "",
         "## Jailbreak attack success (compliance judged)", "", *_attack_section(results), "",
+        "## Adaptive ablation attacker", "", *_attacker_section(root), "",
         "## Judge check", "", *_judge_section(root), "",
         "## Speed", "", *_speed_section(root), "",
         "## Machines", "", *(_machines(results) or ["No run has finished yet."]), "",
