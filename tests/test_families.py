@@ -233,7 +233,9 @@ HARMLESS = ["How do I bake bread?", "Name a colour of the sea.", "Write a short 
 
 def test_dim_candidates_are_padding_invariant_and_selection_and_rdo_run(family):
     from failclosed_interp.dim import DirectionConfig, dim_candidates, select_direction
-    from failclosed_interp.rdo import RDOConfig, optimize_direction
+    from failclosed_interp.rdo import optimize_direction
+    from failclosed_interp.rdo_config import RDOConfig
+    from failclosed_interp.rdo_targets import rdo_targets
     from failclosed_interp.scoring import refusal_tokens_from_texts
 
     config = DirectionConfig(batch_size=3, kl_threshold=1e9, induce_threshold=None)  # a random model passes nothing
@@ -250,8 +252,9 @@ def test_dim_candidates_are_padding_invariant_and_selection_and_rdo_run(family):
     torch.testing.assert_close(chosen.vector, expected / expected.norm())
 
     weights = {k: v.clone() for k, v in family.bridge.state_dict().items()}
-    rdo = optimize_direction(family, HARMFUL[:2], HARMLESS[:2], chosen,
-                             RDOConfig(steps=2, batch_size=2, target_tokens=3, generation_batch_size=2), progress=False)
+    config = RDOConfig(steps=2, batch_size=2, micro_batch_size=2, target_tokens=3, generation_batch_size=2)
+    targets = rdo_targets(family, HARMFUL[:2], HARMLESS[:2], chosen, config, progress=False)
+    rdo = optimize_direction(family, chosen, targets, config, progress=False)
     assert rdo.method == "rdo" and rdo.layer == chosen.layer and torch.isfinite(rdo.vector).all()
     assert abs(float(rdo.vector.norm()) - 1.0) < 1e-5
     assert all(torch.equal(v, weights[k]) for k, v in family.bridge.state_dict().items())
