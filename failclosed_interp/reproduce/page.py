@@ -58,12 +58,12 @@ def _seed_mean(values: list[float | int | None]) -> str:
 
 
 def _training_section(results: dict[str, dict]) -> list[str]:
-    aligned = {name: r for name, r in results.items() if r["experiment"]["kind"] == "align"}
+    aligned = _of_kind(results, "align")
     if not aligned:
         return ["No training run has finished yet."]
     lines = []
     by_recipe: dict[str, list[dict]] = defaultdict(list)
-    for r in aligned.values():
+    for r in aligned:
         by_recipe[r["experiment"]["recipe"]].append(r)
     for recipe in [r for r in RECIPE_ORDER if r in by_recipe]:
         runs = sorted(by_recipe[recipe], key=lambda r: r["experiment"]["seed"])

@@ -57,12 +57,15 @@ def run_folder(exp: Experiment, runs: Path) -> Path:
     return runs / f"{exp.name}-{exp.fingerprint}"
 
 
-def estimate_s(exp: Experiment, results: Path, quick: bool) -> float:
-    """Expected seconds: the mean measured wall time of finished experiments of the same kind, else a first guess."""
-    measured = [d["wall_s"] for p in results.glob(f"{exp.kind}-*.json") if (d := load_result(p)) is not None]
-    if measured:
-        return float(sum(measured) / len(measured))
-    return float((QUICK_ESTIMATE_S if quick else FIRST_ESTIMATE_S)[exp.kind])
+def estimates_s(results: Path, quick: bool) -> dict[str, float]:
+    """Expected seconds per experiment kind: the mean measured wall time of the finished experiments of that
+    kind, else a first guess."""
+    guesses = QUICK_ESTIMATE_S if quick else FIRST_ESTIMATE_S
+    out = {}
+    for kind, guess in guesses.items():
+        measured = [d["wall_s"] for p in results.glob(f"{kind}-*.json") if (d := load_result(p)) is not None]
+        out[kind] = float(sum(measured) / len(measured)) if measured else float(guess)
+    return out
 
 
 def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progress: bool = True,
@@ -72,13 +75,14 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
     grid = build_grid(config)
     _check_grid_file(results, config)
     todo = [e for e in grid if not is_done(e, results)]
+    expected = estimates_s(results, config.quick)
     log(f"grid: {len(grid)} experiments, {len(grid) - len(todo)} finished, {len(todo)} to run "
-        f"(expected {_hours(sum((estimate_s(e, results, config.quick) for e in todo), 0.0))})")
+        f"(expected {_hours(sum((expected[e.kind] for e in todo), 0.0))})")
     ran = []
     for i, exp in enumerate(todo):
-        left = sum((estimate_s(e, results, config.quick) for e in todo[i:]), 0.0)
-        log(f"[{i + 1}/{len(todo)}] {exp.name}: expected {_hours(estimate_s(exp, results, config.quick))}, "
-            f"{_hours(left)} left in all")
+        expected = estimates_s(results, config.quick)  # refined by every experiment that finished
+        left = sum((expected[e.kind] for e in todo[i:]), 0.0)
+        log(f"[{i + 1}/{len(todo)}] {exp.name}: expected {_hours(expected[exp.kind])}, {_hours(left)} left in all")
         start = time.perf_counter()
         outcome = _run(exp, grid, runs, progress)
         write_json(results / f"{exp.name}.json", {
