@@ -6,6 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 OUT ?= runs/demo
+# Public benchmark sets (AdvBench, XSTest, ...) for the extra summary columns, when a checkout provides them.
+DATA_DIR ?= $(wildcard ../shared/data)
 # Use the CPU wheel of torch on machines without an NVIDIA GPU, so set-up never pulls a multi-GB CUDA
 # build. Where a local wheel directory (PIP_FIND_LINKS) already holds torch 2.13.0, pip takes it from there.
 TORCH_VERSION ?= 2.13.0
@@ -45,7 +47,7 @@ test-slow: setup
 
 # The documented experiment grid (hours on CPU; resumes where it stopped), then docs/results.md from results/.
 reproduce: setup
-	$(VENV)/bin/failclosed reproduce
+	$(VENV)/bin/failclosed reproduce $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
 # The documentation site (guides + API reference from the docstrings) into site/; warnings are errors.
 $(VENV)/.docs: $(VENV)/.test

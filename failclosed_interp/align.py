@@ -48,6 +48,7 @@ from failclosed_interp.interventions import Intervention
 from failclosed_interp.models import ChatModel, load_model
 from failclosed_interp.orthogonalize import export_checkpoint
 from failclosed_interp.pipeline import DirectionJobConfig, builtin_prompts, derive_refusal_tokens, direction_job
+from failclosed_interp.public_columns import format_public_columns, public_columns
 from failclosed_interp.prompts import builtin
 from failclosed_interp.rdo import NoNewDirection, RDOConfig, optimize_direction
 from failclosed_interp.rdo_config import addition_of
@@ -345,12 +346,13 @@ def _round_metrics(model: ChatModel, config: AlignConfig, found: DirectionSet) -
 
 def align(
     config: AlignConfig, out: str | Path, *, merge: bool = False, device: str | None = None, progress: bool = True,
-    on_step: StepCallback | None = None,
+    on_step: StepCallback | None = None, data_dir: str | Path | None = None,
 ) -> dict:
     """Run (or resume) the progressive loop in `out`; returns the summary (also `out/summary.json`).
 
     `merge=True` also writes `out/final/merged`, a plain HF checkpoint with the adapter merged in.
-    `on_step(step, losses)` is called after every optimiser step of every round."""
+    `on_step(step, losses)` is called after every optimiser step of every round. `data_dir`: a folder
+    holding the public benchmark sets (`prompts.public`); the summary then has a column for each."""
     out = Path(out)
     done = _start(out, config)
     if done >= 0:
@@ -384,7 +386,7 @@ def align(
         done = k
         if stop_reason is not None:
             break
-    summary = _finish(model, config, out, found, done, stop_reason, measured, progress)
+    summary = _finish(model, config, out, found, done, stop_reason, measured, progress, data_dir)
     if merge and is_main_process():
         export_checkpoint(config.model, out / "final" / "merged", adapter=out / "final" / "adapter", overwrite=True)
     return summary
@@ -408,7 +410,7 @@ def reference_answers(model: ChatModel, prompts: list[str], max_new_tokens: int)
 
 
 def _finish(model: ChatModel, config: AlignConfig, out: Path, found: DirectionSet, done: int, stop_reason,
-            measured: dict[str, JudgedResponses], progress) -> dict:
+            measured: dict[str, JudgedResponses], progress, data_dir: str | Path | None = None) -> dict:
     """Copy the last round to `final/` and write the held-out evaluation of the final model (reusing the
     rates `measured` on it at the end of its round)."""
     final = out / "final"
@@ -425,6 +427,9 @@ def _finish(model: ChatModel, config: AlignConfig, out: Path, found: DirectionSe
                "direction_layers": [d.layer for d in found], "direction_methods": [d.method for d in found],
                **_reference_note(out),
                **evaluate_final(model, config, found, out / "final" / "adaptive", progress, measured)}
+    if data_dir is not None:
+        summary["public"] = public_columns(model, data_dir, seed=config.sft.seed, max_new_tokens=config.eval_tokens,
+                                           progress=progress)
     write_json(out / SUMMARY_FILE, summary)
     return summary
 
@@ -482,6 +487,8 @@ def format_align_summary(summary: dict) -> str:
              f"{summary['n_directions']} direction(s) from layers {summary['direction_layers']}"]
     lines += [f"  {label:<40}{'-' if value is None else f'{value:.2f}':>8}" for label, value in rows]
     lines.append(f"  {'harmful, each direction ablated alone':<40}{each:>8}")
+    if summary.get("public"):
+        lines.append(format_public_columns(summary["public"]))
     if summary["stop_reason"]:
         lines.append(f"stopped early: {summary['stop_reason']}")
     return "\n".join(lines)

@@ -26,6 +26,12 @@ def _device_args(p: argparse.ArgumentParser) -> None:
                    help="weights and activations of every model the command loads (default float32; bfloat16 on GPUs)")
 
 
+def _data_dir_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="folder holding public benchmark sets (AdvBench, MaliciousInstruct, TDC2023, XSTest; see "
+                        "docs/evaluation.md): adds a refusal column for each to the summary")
+
+
 def _positions_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--positions", default="all",
                    help="token positions of DIM candidates: 'all' post-instruction positions (default), or negative "
@@ -155,7 +161,7 @@ def cmd_align(args) -> None:
     explicit = {k: v for k in ("method", "rounds", "mode", "search") if (v := getattr(args, k)) is not None}
     config = dataclasses.replace(base, sft=_sft_config(args, base.sft), rdo=rdo, n_eval=args.n_eval,
                                  directions=dataclasses.replace(base.directions, search=_search(args)), **explicit)
-    summary = align(config, args.out, merge=args.merge, device=args.device)
+    summary = align(config, args.out, merge=args.merge, device=args.device, data_dir=args.data_dir)
     print(format_align_summary(summary))
     print(f"\nrun folder: {args.out} (summary.json, final/adapter, final/directions, round_*/)")
 
@@ -246,7 +252,7 @@ def cmd_evaluate(args) -> None:
                              num_fewshot=args.lm_eval_fewshot, seed=args.seed) if args.lm_eval_tasks else None,
     )
     judge = LLMJudge(load_model(args.judge_model, device=args.device)) if args.judge_model else None
-    results = evaluate(specs, args.out, config, judge=judge,
+    results = evaluate(specs, args.out, config, judge=judge, data_dir=args.data_dir,
                        load=lambda spec: load_model(spec.model, adapter=spec.adapter, device=args.device))
     print(format_table(results))
     print(f"run folder: {args.out} (results.json, table.md, responses.json, figures/rates.html, cache/)")
@@ -301,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("align", help="progressive fail-closed alignment (or the sft / refat baselines) with LoRA")
     _model_args(p, adapter=False)
+    _data_dir_arg(p)
     p.add_argument("--recipe", choices=["default", "paper"], default="default",
                    help="preset of loop settings ('paper': plain search, cumulative ablation, RDO directions, up to 10 "
                         "rounds); the flags below override it")
@@ -339,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_score)
     p = sub.add_parser("evaluate", help="jailbreak robustness: ASR per attack, compliance and utility, per model")
     _model_args(p, adapter=False)
+    _data_dir_arg(p)
     p.add_argument("--adapter", action="append", metavar="NAME=DIR",
                    help="a LoRA adapter to evaluate as row NAME (repeat), e.g. sft=runs/sft/adapter")
     p.add_argument("--base", action=argparse.BooleanOptionalAction, default=True, help="include the base model row")
@@ -425,6 +433,7 @@ def _add_reproduce(sub) -> None:
                    help="results root: one small JSON per finished experiment in RESULTS/grid/")
     p.add_argument("--page", type=Path, default=Path("docs/results.md"), help="the results page written from --results")
     p.add_argument("--page-only", action="store_true", help="only regenerate the page from the results files")
+    _data_dir_arg(p)
     _device_args(p)
     p.set_defaults(func=cmd_reproduce)
 
@@ -436,7 +445,8 @@ def cmd_reproduce(args) -> None:
 
     if not args.page_only:
         seeds = tuple(int(s) for s in args.seeds.split(","))
-        run_grid(GridConfig(seeds=seeds, attack_seeds=seeds[:1], quick=args.quick), args.runs, args.results / GRID_DIR)
+        run_grid(GridConfig(seeds=seeds, attack_seeds=seeds[:1], quick=args.quick), args.runs, args.results / GRID_DIR,
+                 data_dir=args.data_dir)
     for path in write_results_page(args.results, args.page):
         print(f"wrote {path}")
 

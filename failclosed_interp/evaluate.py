@@ -38,6 +38,8 @@ from failclosed_interp.lm_eval_tasks import LMEvalConfig, headline_metric, lm_ev
 from failclosed_interp.models import EMBEDDED_MODEL, ChatModel, load_model
 from failclosed_interp.plots import grouped_rate_bars, save_figure
 from failclosed_interp.prompts import PromptSet, builtin, load_prompts
+from failclosed_interp.prompts.public import DEFAULT_PUBLIC_N, PUBLIC_SETS
+from failclosed_interp.public_columns import public_columns
 from failclosed_interp.scoring import refusal_rate
 from failclosed_interp.stats import RateEstimate, bootstrap_mean, wilson_rate
 from failclosed_interp.utility import perplexity
@@ -252,8 +254,11 @@ def evaluate(
     judge: Judge | None = None,
     load: Callable[[ModelSpec], ChatModel] = load_spec,
     progress: bool = True,
+    data_dir: str | Path | None = None,
 ) -> dict:
-    """Attack every model, measure compliance and utility, write the run folder and return results.json."""
+    """Attack every model, measure compliance and utility, write the run folder and return results.json.
+    `data_dir`: a folder holding the public benchmark sets (`prompts.public`): each model's row then has
+    their refusal rates (`public`)."""
     out = Path(out)
     if not specs:
         raise ValueError("no models to evaluate: give at least one ModelSpec (e.g. the base model)")
@@ -289,6 +294,7 @@ def evaluate(
             row["compliance"][kind] = wilson_rate([float(_complied(r)) for r in answered])
         row["utility"] = _utility(utility_prompts, utility_answers, cache, model, config)
         row["lm_eval"] = _lm_eval(cache, model, config.lm_eval) if config.lm_eval is not None else None
+        row["public"] = _public(data_dir, cache, model, judge, config, progress) if data_dir is not None else None
         averaged = [n for n in names if n in AVERAGED]
         if averaged:  # per prompt: the share of attacks that broke it; its mean is the mean of the ASRs
             per_prompt = [sum(records[n][i]["success"] for n in averaged) / len(averaged) for i in range(len(harmful))]
@@ -360,6 +366,14 @@ def _utility(prompts, answers, cache: _Cache, model: _Lazy, config: EvalConfig) 
     return _computed_once(cache.unit("utility", {"prompts": prompts, "answers": answers}) / "perplexity.json", compute)
 
 
+def _public(data_dir, cache: _Cache, model: _Lazy, judge: Judge, config: EvalConfig, progress: bool) -> dict:
+    settings = {"sets": list(PUBLIC_SETS), "n": DEFAULT_PUBLIC_N, "seed": config.seed,
+                "max_new_tokens": config.max_new_tokens, "judge": _judge_id(judge)}
+    return _computed_once(cache.unit("public", settings) / "columns.json",
+                          lambda: public_columns(model(), data_dir, seed=config.seed, max_new_tokens=config.max_new_tokens,
+                                                 judge=judge, progress=progress))
+
+
 def _lm_eval(cache: _Cache, model: _Lazy, config: LMEvalConfig) -> dict:
     return _computed_once(cache.unit("lm_eval", config_to_dict(config)) / "scores.json",
                           lambda: lm_eval_scores(model(), config))
@@ -386,6 +400,7 @@ def _results(rows: dict, names: list[str], harmful: list[str], config: EvalConfi
                 "compliance": {k: rate(r) for k, r in row["compliance"].items()},
                 "utility": row["utility"],
                 "lm_eval": row["lm_eval"],
+                "public": row["public"],
                 "seconds": row["seconds"],
                 "loaded_model": row["loaded_model"],
             }
@@ -408,15 +423,18 @@ def format_table(results: dict) -> str:
         return "–" if shown is None else f"{shown[1]:.3f} ({shown[0].split(',')[0]})"
 
     tasks = sorted({task for row in results["models"].values() for task in (row.get("lm_eval") or {})})
+    public = list(dict.fromkeys(name for row in results["models"].values() for name in (row.get("public") or {})))
     avg = f"avg ASR ({', '.join(ATTACK_LABELS[n] for n in results['averaged_attacks'])})"
     head = (["model"] + [f"ASR {ATTACK_LABELS.get(n, n)}" for n in names] + [avg]
-            + ["compliance borderline", "compliance harmless", "utility: perplexity"] + [f"lm-eval {t}" for t in tasks])
+            + ["compliance borderline", "compliance harmless", "utility: perplexity"] + [f"lm-eval {t}" for t in tasks]
+            + [f"refusal {name}" for name in public])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, row in results["models"].items():
         u = row["utility"]
         cells = ([label] + [cell(row["asr"][n]) for n in names] + [cell(row["average_asr"])]
                  + [cell(row["compliance"].get(k)) for k in ("borderline", "harmless")]
-                 + [f"{u['perplexity']:.2f} [{u['ci_low']:.2f}, {u['ci_high']:.2f}]"] + [task_cell(row, t) for t in tasks])
+                 + [f"{u['perplexity']:.2f} [{u['ci_low']:.2f}, {u['ci_high']:.2f}]"] + [task_cell(row, t) for t in tasks]
+                 + [cell(((row.get("public") or {}).get(name) or {}).get("refusal_rate")) for name in public])
         lines.append("| " + " | ".join(cells) + " |")
     n_c = results["n_compliance"]
     notes = [
@@ -433,6 +451,9 @@ def format_table(results: dict) -> str:
         kl = results["budgets"]["ablation"]["report_budget"]
         notes.insert(2, f"ASR {ATTACK_LABELS['ablation']}: the adaptive attacker's direction ablated, chosen within KL <= {kl} "
                         "on harmless prompts; every KL budget's refusal and compliance: results.json (`ablation_budgets`).")
+    if public:
+        notes.insert(-1, "Refusal on public sets (test half of each; XSTest-safe prompts should be answered, so there it "
+                         "is over-refusal; the others are harmful, so higher is better).")
     if tasks:
         limit = (results.get("lm_eval") or {}).get("limit")
         notes.insert(-1, f"lm-eval: each task's headline metric (lm-evaluation-harness"

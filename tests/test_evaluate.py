@@ -14,6 +14,7 @@ from failclosed_interp.cli import main
 from failclosed_interp.evaluate import EvalConfig, ModelSpec, evaluate
 from failclosed_interp.judges import PrefixJudge
 from failclosed_interp.models import load_model
+from tests._public_data import write_public_data
 
 TEMPLATES = (Template("Story: {prompt}", "story"), Template("Now: {prompt}", "now"))
 JUDGE = PrefixJudge(prefixes=("2", "M"), name="tiny")  # tiny Llama seed 0 opens with these, seed 1 does not
@@ -150,3 +151,19 @@ def test_cli_evaluates_base_and_adapter_rows(tmp_path, capsys):
     assert "| sft |" in capsys.readouterr().out
     assert main([*args[:-2], "--max-new-tokens", "16", "--out", str(out)]) == 2
     assert "at least 64" in capsys.readouterr().err
+
+
+def test_a_data_folder_adds_public_set_columns_measured_once(tmp_path):
+    data = write_public_data(tmp_path / "data")
+    none = [HumanTemplates(TEMPLATES[:1])]
+    results = evaluate(SPECS[:1], tmp_path / "run", CONFIG, attacks=none, judge=JUDGE, load=CountingLoader(),
+                       progress=False, data_dir=data)
+    public = results["models"]["base"]["public"]
+    assert set(public) == {"advbench", "malicious_instruct", "tdc2023", "xstest_safe"}
+    assert all(column["n"] == 3 for column in public.values())  # the whole test half of 6 rows
+    table = (tmp_path / "run" / "table.md").read_text()
+    assert "refusal xstest_safe" in table and "over-refusal" in table
+    loader = CountingLoader()
+    again = evaluate(SPECS[:1], tmp_path / "run", CONFIG, attacks=none, judge=JUDGE, load=loader, progress=False,
+                     data_dir=data)
+    assert loader.loads == [] and again["models"]["base"]["public"] == public

@@ -11,6 +11,7 @@ import pytest
 from failclosed_interp.cli import main
 from failclosed_interp.reproduce import GridConfig, build_grid, render_results, run_grid
 from failclosed_interp.reproduce.runner import ResultsMismatch
+from tests._public_data import write_public_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,15 +43,18 @@ def test_quick_grid_runs_resumes_and_renders(tmp_path):
     logged: list[str] = []
     results = tmp_path / "results" / "grid"
     ran = run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append)
-    assert [e.name for e in ran] == [e.name for e in build_grid(config)]
-    assert "expected" in logged[0]
+    assert [e.name for e in ran] == [e.name for e in build_grid(config) if e.kind != "public"]
+    assert "public-set columns are skipped" in logged[0] and "expected" in logged[1]
+    data = write_public_data(tmp_path / "data")
+    ran = run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append, data_dir=data)
+    assert [e.name for e in ran] == [e.name for e in build_grid(config) if e.kind == "public"]
     for exp in ran:
         saved = json.loads((results / f"{exp.name}.json").read_text())
         assert saved["experiment"]["fingerprint"] == exp.fingerprint and saved["wall_s"] >= 0
-    assert run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append) == []
+    assert run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append, data_dir=data) == []
 
     (results / "audit-project-s1.json").unlink()  # a lost result is recomputed alone
-    again = run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append)
+    again = run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append, data_dir=data)
     assert [e.name for e in again] == ["audit-project-s1"]
 
     page = render_results(tmp_path / "results")
@@ -58,6 +62,9 @@ def test_quick_grid_runs_resumes_and_renders(tmp_path):
     assert "| measure | seed 0 | seed 1 | mean ± sd over seeds |" in page
     sft = json.loads((results / "align-sft-s0.json").read_text())["result"]
     assert f"| harmful refusal | {sft['ci']['refusal_harmful']['value']:.2f} [" in page
+    public = json.loads((results / "public-sft-s1.json").read_text())["result"]
+    assert "xstest_safe (n=2, should answer)" in page
+    assert f"| sft, seed 1 | {public['advbench']['refusal_rate']['value']:.2f} [" in page
 
 
 def test_a_results_folder_of_another_version_is_refused(tmp_path):

@@ -20,15 +20,16 @@ from failclosed_interp.dim import DirectionConfig, FallbackRules
 from failclosed_interp.evaluate import EvalConfig
 from failclosed_interp.models import EMBEDDED_MODEL
 from failclosed_interp.pipeline import DirectionJobConfig
+from failclosed_interp.prompts.public import DEFAULT_PUBLIC_N, PUBLIC_SETS
 from failclosed_interp.rdo_config import RDOConfig
 from failclosed_interp.training import SFTConfig, TrainConfig
 
-KINDS = ("align", "audit", "attacks")
+KINDS = ("align", "audit", "attacks", "public")
 QUICK_MODEL = "tiny-llama"
 # Rough first-run estimates (seconds on 2 CPU cores) before any result of the same kind exists; once one
 # has finished, the runner estimates from measured wall times instead.
-FIRST_ESTIMATE_S = {"align": 45 * 60, "audit": 8 * 60, "attacks": 50 * 60}
-QUICK_ESTIMATE_S = {"align": 20, "audit": 20, "attacks": 20}
+FIRST_ESTIMATE_S = {"align": 45 * 60, "audit": 8 * 60, "attacks": 50 * 60, "public": 6 * 60}
+QUICK_ESTIMATE_S = {"align": 20, "audit": 20, "attacks": 20, "public": 5}
 
 
 @dataclass(frozen=True)
@@ -137,8 +138,15 @@ def attacks_config(quick: bool) -> EvalConfig:
                       autodan=AutoDANConfig(generations=3, population=8), pair=PAIRConfig(iterations=2, streams=2))
 
 
+def public_config(quick: bool, seed: int) -> dict:
+    """The public-set columns of the grid: the test half of each set (`prompts.public`), judged as in align."""
+    return {"sets": list(PUBLIC_SETS), "n": 2 if quick else DEFAULT_PUBLIC_N, "seed": seed,
+            "max_new_tokens": 4 if quick else AlignConfig().eval_tokens}
+
+
 def build_grid(config: GridConfig = GridConfig()) -> list[Experiment]:
-    """Every experiment in run order: each model is trained, then audited, then attacked."""
+    """Every experiment in run order: each model is trained, then audited, then measured on the public sets
+    (when the runner is given their folder), then attacked."""
     model = QUICK_MODEL if config.quick else config.model
     grid: list[Experiment] = []
     for recipe in config.recipes:
@@ -149,6 +157,8 @@ def build_grid(config: GridConfig = GridConfig()) -> list[Experiment]:
             grid.append(Experiment(f"align-{name}", "align", recipe, seed, align_config.to_dict()))
             grid.append(Experiment(f"audit-{name}", "audit", recipe, seed,
                                    config_to_dict(audit_config(config.quick)), model_of=f"align-{name}"))
+            grid.append(Experiment(f"public-{name}", "public", recipe, seed, public_config(config.quick, seed),
+                                   model_of=f"align-{name}"))
             if seed in config.attack_seeds:
                 grid.append(Experiment(f"attacks-{name}", "attacks", recipe, seed,
                                        config_to_dict(attacks_config(config.quick)), model_of=f"align-{name}"))

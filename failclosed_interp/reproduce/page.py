@@ -122,6 +122,23 @@ def _attack_section(results: dict[str, dict]) -> list[str]:
     return lines
 
 
+def _public_section(results: dict[str, dict]) -> list[str]:
+    measured = _of_kind(results, "public")
+    if not measured:
+        return ["Not measured yet: `failclosed reproduce --data-dir DATA` (a folder holding the public sets)."]
+    names = list(dict.fromkeys(n for r in measured for n in r["result"]))
+    columns = {n: col for r in measured for n, col in r["result"].items()}
+    goal = {"refusal": "should refuse", "answer": "should answer"}
+    head = [f"{n} (n={columns[n]['n']}, {goal[columns[n]['expects']]})" for n in names]
+    lines = ["Refusal on the test half of each public set (`prompts.public`); where the prompts are safe, refusal is "
+             "over-refusal.", "",
+             "| model | " + " | ".join(head) + " |", "|---|" + "---|" * len(names)]
+    for r in measured:
+        cells = [_rate(r["result"][n]["refusal_rate"]) if n in r["result"] else "-" for n in names]
+        lines.append(f"| {r['experiment']['recipe']}, seed {r['experiment']['seed']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _pending(folder: Path, results: dict[str, dict]) -> list[str]:
     from failclosed_interp.configs import config_from_dict
     from failclosed_interp.reproduce.grid import GridConfig, build_grid
@@ -201,6 +218,7 @@ def render_results(root: str | Path) -> str:
         "`failclosed reproduce` (the grid: docs/design.md and the `reproduce` API page say what it runs).", "",
         *_pending(folder, results), "",
         "## Training: refusal, over-refusal, and ablation of the found directions", "", *_training_section(results), "",
+        "## Public benchmark sets", "", *_public_section(results), "",
         "## Independence audit", "", *_audit_section(results), "",
         "## Jailbreak attack success (compliance judged)", "", *_attack_section(results), "",
         "## Adaptive ablation attacker", "", *_attacker_section(root), "",

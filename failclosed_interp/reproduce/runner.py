@@ -17,6 +17,8 @@ from failclosed_interp.artifacts import read_json, write_json
 from failclosed_interp.audit import AuditConfig, audit_job
 from failclosed_interp.configs import config_from_dict
 from failclosed_interp.evaluate import EvalConfig, ModelSpec, evaluate
+from failclosed_interp.models import load_model
+from failclosed_interp.public_columns import public_columns
 from failclosed_interp.reproduce.grid import FIRST_ESTIMATE_S, QUICK_ESTIMATE_S, Experiment, GridConfig, build_grid
 
 SCHEMA = 1  # the results-file format; files of another schema are refused, not misread
@@ -69,12 +71,16 @@ def estimates_s(results: Path, quick: bool) -> dict[str, float]:
 
 
 def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progress: bool = True,
-             log=print) -> list[Experiment]:
-    """Run every unfinished experiment of the grid in order; returns those run in this call."""
+             log=print, data_dir: str | Path | None = None) -> list[Experiment]:
+    """Run every unfinished experiment of the grid in order; returns those run in this call. The public-set
+    experiments need `data_dir` (the folder holding the public sets); without it they are skipped."""
     runs, results = Path(runs), Path(results)
     grid = build_grid(config)
     _check_grid_file(results, config)
     todo = [e for e in grid if not is_done(e, results)]
+    if data_dir is None and any(e.kind == "public" for e in todo):
+        log("grid: no data folder given, so the public-set columns are skipped (pass --data-dir to measure them)")
+        todo = [e for e in todo if e.kind != "public"]
     expected = estimates_s(results, config.quick)
     log(f"grid: {len(grid)} experiments, {len(grid) - len(todo)} finished, {len(todo)} to run "
         f"(expected {_hours(sum((expected[e.kind] for e in todo), 0.0))})")
@@ -84,7 +90,7 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
         left = sum((expected[e.kind] for e in todo[i:]), 0.0)
         log(f"[{i + 1}/{len(todo)}] {exp.name}: expected {_hours(expected[exp.kind])}, {_hours(left)} left in all")
         start = time.perf_counter()
-        outcome = _run(exp, grid, runs, progress)
+        outcome = _run(exp, grid, runs, progress, data_dir)
         write_json(results / f"{exp.name}.json", {
             "schema": SCHEMA, "experiment": exp.to_dict(), "config": exp.config, "result": outcome,
             "wall_s": round(time.perf_counter() - start, 1), "machine": machine(),
@@ -109,7 +115,7 @@ def _check_grid_file(results: Path, config: GridConfig) -> None:
     write_json(path, wanted)
 
 
-def _run(exp: Experiment, grid: list[Experiment], runs: Path, progress: bool) -> dict:
+def _run(exp: Experiment, grid: list[Experiment], runs: Path, progress: bool, data_dir: str | Path | None) -> dict:
     folder = run_folder(exp, runs)
     if exp.kind == "align":
         return align(AlignConfig.from_dict(exp.config), folder, progress=progress)
@@ -117,6 +123,11 @@ def _run(exp: Experiment, grid: list[Experiment], runs: Path, progress: bool) ->
     final = run_folder(trained, runs) / "final"
     model = AlignConfig.from_dict(trained.config).model
     directions = final / "directions" if (final / "directions").exists() else None
+    if exp.kind == "public":
+        loaded = load_model(model, adapter=final / "adapter")
+        settings = dict(exp.config)
+        return public_columns(loaded, data_dir, sets=settings["sets"], n=settings["n"], seed=settings["seed"],
+                              max_new_tokens=settings["max_new_tokens"], progress=progress)
     if exp.kind == "audit":
         result = audit_job(folder, model, adapter=final / "adapter", directions=directions,
                            config=AuditConfig.from_dict(exp.config), progress=progress)
