@@ -121,9 +121,10 @@ def cosine_figure(results: dict[str, dict]) -> GridFigure:
         heat.update(showscale=n == 0, colorbar={"title": "cosine", "len": 1.0 / rows, "y": 1 - (0.5 / rows)})
         row, col = divmod(n, cols)
         fig.add_trace(heat, row=row + 1, col=col + 1)
-        fig.update_yaxes(autorange="reversed", row=row + 1, col=col + 1)
+        fig.update_yaxes(autorange="reversed", showgrid=False, row=row + 1, col=col + 1)
+    fig.update_xaxes(showgrid=False)
     fig.update_layout(title="Cosine similarity of the found directions", width=max(560, 360 * cols + 120),
-                      height=380 * rows + 100)
+                      height=380 * rows + 100, plot_bgcolor="white")
     return GridFigure("cosine", caption, fig, tuple(label for label, _ in pairs), tuple(notes))
 
 
