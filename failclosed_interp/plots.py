@@ -4,6 +4,7 @@ Chromium for kaleido is available (Debian: `apt-get install chromium`)."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,7 +47,9 @@ def layer_position_heatmap(
                 marker={"symbol": "star", "size": 16, "color": "gold", "line": {"color": "black", "width": 1}},
             )
         )
-    fig.update_layout(title=title, xaxis_title="token position (from end)", yaxis_title="layer", width=640, height=560)
+    # Layers are whole numbers: one tick per layer, thinned so about 20 fit.
+    fig.update_layout(title=title, xaxis_title="token position (from end)", width=640, height=560,
+                      yaxis={"title": "layer", "tickmode": "linear", "tick0": 0, "dtick": max(1, math.ceil(z.shape[0] / 20))})
     return fig
 
 
@@ -60,9 +63,12 @@ def refusal_rate_bars(rates: Mapping[str, RateEstimate], *, title: str) -> go.Fi
             error_y={"type": "data", "symmetric": False,
                      "array": [rates[n].high - rates[n].value for n in names],
                      "arrayminus": [rates[n].value - rates[n].low for n in names]},
-            text=[f"{v:.2f} (n={rates[n].n})" for n, v in zip(names, values)], textposition="outside",
         )
     )
+    # Labels sit above the interval's top, where no error bar crosses them.
+    for n, v in zip(names, values):
+        fig.add_annotation(x=n, y=rates[n].high, text=f"{v:.2f} (n={rates[n].n})", showarrow=False, yanchor="bottom",
+                           yshift=2)
     fig.update_layout(title=title, yaxis={"title": "refusal rate", "range": [0, 1.15]}, width=760, height=460)
     return fig
 
@@ -85,7 +91,9 @@ def matrix_heatmap(
         z=z, x=list(labels), y=list(labels), zmin=zmin, zmax=zmax, colorscale=colorscale, colorbar={"title": colorbar},
         text=text, texttemplate="%{text}", hovertemplate="%{y} / %{x}<br>%{z:.3f}<extra></extra>",
     ))
-    fig.update_layout(title=title, width=620, height=560, yaxis={"autorange": "reversed"})
+    # No grid lines or grey background through blank (None) cells.
+    fig.update_layout(title=title, width=620, height=560, plot_bgcolor="white",
+                      xaxis={"showgrid": False}, yaxis={"autorange": "reversed", "showgrid": False})
     return fig
 
 

@@ -13,16 +13,20 @@ from nbclient import NotebookClient
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
-def run_notebook(name: str, tmp_path: Path, monkeypatch) -> str:
-    """Execute in `tmp_path`; return all text output (stdout and text/plain results) joined."""
+def run_notebook(name: str, tmp_path: Path, monkeypatch, env: dict[str, str] | None = None) -> str:
+    """Execute in `tmp_path` with parameters `env` (others at their defaults); return all text output
+    (stdout and text/plain results) joined."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("FAILCLOSED_OUT", str(tmp_path / "audit"))
     for var in ("FAILCLOSED_MODEL", "FAILCLOSED_ADAPTER", "FAILCLOSED_DIRECTIONS", "FAILCLOSED_SFT_MODEL",
-                "FAILCLOSED_FC_MODEL", "FAILCLOSED_N", "FAILCLOSED_MODE"):
+                "FAILCLOSED_FC_MODEL", "FAILCLOSED_N", "FAILCLOSED_MODE", "FAILCLOSED_RESULTS", "FAILCLOSED_QUICK",
+                "FAILCLOSED_FIGURES"):
         monkeypatch.delenv(var, raising=False)
+    for var, value in (env or {}).items():
+        monkeypatch.setenv(var, value)
     notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), "commit notebooks without outputs"
-    NotebookClient(notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     texts = []
     for cell in notebook.cells:
         for output in cell.get("outputs", []):
@@ -39,10 +43,14 @@ def test_01_explore_directions(tmp_path, monkeypatch):
 
 
 def test_02_reproduce_mechanistic_figures(tmp_path, monkeypatch):
-    text = run_notebook("02_reproduce_mechanistic_figures", tmp_path, monkeypatch)
-    assert "SFT (standard): fail-open (KL budget 0.1): ablating direction 0 alone" in text
-    assert "fail-closed: fail-closed, 3 pathways (KL budget 0.1)" in text and "redundancy number 3" in text
-    assert "redundancy number" in text and "independent pathways" in text
+    """Its default builds a quick grid (sft and project, seed 0) and draws what that grid holds."""
+    text = run_notebook("02_reproduce_mechanistic_figures", tmp_path, monkeypatch,
+                        {"FAILCLOSED_FIGURES": str(tmp_path / "figures"), "FAILCLOSED_NO_PNG": "1"})
+    assert "6 finished experiments in quick/grid" in text
+    assert "attacks: drawn for sft s0, project s0" in text and "adaptive: drawn for sft s0, project s0" in text
+    # the tiny random model learns no refusal: the audit figures say why they are empty
+    assert "joint: nothing to draw yet" in text and "audit-project-s0: no refusal to audit" in text
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["adaptive.html", "attacks.html"]
 
 
 def test_03_audit_a_model(tmp_path, monkeypatch):

@@ -1,0 +1,61 @@
+"""A `failclosed reproduce` results folder read back: the finished experiments' results files, in recipe and
+seed order, and which experiments of the folder's grid have not finished yet; and a small quick grid to try
+the figures on without a real run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from failclosed_interp.artifacts import read_json
+from failclosed_interp.configs import config_from_dict
+from failclosed_interp.reproduce.grid import GRID_RECIPES, GridConfig, build_grid
+from failclosed_interp.reproduce.runner import GRID_FILE, load_result, run_grid
+from failclosed_interp.stats import RateEstimate
+
+
+def load_results(folder: str | Path) -> dict[str, dict]:
+    """Every finished experiment's results file in `folder` (e.g. `results/grid`), by experiment name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no results folder at {folder}; run `failclosed reproduce --results ROOT` "
+                                f"(it writes ROOT/grid/) or pass the folder that holds grid.json")
+    return {p.stem: data for p in sorted(folder.glob("*.json"))
+            if p.name != GRID_FILE and (data := load_result(p)) is not None}
+
+
+def of_kind(results: dict[str, dict], kind: str) -> list[dict]:
+    """The finished experiments of one kind ("align", "audit", "attacks"), in recipe order, then by seed."""
+    order = list(GRID_RECIPES)
+    return sorted((r for r in results.values() if r["experiment"]["kind"] == kind),
+                  key=lambda r: (order.index(r["experiment"]["recipe"]) if r["experiment"]["recipe"] in order
+                                 else len(order), r["experiment"]["seed"]))
+
+
+def unfinished(folder: str | Path, results: dict[str, dict], kind: str | None = None) -> list[str]:
+    """Experiments of the folder's grid (`grid.json`) with no results file for exactly that experiment;
+    only those of `kind` when given. Empty when the folder holds no grid.json."""
+    grid_file = Path(folder) / GRID_FILE
+    if not grid_file.exists():
+        return []
+    grid = build_grid(config_from_dict(GridConfig, read_json(grid_file)["grid"]))
+    return [e.name for e in grid if (kind is None or e.kind == kind)
+            and (e.name not in results or results[e.name]["experiment"]["fingerprint"] != e.fingerprint)]
+
+
+def model_label(result: dict) -> str:
+    """How figures name the model an experiment trained or studied: recipe and training seed."""
+    return f"{result['experiment']['recipe']} s{result['experiment']['seed']}"
+
+
+def rate(d: dict) -> RateEstimate:
+    """A rate as results files store it (`RateEstimate.to_dict`), without its per-item values."""
+    return RateEstimate(d["value"], d["ci_low"], d["ci_high"], d["n"], (), d.get("interval", "bootstrap"))
+
+
+def quick_results(folder: str | Path, runs: str | Path, *, recipes: tuple[str, ...] = ("sft", "project"),
+                  seeds: tuple[int, ...] = (0,)) -> Path:
+    """Run (or resume) a quick grid on the tiny random model into `folder` (heavy artifacts in `runs`) and
+    return `folder`. It checks the plumbing, not the science: the tiny model learns no refusal to audit."""
+    run_grid(GridConfig(quick=True, recipes=recipes, seeds=seeds, attack_seeds=seeds), runs, folder,
+             progress=False, log=lambda _: None)
+    return Path(folder)
