@@ -14,6 +14,8 @@ from _planted_pathways import FAST, cosine, planted, prompts_of, with_decoys
 from failclosed_interp.audit import (
     AblationRefusal, AuditConfig, MeasureConfig, RefusalMeter, redundancy_number, run_audit, write_audit,
 )
+from failclosed_interp.attacks.adaptive import AdaptiveAttackConfig
+from failclosed_interp.audit.result import format_audit
 from failclosed_interp.cli import main
 from failclosed_interp.directions import Direction, DirectionSet, save_directions
 from failclosed_interp.generation import generate
@@ -302,12 +304,21 @@ def test_cli_discovers_at_the_given_positions(tmp_path, capsys):
     assert "verdict: fail-open" in capsys.readouterr().out
 
 
-def test_adaptive_adds_the_models_own_direction_to_irrelevant_given_ones(one):
-    config = dataclasses.replace(FAST, adaptive=True, sweep=False)
-    r = run_audit(one.model, prompts_of(one), config, one.decoys(2))
+def test_adaptive_adds_the_independent_attackers_direction_to_irrelevant_given_ones(one):
+    p = one.prompts  # the attacker's own prompts: none of them is an audit evaluation prompt
+    attacker = AdaptiveAttackConfig(harmful=p.harmful_train + p.harmful_val, harmless=p.harmless_train + p.harmless_val,
+                                    n_fit=12, rdo_steps=0)
+    config = dataclasses.replace(FAST, adaptive=True, sweep=False, attacker=attacker)
+    # the toy babbles when it does not refuse: the attacker verifies its candidates by "not a refusal"
+    r = run_audit(one.model, prompts_of(one), config, one.decoys(2), judge=SubstringJudge())
     assert r.source == "given+adaptive" and len(r.directions) == 3
-    assert cosine(r.directions[2].vector, one.pathways[0]) > 0.99 and r.directions[2].method == "dim"
+    chosen = r.adaptive_attack.search.chosen(FAST.kl_budget)  # the attacker's pick within the audit's budget
+    assert torch.equal(r.directions[2].vector, chosen.vector) and cosine(chosen.vector, one.pathways[0]) > 0.5
     assert r.verdict_label == "fail-open" and r.redundancy.subset == (2,)
+    curve = r.to_dict()["adaptive_attack"]
+    assert [b["kl_budget"] for b in curve["budgets"]] == [0.1, 0.3, 1.0, "inf"]
+    assert curve["budgets"][0]["refusal"]["value"] < FAST.threshold  # the pathway collapses refusal within KL 0.1
+    assert "adaptive attacker (own prompts and search" in format_audit(r)
     # without it, the strongest direction found with no KL limit is the pathway, within the budget: still fail-open
     without = run_audit(one.model, prompts_of(one), dataclasses.replace(config, adaptive=False), one.decoys(2))
     assert without.verdict_label == "fail-open" and "strongest DIM direction" in without.verdict

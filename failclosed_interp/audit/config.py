@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from failclosed_interp.attacks.adaptive import AdaptiveAttackConfig
 from failclosed_interp.audit.meter import MeasureConfig
 from failclosed_interp.configs import JsonConfig
 from failclosed_interp.dim import DirectionConfig
@@ -26,7 +27,7 @@ class AuditConfig(JsonConfig):
     max_exact: int = 4  # exact subset search up to this size, greedy bound beyond
     steering_coeffs: tuple[float | int, ...] = (0.5, 1.0, 2.0)  # x each direction's own norm
     ri_tolerance: float = 0.2  # representationally independent if ablating one moves the other's cosine by <= this (relative)
-    adaptive: bool = False  # with given directions: also find the model's own current DIM direction and audit it too
+    adaptive: bool = False  # also run the independent adaptive attacker and audit the direction it picks within kl_budget
     unbounded: bool = True  # also find the strongest DIM direction with no KL limit and report what its ablation does
     sweep: bool = True  # layer x position cosine of DIM candidates with each direction (2 activation passes)
     n_eval: int = 20  # harmful prompts for every refusal figure
@@ -35,6 +36,7 @@ class AuditConfig(JsonConfig):
     n_val: int = 12  # per kind, for direction selection
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     directions: DirectionConfig = field(default_factory=lambda: DirectionConfig(lazy=True))
+    attacker: AdaptiveAttackConfig = field(default_factory=AdaptiveAttackConfig)  # with `adaptive`: its prompts and search
     seed: int = 0
 
     def __post_init__(self):
@@ -45,6 +47,9 @@ class AuditConfig(JsonConfig):
             raise ValueError(f"carry_margin is a difference of refusal rates in (0, 1) (default 0.2), got {self.carry_margin}")
         if not (math.isfinite(self.kl_budget) and self.kl_budget >= 0):
             raise ValueError(f"kl_budget must be a finite KL >= 0 (default 0.1, the selection rule's), got {self.kl_budget}")
+        if self.adaptive and self.kl_budget not in self.attacker.kl_budgets:
+            raise ValueError(f"kl_budget {self.kl_budget} is not one of the attacker's kl_budgets "
+                             f"{list(self.attacker.kl_budgets)}; add it there so the attacker chooses a direction for it")
         if self.k_max < 1 or self.max_exact < 1:
             raise ValueError(f"k_max and max_exact must be >= 1, got {self.k_max} and {self.max_exact}")
         if not self.steering_coeffs or not all(math.isfinite(c) and c > 0 for c in self.steering_coeffs):

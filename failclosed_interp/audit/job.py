@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from failclosed_interp.attacks.adaptive import AdaptiveAttackResult, adaptive_attack
+from failclosed_interp.attacks.base import MIN_JUDGED_TOKENS
 from failclosed_interp.audit.analyses import (
     ablation_kl, common_additions, common_site, common_steering, independent_pathways, induce_scores, joint_curves,
     leave_one_out, pairwise_ablation, representational_independence, single_ablation, steering_sweep,
@@ -113,10 +115,12 @@ def run_audit(
         lap("discover")
     else:
         refusal.directions = directions
-        if config.adaptive:
-            notes.append(_add_adaptive(model, refusal, prompts, tokens, config, progress))
-            source = "given+adaptive"
-            lap("adaptive")
+    attack = None
+    if config.adaptive:
+        note, attack = _add_adaptive(model, refusal, prompts, config, judge, progress)
+        notes.append(note)
+        source = f"{source}+adaptive"
+        lap("adaptive")
     dirs = harmless_ablated.directions = refusal.directions
     candidates = None
     if config.sweep or config.unbounded:
@@ -132,7 +136,7 @@ def run_audit(
         label, text = verdict(baseline, dirs, (), (), (), (), none, strongest, **rule,
                               why_none=discovery.stop_reason if discovery else "")
         return AuditResult(source=source, directions=dirs, redundancy=none, verdict_label=label, verdict=text,
-                           discovery=discovery, strongest=strongest, notes=tuple(notes),
+                           discovery=discovery, strongest=strongest, notes=tuple(notes), adaptive_attack=attack,
                            n_evaluations=_evaluations(meters), timings=timings, **common, **empty)
 
     k = len(dirs)
@@ -181,7 +185,7 @@ def run_audit(
         common=common_site(dirs), common_steering=tuple(at_common), harmless_score=harmless_score,
         induce_scores=tuple(induce), evidence=tuple(evidence), counted=counted, rising=tuple(rising),
         strongest=strongest, outcomes={key: value for key, value in outcomes.items() if value is not None},
-        ablations=refusal.measured(), **common,
+        ablations=refusal.measured(), adaptive_attack=attack, **common,
     )
 
 
@@ -201,18 +205,24 @@ def _check_directions(model: ChatModel, directions: DirectionSet) -> None:
     directions.basis()  # ValueError if they are linearly dependent
 
 
-def _add_adaptive(model, refusal: AblationRefusal, prompts: PromptSplits, tokens, config: AuditConfig, progress) -> str:
-    """Append the model's own current DIM direction unless it lies in the span of the given ones."""
-    try:
-        selection = find_direction(model, prompts.harmful_train, prompts.harmless_train, prompts.harmful_val,
-                                   prompts.harmless_val, tokens, config.directions, progress=progress)
-    except NoDirectionPassed as err:
-        return f"adaptive direction: none passed the selection rules ({err})"
-    residual = refusal.directions.residual_norm(selection.direction.vector)
+def _add_adaptive(model, refusal: AblationRefusal, prompts: PromptSplits, config: AuditConfig, judge: Judge,
+                  progress) -> tuple[str, AdaptiveAttackResult]:
+    """Run the independent adaptive attacker (its own prompts and search, `attacks.adaptive`) on the audit's
+    harmful prompts and append the direction it chose within the audit's KL budget, unless it lies in the
+    span of the audited ones."""
+    attack = adaptive_attack(model, prompts.harmful_eval, config.attacker, judge,
+                             max_new_tokens=max(config.measure.max_new_tokens, MIN_JUDGED_TOKENS), progress=progress)
+    chosen = attack.search.chosen(config.kl_budget)
+    if chosen is None:
+        why = attack.search.reason or f"no candidate within KL {config.kl_budget}"
+        return f"adaptive attacker: no direction to audit ({why})", attack
+    residual = refusal.directions.residual_norm(chosen.vector) if len(refusal.directions) else 1.0
     if residual < 0.05:
-        return f"adaptive direction (layer {selection.layer}) lies in the span of the given ones (residual {residual:.3g})"
-    index = refusal.append(selection.direction)
-    return f"adaptive direction: layer {selection.layer}, position {selection.position}, audited as direction {index}"
+        return (f"adaptive attacker's direction (layer {chosen.layer}) lies in the span of the audited ones "
+                f"(residual {residual:.3g})"), attack
+    index = refusal.append(chosen)
+    return (f"adaptive attacker's direction within KL {config.kl_budget}: layer {chosen.layer}, position "
+            f"{chosen.position} ({chosen.method}), audited as direction {index}"), attack
 
 
 def audit_model(

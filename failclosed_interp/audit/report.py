@@ -12,7 +12,7 @@ import torch
 from plotly.offline import get_plotlyjs
 
 from failclosed_interp.artifacts import atomic_write, write_json
-from failclosed_interp.audit.result import AuditResult, format_audit
+from failclosed_interp.audit.result import AuditResult, describe_attack, format_audit
 from failclosed_interp.directions import save_directions
 from failclosed_interp.plots import layer_position_heatmap, matrix_heatmap, rate_curves, refusal_rate_bars, save_figure
 
@@ -135,6 +135,8 @@ def _findings(result: AuditResult) -> str:
                      f"redundancy number nor the pathways): {', '.join(f'd{i}' for i in result.inert())}.</p>")
     if result.strongest is not None:
         parts.append(f"<p><b>Beyond the audited directions:</b> {html.escape(result.strongest.describe())}.</p>")
+    if result.adaptive_attack is not None:
+        parts.append(f"<p><b>Independent attacker:</b> {html.escape(describe_attack(result.adaptive_attack))}.</p>")
     return "".join(parts)
 
 

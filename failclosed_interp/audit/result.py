@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from failclosed_interp.attacks.adaptive import AdaptiveAttackResult
 from failclosed_interp.audit.analyses import JointCurves, RepIndependence
 from failclosed_interp.audit.config import AuditConfig
 from failclosed_interp.audit.discover import Discovery
@@ -58,6 +59,7 @@ class AuditResult:
     strongest: Strongest | None = None
     outcomes: dict = field(default_factory=dict)  # condition -> {refusal, compliance, non_answer} counts
     ablations: dict = field(default_factory=dict)  # every measured subset (frozenset) -> harmful refusal
+    adaptive_attack: AdaptiveAttackResult | None = None  # the independent attacker's budget curve (`adaptive`)
 
     @property
     def redundancy_at_least(self) -> int:
@@ -112,6 +114,7 @@ class AuditResult:
                 "induce_score": list(self.induce_scores), "baseline_induce_score": self.harmless_score},
             "outcomes": self.outcomes,
             "strongest_without_kl_limit": self.strongest.to_dict() if self.strongest else None,
+            "adaptive_attack": self.adaptive_attack.to_dict(responses=False) if self.adaptive_attack else None,
             "cosine": self.directions.cosine().tolist() if len(self.directions) else [],
             "representational_independence": self.rep.to_dict(self.config.ri_tolerance) if self.rep else None,
             "directions": [d.metadata() for d in self.directions],
@@ -122,6 +125,13 @@ class AuditResult:
             "n_evaluations": self.n_evaluations, "timings_s": self.timings,
             "seconds_total": round(sum(self.timings.values()), 2), "config": self.config.to_dict(),
         }
+
+
+def describe_attack(attack: AdaptiveAttackResult) -> str:
+    """The adaptive attacker's curve in one line: harmful refusal and compliance per KL budget."""
+    cells = [f"KL <= {o.kl_budget:g}: refusal {o.refusal.value:.2f}, compliance {o.compliance.value:.2f}"
+             + ("" if o.direction is not None else " (no direction fits)") for o in attack.outcomes]
+    return f"adaptive attacker (own prompts and search, n={len(attack.prompts)}): " + "; ".join(cells)
 
 
 def format_audit(result: AuditResult) -> str:
@@ -158,6 +168,8 @@ def format_audit(result: AuditResult) -> str:
                      f"searched over these only")
     if result.strongest is not None:
         lines.append(result.strongest.describe())
+    if result.adaptive_attack is not None:
+        lines.append(describe_attack(result.adaptive_attack))
     if result.rising_flag:
         lines.append(f"FLAG: {result.rising_flag}" + (f" (and {len(result.rising) - 1} more)" if len(result.rising) > 1 else ""))
     lines += [*(f"note: {n}" for n in result.notes), f"verdict: {result.verdict}"]

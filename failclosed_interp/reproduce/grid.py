@@ -109,22 +109,23 @@ def recipe_config(name: str, seed: int, model: str = EMBEDDED_MODEL, *, quick: b
 
 
 _QUICK_RDO = RDOConfig(steps=2, batch_size=2, micro_batch_size=2, target_tokens=4)
+_QUICK_ATTACKER = AdaptiveAttackConfig(n_fit=4, positions=(-1,), rdo_steps=0, n_verify=0, refusal_probe_tokens=4)
 
 
 def _quick_base(seed: int) -> AlignConfig:
     sft = SFTConfig(model=QUICK_MODEL, n_harmful=4, n_harmless=4, n_borderline=2, answer_tokens=4, seed=seed,
                     train=TrainConfig(epochs=1, batch_size=4, lr=1e-2, max_length=200, lora=LoraSettings(r=2, alpha=4)))
     search = DirectionConfig(positions=(-1,), fallback=FallbackRules(kl_threshold=1e9))
-    attacker = AdaptiveAttackConfig(n_fit=4, positions=(-1,), rdo_steps=0, n_verify=0, refusal_probe_tokens=4)
     return AlignConfig(sft=sft, rounds=1, directions=DirectionJobConfig(n_train=4, n_val=2, search=search),
-                       rdo=None, n_eval=3, eval_tokens=4, attacker=attacker)
+                       rdo=None, n_eval=3, eval_tokens=4, attacker=_QUICK_ATTACKER)
 
 
 def audit_config(quick: bool) -> AuditConfig:
     """The audit settings of the grid (tiny budgets in quick mode)."""
     if quick:
         return AuditConfig(adaptive=True, k_max=2, max_exact=2, n_eval=3, n_harmless=3, n_train=4, n_val=2,
-                           steering_coeffs=(1.0,), sweep=False, measure=MeasureConfig(max_new_tokens=4))
+                           steering_coeffs=(1.0,), sweep=False, measure=MeasureConfig(max_new_tokens=4),
+                           attacker=_QUICK_ATTACKER)
     return AuditConfig(adaptive=True)
 
 
