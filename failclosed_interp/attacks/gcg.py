@@ -37,7 +37,8 @@ BACKENDS = ("nanogcg", "own")
 @dataclass(frozen=True)
 class GCGConfig:
     """Budget and search settings. The suffix is appended to the prompt as text; start it with a space.
-    `backend` picks the search: "nanogcg" (the reference implementation; needs the `attacks` extra) or "own".
+    `backend` picks the search: "own" or "nanogcg" (the reference implementation; needs the `attacks` extra;
+    the same search, slower on CPU: docs/evaluation.md).
     `prefix_cache` applies to the own backend only (nanogcg runs without one)."""
 
     steps: int = 20
@@ -52,7 +53,7 @@ class GCGConfig:
     prefix_cache: bool = True  # reuse the KV cache of the tokens before the suffix
     group_size: int = 8  # prompts whose final responses are generated in one batch
     seed: int = 0
-    backend: str = "nanogcg"
+    backend: str = "own"
 
     def __post_init__(self):
         check_budget("GCGConfig", steps=self.steps, search_width=self.search_width, top_k=self.top_k,
