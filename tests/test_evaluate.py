@@ -56,7 +56,7 @@ SPECS = [ModelSpec("base", "tiny-llama"), ModelSpec("other", "tiny-llama")]
 
 
 def attacks():
-    return [Recording(GCG(GCGConfig(steps=2, search_width=8, top_k=4, suffix_init=" x x"))),
+    return [Recording(GCG(GCGConfig(steps=2, search_width=8, top_k=4, suffix_init=" x x", backend="own"))),
             Recording(HumanTemplates(TEMPLATES))]
 
 

@@ -3,12 +3,15 @@ optimised token by token toward a target opening such as "Sure, here is". Each s
 of the target loss w.r.t. the suffix's one-hot tokens, samples single-token swaps among each position's
 top-k, scores all candidates in batches and moves to the best. Candidates that would tokenize
 differently once the suffix is written out as text are dropped, so what was optimised is what the
-model is sent. Our own implementation on the bridged HF module (hooks and LoRA apply)."""
+model is sent. Two backends run the search on the bridged HF module (hooks and LoRA apply): nanogcg, the
+reference implementation (`nanogcg_backend`), and our own implementation below, with the same prompt
+layout, target, budget and allowed tokens."""
 
 from __future__ import annotations
 
 import copy
 import time
+from itertools import accumulate
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -21,17 +24,22 @@ from tqdm.auto import tqdm
 from failclosed_interp.attacks.base import (
     AttackResult, AttackRunner, ResultCallback, check_budget, prompt_seed, respond_and_judge,
 )
+from failclosed_interp.attacks.nanogcg_backend import nanogcg_search
 from failclosed_interp.chat import batches, format_prompt
 from failclosed_interp.configs import config_to_dict
 from failclosed_interp.judges import Judge
 from failclosed_interp.models import ChatModel
 
 _SLOT = "\x00GCG-SUFFIX\x00"
+BACKENDS = ("nanogcg", "own")
 
 
 @dataclass(frozen=True)
 class GCGConfig:
-    """Budget and search settings. The suffix is appended to the prompt as text; start it with a space."""
+    """Budget and search settings. The suffix is appended to the prompt as text; start it with a space.
+    `backend` picks the search: "own" or "nanogcg" (the reference implementation; needs the `attacks` extra;
+    the same search, slower on CPU: docs/evaluation.md).
+    `prefix_cache` applies to the own backend only (nanogcg runs without one)."""
 
     steps: int = 20
     search_width: int = 64  # candidates scored per step
@@ -45,6 +53,7 @@ class GCGConfig:
     prefix_cache: bool = True  # reuse the KV cache of the tokens before the suffix
     group_size: int = 8  # prompts whose final responses are generated in one batch
     seed: int = 0
+    backend: str = "own"
 
     def __post_init__(self):
         check_budget("GCGConfig", steps=self.steps, search_width=self.search_width, top_k=self.top_k,
@@ -53,12 +62,16 @@ class GCGConfig:
             raise ValueError("GCGConfig.suffix_init is empty; give an initial suffix such as ' x x x x x'")
         if not self.target:
             raise ValueError("GCGConfig.target is empty; give the opening to optimise toward, e.g. 'Sure, here is'")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"GCGConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
 
 
 @dataclass(frozen=True)
 class SuffixSearch:
-    """Outcome of one prompt's search. `losses[i]` is the loss of the suffix chosen at step i,
-    `best_losses[i]` the best seen up to step i (never increases)."""
+    """Outcome of one prompt's search. `loss` and `initial_loss` are the target losses of the returned and the
+    initial suffix in the chat layout (one measure for both backends); `losses[i]` is the backend's loss of the
+    suffix chosen at step i, `best_losses[i]` the best seen up to step i (never increases).
+    `candidates_scored` is None for nanogcg, which does not report it."""
 
     suffix: str
     suffix_ids: tuple[int, ...]
@@ -68,7 +81,7 @@ class SuffixSearch:
     best_losses: tuple[float, ...]
     matched: bool  # greedy decoding emits the whole target after this suffix
     steps_run: int
-    candidates_scored: int
+    candidates_scored: int | None
     seconds: float
 
     def to_dict(self) -> dict:
@@ -222,12 +235,24 @@ def sample_candidates(
 def optimize_suffix(
     model: ChatModel, prompt: str, config: GCGConfig = GCGConfig(), *, allowed: Tensor | None = None
 ) -> SuffixSearch:
-    """Run GCG on one prompt; the returned suffix is the first that makes greedy decoding emit the target,
-    else the lowest-loss suffix seen."""
+    """Run GCG on one prompt with `config.backend`. The own backend returns the first suffix that makes greedy
+    decoding emit the target, else the lowest-loss suffix seen; nanogcg returns its lowest-loss suffix."""
     start = time.perf_counter()
-    problem = _Problem(model, prompt, config)
+    problem = _Problem(model, prompt, config)  # also checks the initial suffix, for either backend
     allowed = allowed_tokens(model, config.allow_non_ascii) if allowed is None else allowed
-    generator = torch.Generator().manual_seed(prompt_seed(config.seed, prompt))
+    seed = prompt_seed(config.seed, prompt)
+    if config.backend == "own":
+        return _own_search(problem, allowed, torch.Generator().manual_seed(seed), start)
+    suffix, losses = nanogcg_search(problem.hf, model.tokenizer, prompt, config, allowed, seed)
+    ids = problem._ids(suffix)
+    initial, _ = problem.losses(problem.init[None])
+    loss, match = problem.losses(ids[None])
+    return SuffixSearch(suffix, tuple(ids.tolist()), float(loss[0]), float(initial[0]), tuple(losses),
+                        tuple(accumulate(losses, min)), bool(match[0]), len(losses), None, time.perf_counter() - start)
+
+
+def _own_search(problem: _Problem, allowed: Tensor, generator: torch.Generator, start: float) -> SuffixSearch:
+    config = problem.config
     current = problem.init
     loss, match = problem.losses(current[None])
     initial = current_loss = lowest = best_loss = float(loss[0])

@@ -31,6 +31,7 @@ RECIPE_ORDER = list(GRID_RECIPES)
 GRID_DIR = "grid"  # experiments of the grid, under the results root
 JUDGE_FILE = "judge_xstest.json"  # `failclosed judge-check`
 BENCHMARK_FILE = "benchmarks.json"  # `python benchmarks/run_benchmarks.py --out results/benchmarks.json`
+GCG_FILE = "gcg_compare.json"  # `python benchmarks/gcg_compare.py --adapter DIR --out results/gcg_compare.json`
 # (benchmark, ratio key, what the ratio compares, target)
 SPEED_ROWS = (
     ("generation", "speedup", "KV-cached vs uncached greedy generation (x faster)", ">= 5"),
@@ -146,18 +147,27 @@ def _machines(results: dict[str, dict]) -> list[str]:
     return [f"- {p}, {c} CPUs, {t} torch thread(s), GPU: {g or 'none'}" for p, c, t, g in seen]
 
 
+def _results_file(root: Path, name: str) -> dict | None:
+    """A measurement's results file under the results root, None if it has not been written."""
+    path = root / name
+    return read_json(path) if path.exists() else None
+
+
+def _not_measured(command: str) -> list[str]:
+    return [f"Not measured yet: `{command}`."]
+
+
 def _judge_section(root: Path) -> list[str]:
-    path = root / JUDGE_FILE
-    if not path.exists():
-        return [f"Not measured yet: `failclosed judge-check --data DATA --out {root.name}/{JUDGE_FILE}`."]
-    return [f"From `{root.name}/{JUDGE_FILE}` (`failclosed judge-check`).", "", judge_markdown(read_json(path))]
+    data = _results_file(root, JUDGE_FILE)
+    if data is None:
+        return _not_measured(f"failclosed judge-check --data DATA --out {root.name}/{JUDGE_FILE}")
+    return [f"From `{root.name}/{JUDGE_FILE}` (`failclosed judge-check`).", "", judge_markdown(data)]
 
 
 def _speed_section(root: Path) -> list[str]:
-    path = root / BENCHMARK_FILE
-    if not path.exists():
-        return [f"Not measured yet: `python benchmarks/run_benchmarks.py --out {root.name}/{BENCHMARK_FILE}`."]
-    data = read_json(path)
+    data = _results_file(root, BENCHMARK_FILE)
+    if data is None:
+        return _not_measured(f"python benchmarks/run_benchmarks.py --out {root.name}/{BENCHMARK_FILE}")
     m = data["machine"]
     lines = [f"From `{root.name}/{BENCHMARK_FILE}`: model {data['model']}, batch {data['batch']}, median of "
              f"{data['repeats']} repeats; {m['platform']}, {m['cpus']} CPUs, {m['torch_threads']} torch thread(s), "
@@ -191,6 +201,29 @@ def _attacker_section(root: Path) -> list[str]:
     return lines
 
 
+def _gcg_section(root: Path) -> list[str]:
+    data = _results_file(root, GCG_FILE)
+    if data is None:
+        return _not_measured(f"python benchmarks/gcg_compare.py --adapter DIR --out {root.name}/{GCG_FILE}")
+    c, m = data["config"], data["machine"]
+    n_prompts = len({r["prompt"] for r in data["rows"]})
+    lines = [f"From `{root.name}/{GCG_FILE}` (`benchmarks/gcg_compare.py`): model {data['model']}, adapter "
+             f"`{data['adapter']}`, {n_prompts} {data['prompts']} prompts, {c['steps']} steps, search width "
+             f"{c['search_width']}, top-k {c['top_k']}, target {c['target']!r}, judge `{data['judge']}`; "
+             f"{m['cpus']} CPUs, GPU: {m['cuda'] or 'none'}. Loss: the target loss of the returned suffix in "
+             f"the chat layout.", "",
+             "| backend | prompts | mean loss, initial -> final | target emitted | compliances | search seconds |",
+             "|---|---|---|---|---|---|"]
+    for backend, s in data["summary"].items():
+        lines.append(f"| {backend} | {s['n']} | {s['mean_initial_loss']:.3f} -> {s['mean_loss']:.3f} | "
+                     f"{s['matched_target']} | {s['successes']} | {s['seconds']:.0f} |")
+    lines += ["", "| prompt | backend | loss | label | search seconds |", "|---|---|---|---|---|"]
+    for r in data["rows"]:
+        prompt = r["prompt"][:60].replace("|", "\\|")
+        lines.append(f"| {prompt} | {r['backend']} | {r['loss']:.3f} | {r['label']} | {r['seconds']:.1f} |")
+    return lines
+
+
 def render_results(root: str | Path) -> str:
     """The markdown of the results page, from the results files under `root` alone (the grid's experiments
     in `root/grid/`, the judge check in `root/judge_xstest.json`)."""
@@ -209,6 +242,7 @@ def render_results(root: str | Path) -> str:
         "## Jailbreak attack success (compliance judged)", "", *_attack_section(results), "",
         "## Adaptive ablation attacker", "", *_attacker_section(root), "",
         "## Mechanistic figures", "", *_figures_section(root), "",
+        "## GCG: nanogcg and our own search at the same budget", "", *_gcg_section(root), "",
         "## Judge check", "", *_judge_section(root), "",
         "## Speed", "", *_speed_section(root), "",
         "## Machines", "", *(_machines(results) or ["No run has finished yet."]), "",
