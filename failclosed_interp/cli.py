@@ -179,7 +179,7 @@ def cmd_score(args) -> None:
 
     prompts = load_prompts(args.prompts, column=args.column, filter=dict([args.where.split("=", 1)]) if args.where else None)
     if args.limit is not None:
-        prompts = prompts.take(min(args.limit, len(prompts)), seed=args.seed)
+        prompts = prompts.take_up_to(args.limit, seed=args.seed)
     judged = score_job(_load(args), prompts, args.out, ablate=args.ablate,
                        generation=GenerationConfig(max_new_tokens=args.max_new_tokens))
     print(f"refusal rate {judged.rate} on {judged.rate.n} prompts from {args.prompts}; written to {args.out}")
