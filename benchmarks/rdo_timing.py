@@ -27,7 +27,7 @@ from failclosed_interp.dim import DirectionConfig, FallbackRules
 from failclosed_interp.directions import DirectionSet
 from failclosed_interp.generation import GenerationConfig
 from failclosed_interp.models import EMBEDDED_MODEL, load_model
-from failclosed_interp.pipeline import direction_job
+from failclosed_interp.jobs import direction_job
 from failclosed_interp.rdo import RDOConfig, optimize_direction
 from failclosed_interp.rdo_config import addition_of
 from failclosed_interp.rdo_targets import rdo_targets

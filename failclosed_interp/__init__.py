@@ -20,7 +20,7 @@ from failclosed_interp.search import find_direction, own_refusal_tokens
 from failclosed_interp.splits import PromptSplits
 from failclosed_interp.stats import RateEstimate, bootstrap_mean
 from failclosed_interp.toys import load_toy
-from failclosed_interp.utility import Perplexity, perplexity
+from failclosed_interp.perplexity import Perplexity, perplexity
 
 __all__ = [
     "GCG", "PAIR", "AttackResult", "AutoDAN", "DirectionAblation", "EvalConfig", "HumanTemplates", "ModelSpec", "evaluate",

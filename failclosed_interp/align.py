@@ -47,7 +47,7 @@ from failclosed_interp.generation import GenerationConfig, generate
 from failclosed_interp.interventions import Intervention
 from failclosed_interp.models import ChatModel, load_model
 from failclosed_interp.orthogonalize import export_checkpoint
-from failclosed_interp.pipeline import direction_job
+from failclosed_interp.jobs import direction_job
 from failclosed_interp.prompts import builtin
 from failclosed_interp.rdo import NoNewDirection, RDOConfig, optimize_direction
 from failclosed_interp.rdo_config import addition_of
@@ -57,7 +57,7 @@ from failclosed_interp.search import DirectionJobConfig, InsideSpan, check_min_n
 from failclosed_interp.training import Example, SFTConfig, build_sft_examples, train_lora
 from failclosed_interp.training.sft import fresh_lora_model, sft_prompts
 from failclosed_interp.training.trainer import StepCallback, adapters_disabled
-from failclosed_interp.utility import perplexity
+from failclosed_interp.perplexity import perplexity
 
 METHODS = ("failclosed", "sft", "refat")
 MODES = ("cumulative", "last-only", "random-subsets")

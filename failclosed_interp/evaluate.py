@@ -40,7 +40,7 @@ from failclosed_interp.plots import grouped_rate_bars, save_figure
 from failclosed_interp.prompts import builtin, load_prompts
 from failclosed_interp.scoring import refusal_rate
 from failclosed_interp.stats import RateEstimate, bootstrap_mean, wilson_rate
-from failclosed_interp.utility import perplexity
+from failclosed_interp.perplexity import perplexity
 
 ATTACKS = ("gcg", "autodan", "pair", "human", "ablation")
 # The paper's average is over the four prompt attacks; white-box ablation is reported on its own.

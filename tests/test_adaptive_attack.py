@@ -129,7 +129,7 @@ def test_the_attacker_reads_only_the_attack_split_by_default():
         AdaptiveAttackConfig(n_fit=39).prompts("harmful")
 
 
-DEFENDER_PATHS = ("training", "align.py", "pipeline.py", "search.py", "dim.py", "rdo.py", "audit", "splits.py")
+DEFENDER_PATHS = ("training", "align.py", "jobs.py", "search.py", "dim.py", "rdo.py", "audit", "splits.py")
 
 
 def test_no_defender_module_names_the_attack_split():

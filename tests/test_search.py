@@ -16,7 +16,7 @@ from failclosed_interp.attacks import AdaptiveAttackConfig, search_directions
 from failclosed_interp.audit import run_audit
 from failclosed_interp.directions import Direction, DirectionSet
 from failclosed_interp.models import load_model
-from failclosed_interp.pipeline import direction_job
+from failclosed_interp.jobs import direction_job
 from failclosed_interp.prompts import builtin
 from failclosed_interp.scoring import NoRefusals
 from failclosed_interp.search import DirectionJobConfig, InsideSpan, check_new, own_refusal_tokens

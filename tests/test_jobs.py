@@ -4,7 +4,7 @@ figure shown with its CI, and an undetermined run says why."""
 import json
 
 from failclosed_interp.adapters import LoraSettings
-from failclosed_interp.pipeline import DemoConfig, demo_job, format_summary
+from failclosed_interp.jobs import DemoConfig, demo_job, format_summary
 from failclosed_interp.search import DirectionJobConfig
 from failclosed_interp.training import SFTConfig, TrainConfig
 

@@ -83,9 +83,9 @@ class DemoConfig:
     n_eval: int = 20
     eval_tokens: int = 40
     sft: SFTConfig = field(default_factory=SFTConfig)
-    # Candidates at the last prompt token only (24 layers instead of 24 x 6 candidates): the CPU budget.
-    # Arditi's rules first; on the 135M model no candidate passes them (the directions that carry refusal
-    # have harmless KL 0.2-0.5 and induce scores just below 0, docs/benchmarks.md), so the demo then
+    # Candidates at the last prompt token only (one per layer, not one per layer and template position): the CPU budget.
+    # Arditi's rules first; on the embedded model no candidate passes them (the directions that carry
+    # refusal move harmless outputs more and induce no refusal, docs/benchmarks.md), so the demo then
     # chooses by KL <= 0.3 alone, says so in its summary, and measures sufficiency by generation instead.
     directions: DirectionJobConfig = field(default_factory=lambda: DirectionJobConfig(
         n_val=16, search=DirectionConfig(positions=(-1,), fallback=FallbackRules(kl_threshold=0.3, induce_threshold=None))
