@@ -27,11 +27,12 @@ from failclosed_interp.dim import DirectionConfig, FallbackRules
 from failclosed_interp.directions import DirectionSet
 from failclosed_interp.generation import GenerationConfig
 from failclosed_interp.models import EMBEDDED_MODEL, load_model
-from failclosed_interp.pipeline import DirectionJobConfig, builtin_prompts, derive_refusal_tokens, direction_job
+from failclosed_interp.jobs import direction_job
 from failclosed_interp.rdo import RDOConfig, optimize_direction
 from failclosed_interp.rdo_config import addition_of
 from failclosed_interp.rdo_targets import rdo_targets
 from failclosed_interp.scoring import refusal_rate, refusal_scores
+from failclosed_interp.search import DirectionJobConfig
 
 SETTINGS = {
     "default": RDOConfig(),
@@ -70,9 +71,8 @@ def main() -> None:
     start = time.perf_counter()
     selection = direction_job(model, args.work / "search", jc, progress=False)
     reference, dim_s = selection.direction, time.perf_counter() - start
-    harmful_val = builtin_prompts("harmful", "val", args.n_val, 0)
-    harmless_val = builtin_prompts("harmless", "val", args.n_val, 0)
-    tokens, _ = derive_refusal_tokens(model, harmful_val, jc.refusal_probe_tokens)
+    harmful_val, harmless_val = jc.prompts("harmful", "val"), jc.prompts("harmless", "val")
+    tokens = selection.refusal_tokens
     generation = GenerationConfig(max_new_tokens=24)
     result = {
         "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
@@ -87,8 +87,7 @@ def main() -> None:
         "reference_checks": check(model, reference, tokens, harmful_val, harmless_val, generation),
         "settings": {},
     }
-    harmful = builtin_prompts("harmful", "train", args.n_train, 0)
-    harmless = builtin_prompts("harmless", "train", args.n_train, 0)
+    harmful, harmless = jc.prompts("harmful", "train"), jc.prompts("harmless", "train")
     targets_by_length = {}
     for name in args.settings.split(","):
         config = SETTINGS[name]

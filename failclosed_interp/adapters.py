@@ -5,6 +5,8 @@ Saved adapters (adapter_config.json + adapter_model.safetensors) load in plain t
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +46,10 @@ class LoraSettings:
             r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
             target_modules=list(self.targets), bias="none", task_type="CAUSAL_LM",
         )
+
+    def with_rank(self, r: int) -> LoraSettings:
+        """These settings at rank `r`, with `alpha` scaled to keep alpha / r (the update's scale) unchanged."""
+        return dataclasses.replace(self, r=r, alpha=max(1, round(self.alpha * r / self.r)))
 
 
 def inject_lora(hf_model: torch.nn.Module, settings: LoraSettings) -> torch.nn.Module:

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from failclosed_interp.adapters import save_adapter
 from failclosed_interp.attacks.adaptive import AdaptiveAttackConfig, adaptive_attack, save_search
 from failclosed_interp.attacks.base import MIN_JUDGED_TOKENS
-from failclosed_interp.artifacts import read_json, write_json
+from failclosed_interp.artifacts import atomic_folder, read_json, write_json
 from failclosed_interp.configs import JsonConfig
 from failclosed_interp.dim import DirectionConfig, FallbackRules, NoDirectionPassed
 from failclosed_interp.directions import Direction, DirectionSet, load_directions, save_directions
@@ -47,17 +47,18 @@ from failclosed_interp.generation import GenerationConfig, generate
 from failclosed_interp.interventions import Intervention
 from failclosed_interp.models import ChatModel, load_model
 from failclosed_interp.orthogonalize import export_checkpoint
-from failclosed_interp.pipeline import DirectionJobConfig, builtin_prompts, derive_refusal_tokens, direction_job
+from failclosed_interp.jobs import direction_job
 from failclosed_interp.public_columns import format_public_columns, public_columns
 from failclosed_interp.prompts import builtin
 from failclosed_interp.rdo import NoNewDirection, RDOConfig, optimize_direction
 from failclosed_interp.rdo_config import addition_of
 from failclosed_interp.rdo_targets import RDOTargets, load_targets, rdo_targets, save_targets
 from failclosed_interp.scoring import JudgedResponses, NoRefusals, refusal_rate, refusal_scores
+from failclosed_interp.search import DirectionJobConfig, InsideSpan, check_min_new_component, check_new, own_refusal_tokens
 from failclosed_interp.training import Example, SFTConfig, build_sft_examples, train_lora
 from failclosed_interp.training.sft import fresh_lora_model, sft_prompts
 from failclosed_interp.training.trainer import StepCallback, adapters_disabled
-from failclosed_interp.utility import perplexity
+from failclosed_interp.perplexity import perplexity
 
 METHODS = ("failclosed", "sft", "refat")
 MODES = ("cumulative", "last-only", "random-subsets")
@@ -113,8 +114,7 @@ class AlignConfig(JsonConfig):
             raise ValueError(f"search must be one of {SEARCHES}, got {self.search!r}")
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1 (round 0 is plain SFT; each further round retrains), got {self.rounds}")
-        if not 0 < self.min_new_component <= 1:
-            raise ValueError(f"min_new_component must be in (0, 1], got {self.min_new_component}")
+        check_min_new_component("AlignConfig", self.min_new_component)
         if (self.n_eval is not None and self.n_eval < 1) or self.eval_tokens < 1:
             raise ValueError(f"n_eval and eval_tokens must be >= 1, got {self.n_eval} and {self.eval_tokens}")
         for name in ("min_ablation_drop", "min_addition_rise"):
@@ -151,6 +151,13 @@ def recipe(name: str) -> AlignConfig:
     return AlignConfig(**RECIPES[name])
 
 
+def with_rdo_steps(config: AlignConfig, steps: int) -> AlignConfig:
+    """`config` with at most `steps` RDO steps per direction; 0 switches RDO off (DIM directions only)."""
+    if steps == 0:
+        return dataclasses.replace(config, rdo=None)
+    return dataclasses.replace(config, rdo=dataclasses.replace(config.rdo or RDOConfig(), steps=steps))
+
+
 def _round_dir(out: Path, k: int) -> Path:
     return out / f"round_{k}"
 
@@ -170,7 +177,7 @@ def _start(out: Path, config: AlignConfig) -> int:
     if changed:
         raise ValueError(
             f"{out} holds a run with other settings ({', '.join(changed)} differ); resume it with the same "
-            f"settings (see {out / 'config.json'}; only --rounds may grow) or choose a new --out folder"
+            f"settings (see {out / 'config.json'}; only rounds may grow) or choose a new run folder"
         )
     if saved != wanted:
         write_json(out / "config.json", wanted)
@@ -249,11 +256,11 @@ def _next_direction(model: ChatModel, config: AlignConfig, found: DirectionSet, 
         return None, f"no refusal direction passed the selection rules on this round's model: {err}", notes
     except NoNewDirection as err:
         return None, f"RDO found no direction outside the span of the {len(found)} earlier ones: {err}", notes
-    if config.method == "failclosed" and len(found):
-        outside = found.residual_norm(direction.vector)
-        if outside < config.min_new_component:
-            return None, (f"the new direction (layer {direction.layer}) lies inside the span of the {len(found)} earlier "
-                          f"ones (component outside {outside:.3f} < min_new_component={config.min_new_component})"), notes
+    if config.method == "failclosed":
+        try:
+            check_new(direction, found, config.min_new_component)
+        except InsideSpan as err:
+            return None, str(err), notes
     if config.min_ablation_drop is None and config.min_addition_rise is None:
         return direction, None, notes
     try:
@@ -284,10 +291,8 @@ def _rdo_reference(model: ChatModel, config: AlignConfig, out: Path, progress: b
     jc = config.directions
     selection = direction_job(model, _round_dir(out, 0) / "search", _search_config(config, 0), progress=progress)
     reference = selection.direction
-    tokens, _ = derive_refusal_tokens(model, builtin_prompts("harmful", "val", jc.n_val, jc.seed), jc.refusal_probe_tokens)
-    targets = rdo_targets(model, builtin_prompts("harmful", "train", jc.n_train, jc.seed),
-                          builtin_prompts("harmless", "train", jc.n_train, jc.seed), reference, config.rdo,
-                          refusal_tokens=tokens, progress=progress)
+    targets = rdo_targets(model, jc.prompts("harmful", "train"), jc.prompts("harmless", "train"), reference, config.rdo,
+                          refusal_tokens=selection.refusal_tokens, progress=progress)
     note = {"reference_rule": selection.rules(), "reference_layer": reference.layer, "reference_norm": reference.norm,
             "targets": targets.filtered, "n_pairs": len(targets)}
     save_directions(reference, folder / "reference", model.identity())
@@ -303,9 +308,8 @@ def mediation_check(model: ChatModel, config: AlignConfig, direction: Direction,
     with its strength (`direction.norm`), against both without it; refusal tokens from the model's own
     refusals. Each change must reach its margin (a check whose margin is None passes)."""
     jc = config.directions
-    harmful = builtin_prompts("harmful", "val", jc.n_val, jc.seed)
-    harmless = builtin_prompts("harmless", "val", jc.n_val, jc.seed)
-    tokens, _ = derive_refusal_tokens(model, harmful, jc.refusal_probe_tokens, base)
+    harmful, harmless = jc.prompts("harmful", "val"), jc.prompts("harmless", "val")
+    tokens, _ = own_refusal_tokens(model, harmful, jc.refusal_probe_tokens, base, batch_size=jc.search.batch_size)
     ablation = DirectionSet((direction,)).ablation(skip_template_prefix=config.skip_template_prefix)
 
     def mean_score(prompts: list[str], extra: list[Intervention]) -> float:
@@ -324,7 +328,7 @@ def mediation_check(model: ChatModel, config: AlignConfig, direction: Direction,
 
 def _held_out(config: AlignConfig, kinds: tuple[str, ...]) -> dict[str, list[str]]:
     """The built-in TEST prompts every round's metrics and the final summary are measured on."""
-    return {kind: builtin_prompts(kind, "test", config.n_eval or len(builtin(kind, "test")), config.sft.seed)
+    return {kind: builtin(kind, "test").take_up_to(config.n_eval or len(builtin(kind, "test")), seed=config.sft.seed).to_list()
             for kind in kinds}
 
 
@@ -417,11 +421,8 @@ def _finish(model: ChatModel, config: AlignConfig, out: Path, found: DirectionSe
     last = _round_dir(out, done)
     for part in ("adapter", "directions"):
         if (last / part).exists() and is_main_process():
-            tmp = final / f".{part}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(last / part, tmp)
-            shutil.rmtree(final / part, ignore_errors=True)
-            tmp.rename(final / part)
+            with atomic_folder(final / part) as tmp:
+                shutil.copytree(last / part, tmp, dirs_exist_ok=True)
     summary = {"method": config.method, "mode": config.mode, "model": config.model,
                "rounds_completed": done, "stop_reason": stop_reason, "n_directions": len(found),
                "direction_layers": [d.layer for d in found], "direction_methods": [d.method for d in found],

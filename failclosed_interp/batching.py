@@ -40,7 +40,7 @@ class AdaptiveBatchSize:
                     raise
                 if self.size == 1:
                     raise RuntimeError(
-                        f"out of memory with a {self.what} size of 1: use a smaller dtype (--dtype bfloat16), shorter "
+                        f"out of memory with a {self.what} size of 1: use a smaller dtype (dtype bfloat16), shorter "
                         f"prompts or answers, gradient checkpointing for training, or a larger device"
                     ) from err
                 del err  # its traceback holds the failed call's tensors

@@ -56,6 +56,16 @@ class FallbackRules:
         _check_thresholds("FallbackRules", self.kl_threshold, self.induce_threshold)
 
 
+def fallback_rules(kl_threshold: float | None, induce_threshold: float | None = None) -> FallbackRules | None:
+    """`FallbackRules` from optional thresholds; None (no fallback) when neither is given."""
+    if kl_threshold is None:
+        if induce_threshold is not None:
+            raise ValueError("FallbackRules.induce_threshold was given without FallbackRules.kl_threshold; a fallback "
+                             "needs its KL rule: give kl_threshold too, or neither")
+        return None
+    return FallbackRules(kl_threshold, induce_threshold)
+
+
 @dataclass(frozen=True)
 class DirectionConfig(JsonConfig):
     """How DIM candidates are made and selected (defaults follow Arditi et al. 2024)."""
@@ -133,6 +143,7 @@ class Selection:
     baseline_harmless_score: float
     config: DirectionConfig
     main_rules_failure: str | None = None  # set when the direction was chosen by config.fallback
+    refusal_tokens: tuple[int, ...] = ()  # the tokens every refusal score here was computed on
 
     @property
     def rules_used(self) -> DirectionConfig | FallbackRules:
@@ -296,7 +307,8 @@ def select_direction(
         chosen_by = f"chosen by {_rules_text(config.fallback)}"
         fitted_on = f"{fitted_on}; {chosen_by}" if fitted_on else chosen_by
     direction = Direction(candidates[layer, i], layer=layer, position=positions[i], method="dim", scores=scores, fitted_on=fitted_on)
-    return Selection(direction, layer, positions[i], positions, abl, ind, kl, *baselines, config, main_failure)
+    return Selection(direction, layer, positions[i], positions, abl, ind, kl, *baselines, config, main_failure,
+                     tuple(refusal_tokens))
 
 
 def _nothing_passed(todo, positions, abl, ind, kl, config: DirectionConfig) -> str:
@@ -318,22 +330,3 @@ def _nothing_passed(todo, positions, abl, ind, kl, config: DirectionConfig) -> s
             ". To get a direction, loosen kl_threshold or induce_threshold, lower exclude_last_fraction, "
             f"or use more or clearer prompts.")
 
-
-def find_direction(
-    model: ChatModel,
-    harmful_train: Sequence[str],
-    harmless_train: Sequence[str],
-    harmful_val: Sequence[str],
-    harmless_val: Sequence[str],
-    refusal_tokens: Sequence[int],
-    config: DirectionConfig = DirectionConfig(),
-    interventions: Sequence[Intervention] = (),
-    progress: bool = True,
-) -> Selection:
-    """DIM candidates on the train prompts, selection on the validation prompts."""
-    candidates = dim_candidates(model, harmful_train, harmless_train, config, interventions, progress=progress)
-    fitted_on = (f"DIM on {len(harmful_train)} harmful / {len(harmless_train)} harmless train prompts, selected on "
-                 f"{len(harmful_val)} / {len(harmless_val)} validation prompts"
-                 + (f", with {len(interventions)} intervention(s) applied" if interventions else ""))
-    return select_direction(model, candidates, harmful_val, harmless_val, refusal_tokens, config, interventions,
-                            fitted_on=fitted_on, progress=progress)

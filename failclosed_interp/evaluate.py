@@ -37,12 +37,12 @@ from failclosed_interp.judges import DEFAULT_JUDGE, JUDGE_NAMES, Judge, Verdict,
 from failclosed_interp.lm_eval_tasks import LMEvalConfig, headline_metric, lm_eval_scores
 from failclosed_interp.models import EMBEDDED_MODEL, ChatModel, load_model
 from failclosed_interp.plots import grouped_rate_bars, save_figure
-from failclosed_interp.prompts import PromptSet, builtin, load_prompts
+from failclosed_interp.prompts import builtin, load_prompts
 from failclosed_interp.prompts.public import DEFAULT_PUBLIC_N, PUBLIC_SETS
 from failclosed_interp.public_columns import public_columns
 from failclosed_interp.scoring import refusal_rate
 from failclosed_interp.stats import RateEstimate, bootstrap_mean, wilson_rate
-from failclosed_interp.utility import perplexity
+from failclosed_interp.perplexity import perplexity
 
 ATTACKS = ("gcg", "autodan", "pair", "human", "ablation")
 # The paper's average is over the four prompt attacks; white-box ablation is reported on its own.
@@ -124,15 +124,11 @@ class EvalConfig(JsonConfig):
 
 # --- prompts and held-out text ---------------------------------------------------------------------------
 
-def _take(prompts: PromptSet, n: int, seed: int) -> list[str]:
-    return prompts.take(min(n, len(prompts)), seed=seed).to_list()
-
-
 def harmful_prompts(config: EvalConfig) -> list[str]:
     """The harmful prompts every attack is run on: the built-in test split or `harmful_file`."""
     source = (load_prompts(config.harmful_file, column=config.harmful_column) if config.harmful_file
               else builtin("harmful", "test"))
-    return _take(source, config.n_harmful, config.seed)
+    return source.take_up_to(config.n_harmful, seed=config.seed).to_list()
 
 
 def utility_text(config: EvalConfig) -> tuple[list[str], list[str]]:
@@ -167,7 +163,7 @@ class _Cache:
         recorded = self.root / "model.json"
         if recorded.is_file() and read_json(recorded) != identity:
             raise ValueError(
-                f"{self.root} holds results of {read_json(recorded)}, not {identity}; use another label or --out "
+                f"{self.root} holds results of {read_json(recorded)}, not {identity}; use another label or run folder "
                 f"(or delete that folder to recompute)"
             )
         write_json(recorded, identity)
@@ -271,7 +267,7 @@ def evaluate(
     if len(set(names)) != len(names):
         raise ValueError(f"attack names {names} repeat; each attack is one column of the table")
     harmful = harmful_prompts(config)
-    compliance_sets = {kind: _take(builtin(kind, "test"), config.n_compliance, config.seed) for kind in ("borderline", "harmless")}
+    compliance_sets = {kind: builtin(kind, "test").take_up_to(config.n_compliance, seed=config.seed).to_list() for kind in ("borderline", "harmless")}
     utility_prompts, utility_answers = utility_text(config)
     common = {"judge": _judge_id(judge), "max_new_tokens": config.max_new_tokens}
     rows, responses = {}, {}

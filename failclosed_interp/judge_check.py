@@ -151,7 +151,7 @@ def judge_check(data_dir: str | Path) -> dict:
     marked as partly in-sample), with the substring and prefix judges for comparison."""
     path = Path(data_dir) / XSTEST_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; --data must be a folder holding XSTest's {XSTEST_FILE}")
+        raise FileNotFoundError(f"{path} not found; the data folder must hold XSTest's {XSTEST_FILE}")
     rows = load_xstest(path)
     halves = {h: [r for r in rows if half_of(r.source) == h] for h in ("fit", "held_out")}
     data = {h: list(part) + planted_non_answers(part) for h, part in halves.items()}

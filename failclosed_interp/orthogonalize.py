@@ -9,9 +9,6 @@ Exact for pre-norm blocks whose sublayer outputs are added straight to the resid
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,6 +16,7 @@ from jaxtyping import Float
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from failclosed_interp.artifacts import atomic_folder
 from failclosed_interp.interventions import orthonormal_basis
 from failclosed_interp.models import load_hf
 
@@ -164,9 +162,7 @@ def export_checkpoint(
     if basis is not None:
         orthogonalize_(hf_model, basis)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    try:
+    with atomic_folder(out_dir) as tmp:
         hf_model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if basis is not None:
@@ -174,10 +170,6 @@ def export_checkpoint(
             record = {"base_model": name, "adapter": None if adapter is None else str(adapter),
                       "n_dirs": int(basis.reshape(-1, basis.shape[-1]).shape[0]), "d_model": int(basis.shape[-1])}
             (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -191,13 +183,3 @@ def _merge_adapter(hf_model: nn.Module, adapter: str | Path, name: str) -> nn.Mo
             f"cannot merge the LoRA adapter in {adapter} into {name!r}: {err}. Export with the base model the "
             f"adapter was trained on."
         ) from err
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
-    os.replace(target, old / target.name)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)

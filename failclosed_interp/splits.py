@@ -23,8 +23,7 @@ class PromptSplits:
     def builtin(cls, n_eval: int = 20, n_harmless: int = 20, n_train: int = 32, n_val: int = 12, seed: int = 0) -> PromptSplits:
         """The built-in sets: test splits for evaluation, train/val splits for direction finding."""
         def take(kind: str, split: str, n: int) -> tuple[str, ...]:
-            prompts = builtin(kind, split)
-            return tuple(prompts.take(min(n, len(prompts)), seed=seed).to_list())
+            return builtin(kind, split).take_up_to(n, seed=seed).instructions
 
         return cls(take("harmful", "test", n_eval), take("harmless", "test", n_harmless),
                    take("harmful", "train", n_train), take("harmless", "train", n_train),

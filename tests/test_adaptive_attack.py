@@ -129,7 +129,7 @@ def test_the_attacker_reads_only_the_attack_split_by_default():
         AdaptiveAttackConfig(n_fit=39).prompts("harmful")
 
 
-DEFENDER_PATHS = ("training", "align.py", "pipeline.py", "dim.py", "rdo.py", "audit", "splits.py")
+DEFENDER_PATHS = ("training", "align.py", "jobs.py", "search.py", "dim.py", "rdo.py", "audit", "splits.py")
 
 
 def test_no_defender_module_names_the_attack_split():
@@ -159,7 +159,7 @@ class RecordingBuiltin:
 def test_defender_jobs_never_request_the_attack_split(tmp_path, monkeypatch):
     from failclosed_interp.align import AlignConfig, align
     from failclosed_interp.audit import PromptSplits
-    from failclosed_interp.pipeline import DirectionJobConfig
+    from failclosed_interp.search import DirectionJobConfig
     from failclosed_interp.prompts import sets
     from failclosed_interp.training import SFTConfig, TrainConfig
 
@@ -206,15 +206,15 @@ def test_rdo_adds_one_candidate_fitted_on_the_attackers_own_prompts(toy, monkeyp
     seen = {}
     real = adaptive_module.rdo_direction
 
-    def spy(model, harmful, harmless, init, config, refusal_tokens):
-        seen.update(harmful=harmful, harmless=harmless, init=init)
-        return real(model, harmful, harmless, init, config, refusal_tokens)
+    def spy(model, harmful, harmless, init, rdo, refusal_tokens, **kw):
+        seen.update(harmful=harmful, harmless=harmless, init=init, rdo=rdo)
+        return real(model, harmful, harmless, init, rdo, refusal_tokens, **kw)
 
     monkeypatch.setattr(adaptive_module, "rdo_direction", spy)
     config = toy_config(toy, rdo_steps=2, n_verify=0)
     search = search_directions(toy.model, config, TOY_JUDGE)
     fit = config.prompts("harmful")[0], config.prompts("harmless")[0]
-    assert (seen["harmful"], seen["harmless"]) == fit and seen["init"].method == "dim"
+    assert (seen["harmful"], seen["harmless"]) == fit and seen["init"].method == "dim" and seen["rdo"].steps == 2
     methods = [c.method for c in search.candidates]
     assert methods[-1] == "rdo" and methods.count("rdo") == 1
     assert math.isfinite(search.candidates[len(methods) - 1].scores["kl"])

@@ -12,7 +12,7 @@ from failclosed_interp.attacks import AdaptiveAttackConfig
 from failclosed_interp.align import AlignConfig, align, training_ablation
 from failclosed_interp.directions import Direction, DirectionSet
 from failclosed_interp.interventions import orthonormal_basis
-from failclosed_interp.pipeline import DirectionJobConfig
+from failclosed_interp.search import DirectionJobConfig
 from failclosed_interp.rdo import RDOConfig
 from failclosed_interp.training import SFTConfig, TrainConfig
 

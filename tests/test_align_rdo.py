@@ -15,6 +15,7 @@ from failclosed_interp.dim import FallbackRules
 from failclosed_interp.directions import Direction
 from failclosed_interp.rdo import RDOConfig
 from failclosed_interp.rdo_targets import RDOTargets
+from failclosed_interp.search import DirectionJobConfig
 from failclosed_interp.training.data import Example
 from test_align import tiny_config
 
@@ -22,6 +23,7 @@ from test_align import tiny_config
 class FakeSelection:
     def __init__(self, direction):
         self.direction = direction
+        self.refusal_tokens = (5,)
 
     def rules(self):
         return "fallback rules (KL <= 0.3, induce rule off)"
@@ -52,7 +54,6 @@ def spied_loop(monkeypatch):
         return {"harmful_score_drop": 2.0, "harmless_score_rise": 2.0, "passed": True, "why": ""}
 
     monkeypatch.setattr(align_module, "direction_job", fake_direction_job)
-    monkeypatch.setattr(align_module, "derive_refusal_tokens", lambda *a, **k: ([5], None))
     monkeypatch.setattr(align_module, "rdo_targets", fake_targets)
     monkeypatch.setattr(align_module, "optimize_direction", fake_rdo)
     monkeypatch.setattr(align_module, "mediation_check", passing)
@@ -102,9 +103,9 @@ def test_a_direction_that_does_not_mediate_refusal_stops_the_loop_and_says_why(t
 
 def test_mediation_check_passes_the_planted_direction_and_fails_a_random_one(monkeypatch):
     model, planted, refusal = planted_refusal_model()
-    monkeypatch.setattr(align_module, "builtin_prompts",
-                        lambda kind, split, n, seed: list(HARMFUL_VAL if kind == "harmful" else HARMLESS_VAL))
-    monkeypatch.setattr(align_module, "derive_refusal_tokens", lambda *a, **k: ([refusal], None))
+    monkeypatch.setattr(DirectionJobConfig, "prompts",
+                        lambda self, kind, split: list(HARMFUL_VAL if kind == "harmful" else HARMLESS_VAL))
+    monkeypatch.setattr(align_module, "own_refusal_tokens", lambda *a, **k: ([refusal], None))
     config = AlignConfig()
     good = mediation_check(model, config, Direction(planted, layer=1, norm=4.0))
     assert good["passed"] and good["harmful_score_drop"] > 1.0 and good["harmless_score_rise"] > 1.0

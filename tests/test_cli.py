@@ -113,18 +113,66 @@ def test_sft_options_reach_the_saved_config_and_adapter(tmp_path):
     assert json.loads((out / "adapter" / "adapter_config.json").read_text())["r"] == 4
 
 
-def test_fallback_selection_options():
-    from failclosed_interp.cli import _search, build_parser
+def _config_of(monkeypatch, module: str, function: str, argv: list[str]):
+    """The config a command hands to the library function `module.function` (replaced by a recorder)."""
+    import importlib
+
+    seen = {}
+
+    def record(*args, **kwargs):
+        seen["args"], seen["kwargs"] = args, kwargs
+        raise SystemExit(0)
+
+    monkeypatch.setattr(importlib.import_module(module), function, record)
+    monkeypatch.setattr(importlib.import_module("failclosed_interp.cli.directions"), "load", lambda args: None)
+    with pytest.raises(SystemExit):
+        main(argv)
+    return seen
+
+
+def test_fallback_selection_options(monkeypatch):
     from failclosed_interp.dim import FallbackRules
 
-    args = build_parser().parse_args(["directions", "--out", "d", "--fallback-kl-threshold", "0.3"])
-    assert _search(args).fallback == FallbackRules(kl_threshold=0.3, induce_threshold=None)
-    args = build_parser().parse_args(["directions", "--out", "d", "--fallback-kl-threshold", "0.3",
-                                      "--fallback-induce-threshold", "-1"])
-    assert _search(args).fallback == FallbackRules(kl_threshold=0.3, induce_threshold=-1.0)
-    assert _search(build_parser().parse_args(["directions", "--out", "d"])).fallback is None
-    with pytest.raises(ValueError, match="needs --fallback-kl-threshold"):
-        _search(build_parser().parse_args(["directions", "--out", "d", "--fallback-induce-threshold", "0"]))
+    def search(*flags):
+        seen = _config_of(monkeypatch, "failclosed_interp.jobs", "direction_job", ["directions", "--out", "d", *flags])
+        return seen["args"][2].search
+
+    assert search("--fallback-kl-threshold", "0.3").fallback == FallbackRules(kl_threshold=0.3, induce_threshold=None)
+    assert search("--fallback-kl-threshold", "0.3", "--fallback-induce-threshold", "-1").fallback == \
+        FallbackRules(kl_threshold=0.3, induce_threshold=-1.0)
+    assert search().fallback is None
+
+
+def test_a_library_error_names_the_flag_that_sets_the_field(capsys):
+    assert main(["directions", "--out", "d", "--fallback-induce-threshold", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--fallback-induce-threshold was given without --fallback-kl-threshold" in err
+    assert main(["align", "--model", "tiny-llama", "--n-harmful", "0", "--out", "d"]) == 2
+    assert "--n-harmful" in capsys.readouterr().err
+
+
+def test_a_flag_left_out_keeps_the_configs_default(monkeypatch):
+    from failclosed_interp.align import recipe
+    from failclosed_interp.audit import AuditConfig
+    from failclosed_interp.search import DirectionJobConfig
+
+    assert _config_of(monkeypatch, "failclosed_interp.align", "align", ["align", "--out", "a"])["args"][0] == recipe("default")
+    paper = _config_of(monkeypatch, "failclosed_interp.align", "align",
+                       ["align", "--recipe", "paper", "--rank", "4", "--kl-threshold", "0.2", "--out", "a"])["args"][0]
+    assert paper.rounds == recipe("paper").rounds and paper.search == "plain" and paper.rdo == recipe("paper").rdo
+    assert (paper.sft.train.lora.r, paper.sft.train.lora.alpha) == (4, 8)  # alpha/r kept
+    assert paper.directions.search.kl_threshold == 0.2 and paper.directions.search.induce_threshold == 0.0
+    assert _config_of(monkeypatch, "failclosed_interp.align", "align",
+                      ["align", "--rdo-steps", "0", "--out", "a"])["args"][0].rdo is None
+    audit = _config_of(monkeypatch, "failclosed_interp.audit", "audit_job", ["audit", "--out", "o"])["kwargs"]["config"]
+    assert audit == AuditConfig()
+    audit = _config_of(monkeypatch, "failclosed_interp.audit", "audit_job",
+                       ["audit", "--out", "o", "--n-eval", "6", "--k", "2", "--mode", "logit", "--positions", "-1"])
+    config = audit["kwargs"]["config"]
+    assert (config.n_eval, config.n_harmless, config.k_max, config.measure.mode) == (6, 6, 2, "logit")
+    assert config.directions.positions == (-1,) and config.directions.lazy  # the audit's own search default kept
+    jc = _config_of(monkeypatch, "failclosed_interp.jobs", "direction_job", ["directions", "--out", "d"])["args"][2]
+    assert jc == DirectionJobConfig()
 
 
 def test_evaluate_passes_its_options_to_the_ablation_attacker(tmp_path, monkeypatch):

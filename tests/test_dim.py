@@ -8,8 +8,9 @@ from _planted import HARMFUL, HARMFUL_VAL, HARMLESS, HARMLESS_VAL, planted_refus
 from failclosed_interp.activations import mean_activations
 from failclosed_interp.chat import tokenize_prompts
 from failclosed_interp.dim import (
-    DirectionConfig, FallbackRules, NoDirectionPassed, dim_candidates, find_direction, save_selection, select_direction,
+    DirectionConfig, FallbackRules, NoDirectionPassed, dim_candidates, save_selection, select_direction,
 )
+from failclosed_interp.search import find_direction
 from failclosed_interp.directions import DirectionSet, load_directions
 from failclosed_interp.interventions import Ablation, hook_name, intervene
 from failclosed_interp.models import load_model

@@ -15,7 +15,7 @@ from peft import PeftModel
 
 from failclosed_interp import models
 from failclosed_interp.adapters import LoraSettings, inject_lora, save_adapter
-from failclosed_interp.artifacts import IDENTITY_FILE, write_json
+from failclosed_interp.artifacts import IDENTITY_FILE, atomic_folder, write_json
 from failclosed_interp.chat import format_prompt, post_instruction_positions
 from failclosed_interp.interventions import Ablation, intervene
 from failclosed_interp.models import BUILTIN_MODELS, load_model
@@ -195,3 +195,20 @@ def test_write_json_is_atomic_and_refuses_nan(tmp_path):
             write_json(path, bad)
     assert json.loads(path.read_text())["refusal"] == 0.5  # the old file survives a refused write
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temp files left
+
+
+def test_atomic_folder_replaces_a_folder_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "adapter"
+    with atomic_folder(target) as tmp:
+        (tmp / "a.txt").write_text("first")
+        assert not target.exists()  # nothing visible until the block ends
+    assert (target / "a.txt").read_text() == "first"
+    with atomic_folder(target) as tmp:
+        (tmp / "b.txt").write_text("second")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]  # the old folder is gone, not merged
+    with pytest.raises(RuntimeError, match="crash"):
+        with atomic_folder(target) as tmp:
+            (tmp / "c.txt").write_text("half")
+            raise RuntimeError("crash")
+    assert sorted(p.name for p in target.iterdir()) == ["b.txt"]  # a failed write leaves it as it was
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # no temporary folders left

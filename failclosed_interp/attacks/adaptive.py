@@ -31,18 +31,15 @@ from failclosed_interp.artifacts import read_json, write_json
 from failclosed_interp.attacks.base import MIN_JUDGED_TOKENS, check_budget, check_judged_tokens, check_prompts
 from failclosed_interp.chat import post_instruction_positions
 from failclosed_interp.configs import JsonConfig
-from failclosed_interp.dim import DirectionConfig, dim_candidates
+from failclosed_interp.dim import DirectionConfig
 from failclosed_interp.directions import Direction, DirectionSet, load_directions, save_directions
 from failclosed_interp.generation import GenerationConfig, generate
 from failclosed_interp.judges import Judge, ThreeWayJudge, Verdict, classify
 from failclosed_interp.models import ChatModel
 from failclosed_interp.prompts import builtin
-from failclosed_interp.rdo import optimize_direction
 from failclosed_interp.rdo_config import RDOConfig
-from failclosed_interp.rdo_targets import rdo_targets
-from failclosed_interp.scoring import (
-    NoRefusals, kl_from_logits, last_token_logits, refusal_rate, refusal_score_from_logits, refusal_tokens_from_responses,
-)
+from failclosed_interp.scoring import NoRefusals, kl_from_logits, last_token_logits, refusal_score_from_logits
+from failclosed_interp.search import dim_search, rdo_direction
 from failclosed_interp.stats import RateEstimate, wilson_rate
 
 DEFAULT_BUDGETS = (0.1, 0.3, 1.0, math.inf)
@@ -189,15 +186,6 @@ class _Scorer:
         return dataclasses.replace(direction, scores={**direction.scores, "compliance": compliance})
 
 
-def rdo_direction(model: ChatModel, harmful: list[str], harmless: list[str], init: Direction,
-                  config: AdaptiveAttackConfig, refusal_tokens: Sequence[int]) -> Direction:
-    """The attacker's RDO direction on its own fit prompts, toward targets made with `init` (its strongest DIM
-    candidate: ablated, the harmful answers; added, the harmless refusals). The one call into `rdo`."""
-    rdo = RDOConfig(steps=config.rdo_steps, seed=config.seed)
-    targets = rdo_targets(model, harmful, harmless, init, rdo, refusal_tokens=refusal_tokens, progress=False)
-    return optimize_direction(model, init, targets, rdo, progress=False)
-
-
 def search_directions(
     model: ChatModel, config: AdaptiveAttackConfig = AdaptiveAttackConfig(), judge: Judge = ThreeWayJudge(), *,
     progress: bool = False,
@@ -205,16 +193,15 @@ def search_directions(
     """The attacker's search on `model`: refusal tokens from its own refusals (as `judge` sees them) to the
     attacker's harmful fit prompts, every DIM candidate and the RDO direction scored, a choice per budget."""
     (harmful_fit, harmful_score), (harmless_fit, harmless_score) = config.prompts("harmful"), config.prompts("harmless")
-    probe = refusal_rate(model, harmful_fit, judge=judge, progress=False, generation=GenerationConfig(
-        max_new_tokens=config.refusal_probe_tokens, batch_size=config.batch_size))
+    positions = config.positions or tuple(post_instruction_positions(model))
     try:
-        tokens = refusal_tokens_from_responses(model, probe.instructions, probe.responses, judge)
+        sweep = dim_search(model, harmful_fit, harmless_fit, DirectionConfig(positions=positions, batch_size=config.batch_size),
+                           probe=harmful_fit, probe_tokens=config.refusal_probe_tokens, judge=judge)
     except NoRefusals:
         return AttackSearch(DirectionSet(), tuple((b, None) for b in config.kl_budgets), None, (),
                             f"the model refused none of the attacker's {len(harmful_fit)} harmful prompts")
+    means, tokens = sweep.vectors, list(sweep.refusal_tokens)
     scorer = _Scorer(model, harmful_score, harmless_score, tokens, config, judge)
-    positions = config.positions or tuple(post_instruction_positions(model))
-    means = dim_candidates(model, harmful_fit, harmless_fit, DirectionConfig(positions=positions, batch_size=config.batch_size))
     layers = config.layers if config.layers is not None else tuple(range(model.n_layers))
     if max(layers) >= model.n_layers:
         raise ValueError(f"layers {layers} out of range: the model has layers 0..{model.n_layers - 1}")
@@ -225,7 +212,8 @@ def search_directions(
     if config.rdo_steps and candidates:
         start = strongest_within(candidates, config.report_budget)
         init = candidates[start if start is not None else strongest_within(candidates, math.inf)]
-        candidates.append(scorer.scored(rdo_direction(model, harmful_fit, harmless_fit, init, config, tokens)))
+        rdo = RDOConfig(steps=config.rdo_steps, seed=config.seed)
+        candidates.append(scorer.scored(rdo_direction(model, harmful_fit, harmless_fit, init, rdo, tokens)))
     if config.n_verify:
         for i in sorted({i for b in config.kl_budgets for i in _strongest(candidates, b, config.n_verify)}):
             candidates[i] = scorer.verified(candidates[i])
@@ -353,8 +341,7 @@ def adaptive_attack_job(
     """Attack `n_harmful` built-in harmful TEST prompts; write the budget curve (JSON, no responses) to `out`
     and, with `responses`, the whole result with every response to that file. `about` (e.g. the model name and
     adapter path) is recorded in both."""
-    test = builtin("harmful", "test")
-    prompts = test.take(min(n_harmful, len(test)), seed=config.seed).to_list()
+    prompts = builtin("harmful", "test").take_up_to(n_harmful, seed=config.seed).to_list()
     result = adaptive_attack(model, prompts, config, judge, max_new_tokens=max_new_tokens, progress=progress)
     meta = {**(about or {}), "model_identity": model.identity(), "max_new_tokens": max_new_tokens,
             "eval_prompts": "built-in harmful test split"}

@@ -29,7 +29,7 @@ from failclosed_interp.configs import config_to_dict
 from failclosed_interp.generation import GenerationConfig, generate
 from failclosed_interp.judges import Judge, ThreeWayJudge
 from failclosed_interp.models import ChatModel
-from failclosed_interp.utility import answer_nll
+from failclosed_interp.perplexity import answer_nll
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")

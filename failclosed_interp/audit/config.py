@@ -9,6 +9,7 @@ from failclosed_interp.attacks.adaptive import AdaptiveAttackConfig
 from failclosed_interp.audit.meter import MeasureConfig
 from failclosed_interp.configs import JsonConfig
 from failclosed_interp.dim import DirectionConfig
+from failclosed_interp.search import check_min_new_component
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class AuditConfig(JsonConfig):
     directions: DirectionConfig = field(default_factory=lambda: DirectionConfig(lazy=True))
     attacker: AdaptiveAttackConfig = field(default_factory=AdaptiveAttackConfig)  # with `adaptive`: its prompts and search
     seed: int = 0
+    min_new_component: float = 0.05  # a found direction counts as new if its unit vector keeps this much outside the earlier ones' span
 
     def __post_init__(self):
         object.__setattr__(self, "steering_coeffs", tuple(float(c) for c in self.steering_coeffs))
@@ -56,6 +58,7 @@ class AuditConfig(JsonConfig):
             raise ValueError(f"steering_coeffs must be positive finite multiples of the norm, got {self.steering_coeffs}")
         if not self.ri_tolerance >= 0:
             raise ValueError(f"ri_tolerance must be >= 0, got {self.ri_tolerance}")
+        check_min_new_component("AuditConfig", self.min_new_component)
         for name in ("n_eval", "n_harmless", "n_train", "n_val"):
             if getattr(self, name) < 2:
                 raise ValueError(f"{name} must be >= 2 prompts, got {getattr(self, name)}")

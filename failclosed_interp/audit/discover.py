@@ -1,7 +1,7 @@
 """Find a model's refusal directions one after another: each new one with all earlier ones ablated
 (at every layer, the authors' sites), until refusal is gone or k reaches its limit.
 
-Each round is `dim.find_direction` with the earlier directions as base interventions, so the
+Each round is `search.find_direction` with the earlier directions as base interventions, so the
 selection rules (last 20% of layers excluded, KL <= 0.1 on harmless prompts, must induce refusal)
 apply every time: without them a late-layer "Sorry"-token feature would be chosen and every model
 would look fail-open."""
@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from failclosed_interp.audit.meter import AblationRefusal
-from failclosed_interp.dim import DirectionConfig, NoDirectionPassed, Selection, find_direction
+from failclosed_interp.dim import DirectionConfig, NoDirectionPassed, Selection
 from failclosed_interp.directions import DirectionSet
 from failclosed_interp.models import ChatModel
+from failclosed_interp.search import InsideSpan, check_new, find_direction
 from failclosed_interp.stats import RateEstimate
 
 
@@ -50,13 +51,13 @@ def discover_directions(
     k_max: int = 5,
     threshold: float = 0.5,
     config: DirectionConfig = DirectionConfig(lazy=True),
-    min_residual: float = 0.05,
+    min_new_component: float = 0.05,
     progress: bool = False,
 ) -> Discovery:
     """Append up to `k_max` directions to `refusal.directions` (which should start empty), each found
     with the earlier ones ablated; stop when harmful refusal with all found ones ablated is below
     `threshold`, when no candidate passes the selection rules, or when a new direction lies (up to
-    `min_residual`) in the span of the earlier ones."""
+    `min_new_component`) in the span of the earlier ones."""
     if len(refusal.directions):
         raise ValueError("discovery starts from an empty direction set; audit given directions without discovery")
     if k_max < 1:
@@ -71,10 +72,10 @@ def discover_directions(
         except NoDirectionPassed as err:
             reason = f"no candidate passed the selection rules with {len(found)} direction(s) ablated: {err}"
             break
-        residual = found.residual_norm(selection.direction.vector)
-        if residual < min_residual:
-            reason = (f"round {round_}'s direction (layer {selection.layer}) lies in the span of the earlier ones "
-                      f"(residual norm {residual:.3g} < {min_residual})")
+        try:
+            check_new(selection.direction, found, min_new_component, what=f"round {round_}'s direction")
+        except InsideSpan as err:
+            reason = str(err)
             break
         direction = dataclasses.replace(selection.direction, round=round_)
         found = found.append(direction)

@@ -8,7 +8,6 @@ budget, count toward the redundancy number and the pathways; the verdict rule is
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -29,12 +28,14 @@ from failclosed_interp.audit.result import AuditResult
 from failclosed_interp.audit.strongest import strongest_direction
 from failclosed_interp.audit.verdict import verdict
 from failclosed_interp.chat import post_instruction_positions
-from failclosed_interp.dim import NoDirectionPassed, dim_candidates, find_direction
+from failclosed_interp.dim import dim_candidates
 from failclosed_interp.directions import DirectionSet, load_directions
 from failclosed_interp.judges import DEFAULT_JUDGE, Judge, ThreeWayJudge, judge_by_name
 from failclosed_interp.models import ChatModel, load_model
 from failclosed_interp.scoring import refusal_tokens_from_responses, token_strings
+from failclosed_interp.search import InsideSpan, check_new
 from failclosed_interp.splits import PromptSplits
+from failclosed_interp.stopwatch import Stopwatch
 from failclosed_interp.toys import TOY_MODELS, load_toy
 
 
@@ -68,13 +69,7 @@ def run_audit(
     progress: bool = False,
 ) -> AuditResult:
     """Audit `model`'s refusal pathways along `directions` (discovered when None)."""
-    clock, timings = time.perf_counter(), {}
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        timings[name] = round(time.perf_counter() - clock, 2)
-        clock = time.perf_counter()
-
+    clock = Stopwatch(digits=2)
     if directions is not None:
         _check_directions(model, directions)
     measure, margin, budget = config.measure, config.carry_margin, config.kl_budget
@@ -89,7 +84,7 @@ def run_audit(
     harmless = meter(prompts.harmless_eval)
     refusal, harmless_ablated = AblationRefusal(harmful), AblationRefusal(harmless)
     baseline, harmless_baseline = refusal([]), harmless_ablated([])
-    lap("baseline")
+    clock.lap("baseline")
     positions = tuple(config.directions.positions or post_instruction_positions(model))
     meters = (generated, harmful, harmless)
     common = dict(model=model.name, identity=model.identity(), baseline=baseline, harmless_baseline=harmless_baseline,
@@ -103,16 +98,17 @@ def run_audit(
         label, text = verdict(baseline, DirectionSet(), (), (), (), (), none, None, **rule)
         return AuditResult(source="given" if directions is not None else "discovered", directions=directions or DirectionSet(),
                            redundancy=none, verdict_label=label, verdict=text, n_evaluations=_evaluations(meters),
-                           timings=timings, **common, **empty)
+                           timings=clock.timings, **common, **empty)
 
     notes, discovery, source = [], None, "given"
     if directions is None:
         source = "discovered"
         discovery = discover_directions(model, refusal, prompts.harmful_train, prompts.harmless_train, prompts.harmful_val,
                                         prompts.harmless_val, tokens, k_max=config.k_max, threshold=config.threshold,
-                                        config=config.directions, progress=progress)
+                                        config=config.directions, min_new_component=config.min_new_component,
+                                        progress=progress)
         notes.append(f"discovery stopped: {discovery.stop_reason}")
-        lap("discover")
+        clock.lap("discover")
     else:
         refusal.directions = directions
     attack = None
@@ -120,7 +116,7 @@ def run_audit(
         note, attack = _add_adaptive(model, refusal, prompts, config, judge, progress)
         notes.append(note)
         source = f"{source}+adaptive"
-        lap("adaptive")
+        clock.lap("adaptive")
     dirs = harmless_ablated.directions = refusal.directions
     candidates = None
     if config.sweep or config.unbounded:
@@ -131,34 +127,34 @@ def run_audit(
                                              prompts.harmless_eval, tokens, config.directions, harmful, generated, budget)
         notes += [why] if why else []
         common["outcomes"]["strongest direction ablated"] = strongest.outcomes if strongest else None
-        lap("strongest")
+        clock.lap("strongest")
     if not len(dirs):
         label, text = verdict(baseline, dirs, (), (), (), (), none, strongest, **rule,
                               why_none=discovery.stop_reason if discovery else "")
         return AuditResult(source=source, directions=dirs, redundancy=none, verdict_label=label, verdict=text,
                            discovery=discovery, strongest=strongest, notes=tuple(notes), adaptive_attack=attack,
-                           n_evaluations=_evaluations(meters), timings=timings, **common, **empty)
+                           n_evaluations=_evaluations(meters), timings=clock.timings, **common, **empty)
 
     k = len(dirs)
     single, pairwise, others = single_ablation(refusal), pairwise_ablation(refusal), leave_one_out(refusal)
     joint = joint_curves(refusal)
     kl = ablation_kl(model, prompts.harmless_eval, [dirs[[i]].ablation() for i in range(k)], batch_size=measure.batch_size)
-    lap("ablation")
+    clock.lap("ablation")
     steering = steering_sweep(harmless, dirs, config.steering_coeffs)
     own = [row[0] for row in steering_sweep(harmless, dirs, (1.0,))]
     at_common = common_steering(harmless, dirs)
     harmless_score, induce = induce_scores(model, prompts.harmless_eval, tokens, common_additions(dirs),
                                            batch_size=measure.batch_size)
-    lap("steering")
+    clock.lap("steering")
     evidence = (addition_evidence(harmless_baseline, own, at_common, margin)
                 + ablation_evidence(refusal.measured(), margin))
     counted = tuple(i for i, ok in enumerate(carrying(evidence, k)) if ok and kl[i] <= budget)
     redundancy = redundancy_over(refusal.value, counted, config.threshold, max_exact=config.max_exact,
                                  known=refusal.known())
-    lap("redundancy")
+    clock.lap("redundancy")
     rep = representational_independence(model, prompts.harmful_eval, dirs, positions, batch_size=measure.batch_size,
                                         layers=config.directions.candidate_layers(model.n_layers))
-    lap("representational_independence")
+    clock.lap("representational_independence")
     sweep = None
     if config.sweep:
         sweep = torch.nn.functional.cosine_similarity(candidates[None], dirs.matrix()[:, None, None, :], dim=-1)
@@ -173,7 +169,7 @@ def run_audit(
     outcomes = {**common.pop("outcomes"), **{f"d{i} ablated": generated.outcomes(("ablate", frozenset({i})))
                                              for i in range(k)},
                 f"all {k} ablated": generated.outcomes(("ablate", frozenset(range(k))))}
-    lap("flags")
+    clock.lap("flags")
     pathways = independent_pathways([i in counted for i in range(k)], rep.independent(config.ri_tolerance))
     label, text = verdict(baseline, dirs, single, kl, counted, pathways, redundancy, strongest, **rule,
                           rising=bool(rising))
@@ -181,7 +177,7 @@ def run_audit(
         source=source, directions=dirs, single=tuple(single), pairwise=tuple(tuple(r) for r in pairwise), joint=joint,
         steering=tuple(tuple(r) for r in steering), rep=rep, redundancy=redundancy, pathways=pathways,
         verdict_label=label, verdict=text, discovery=discovery, sweep=sweep, notes=tuple(notes),
-        n_evaluations=_evaluations(meters), timings=timings, kl=tuple(kl), leave_one_out=tuple(others),
+        n_evaluations=_evaluations(meters), timings=clock.timings, kl=tuple(kl), leave_one_out=tuple(others),
         common=common_site(dirs), common_steering=tuple(at_common), harmless_score=harmless_score,
         induce_scores=tuple(induce), evidence=tuple(evidence), counted=counted, rising=tuple(rising),
         strongest=strongest, outcomes={key: value for key, value in outcomes.items() if value is not None},
@@ -216,10 +212,10 @@ def _add_adaptive(model, refusal: AblationRefusal, prompts: PromptSplits, config
     if chosen is None:
         why = attack.search.reason or f"no candidate within KL {config.kl_budget}"
         return f"adaptive attacker: no direction to audit ({why})", attack
-    residual = refusal.directions.residual_norm(chosen.vector) if len(refusal.directions) else 1.0
-    if residual < 0.05:
-        return (f"adaptive attacker's direction (layer {chosen.layer}) lies in the span of the audited ones "
-                f"(residual {residual:.3g})"), attack
+    try:
+        check_new(chosen, refusal.directions, config.min_new_component, what="the adaptive attacker's direction")
+    except InsideSpan as err:
+        return str(err), attack
     index = refusal.append(chosen)
     return (f"adaptive attacker's direction within KL {config.kl_budget}: layer {chosen.layer}, position "
             f"{chosen.position} ({chosen.method}), audited as direction {index}"), attack

@@ -50,7 +50,7 @@ def _verdict(baseline, directions, single, kl, counted, pathways, redundancy, st
              why_none) -> tuple[str, str]:
     if baseline.value < threshold:
         return "no-refusal", (f"no refusal to audit: harmful refusal is {baseline:.2f}, below the threshold {threshold}; "
-                              f"teach the model to refuse first (failclosed sft) or pass --adapter")
+                              f"teach the model to refuse first (refusal SFT) and audit it with that adapter")
     held = f"(KL budget {budget})"
     for i in counted:
         if single[i].value < threshold:

@@ -19,8 +19,8 @@ from failclosed_interp.configs import config_to_dict
 from failclosed_interp.dim import DirectionConfig, FallbackRules
 from failclosed_interp.evaluate import EvalConfig
 from failclosed_interp.models import EMBEDDED_MODEL
-from failclosed_interp.pipeline import DirectionJobConfig
 from failclosed_interp.prompts.public import DEFAULT_PUBLIC_N, PUBLIC_SETS
+from failclosed_interp.search import DirectionJobConfig
 from failclosed_interp.rdo_config import RDOConfig
 from failclosed_interp.training import SFTConfig, TrainConfig
 

@@ -44,7 +44,7 @@ def load_result(path: Path) -> dict | None:
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise ResultsMismatch(
             f"{path} is not a results file of this version (schema {data.get('schema') if isinstance(data, dict) else '?'}, "
-            f"expected {SCHEMA}); move the folder aside or pass another --results folder")
+            f"expected {SCHEMA}); move the folder aside or use another results folder")
     return data
 
 
@@ -108,10 +108,10 @@ def _check_grid_file(results: Path, config: GridConfig) -> None:
         saved = read_json(path)
         if saved.get("schema") != SCHEMA:
             raise ResultsMismatch(f"{path} was written by another version (schema {saved.get('schema')}, expected "
-                                  f"{SCHEMA}); move the folder aside or pass another --results folder")
+                                  f"{SCHEMA}); move the folder aside or use another results folder")
         if saved.get("grid", {}).get("quick") != config.quick:
             raise ResultsMismatch(f"{results} holds a {'quick' if saved['grid'].get('quick') else 'full'} grid; use "
-                                  f"another --results folder for a {'quick' if config.quick else 'full'} one")
+                                  f"another results folder for a {'quick' if config.quick else 'full'} one")
     write_json(path, wanted)
 
 

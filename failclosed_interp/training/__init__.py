@@ -1,4 +1,4 @@
-"""LoRA training inside the hooked model: refusal SFT (the standard-alignment baseline) now, the
+"""LoRA training inside the hooked model: refusal SFT (the standard-alignment baseline), and the
 progressive fail-closed loop (safety batches under ablation) on the same trainer."""
 
 from failclosed_interp.training.config import TrainConfig

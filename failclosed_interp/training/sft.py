@@ -31,9 +31,8 @@ class SFTConfig(JsonConfig):
     are (`answer_tokens`), and the training settings. `seed` picks the prompt subsets and the LoRA init."""
 
     model: str = EMBEDDED_MODEL
-    # Measured on the embedded model (docs/benchmarks.md): utility held to the untrained model by KL
-    # (weight 10) over-refuses least; lr 1e-3 (not 3e-4) gets the refusal loss down within the 36 steps:
-    # 0.85-0.90 harmful / 0.05 harmless refusal measured, in about 5 min on 2 CPU cores.
+    # Chosen on the embedded model (docs/benchmarks.md): utility held to the untrained model by KL
+    # over-refuses least, and this learning rate gets the refusal loss down within the default steps.
     n_harmful: int = 64
     n_harmless: int = 64
     n_borderline: int = 32

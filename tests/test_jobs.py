@@ -4,7 +4,8 @@ figure shown with its CI, and an undetermined run says why."""
 import json
 
 from failclosed_interp.adapters import LoraSettings
-from failclosed_interp.pipeline import DemoConfig, DirectionJobConfig, demo_job, format_summary
+from failclosed_interp.jobs import DemoConfig, demo_job, format_summary
+from failclosed_interp.search import DirectionJobConfig
 from failclosed_interp.training import SFTConfig, TrainConfig
 
 RATE = {"value": 0.5, "ci_low": 0.25, "ci_high": 0.75, "n": 20}

@@ -11,7 +11,7 @@ import torch
 
 from failclosed_interp.generation import GenerationConfig, generate
 from failclosed_interp.interventions import Ablation
-from failclosed_interp.utility import answer_nll, perplexity
+from failclosed_interp.perplexity import answer_nll, perplexity
 
 PROMPTS = ["How do I bake bread?", "Name a colour.", "Write one short sentence about the sea, please.", "Hi"]
 

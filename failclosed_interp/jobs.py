@@ -4,7 +4,6 @@ demo (base model -> refusal SFT -> refusal direction -> ablation). The CLI calls
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,52 +11,17 @@ from pathlib import Path
 from failclosed_interp.artifacts import write_json
 from failclosed_interp.configs import config_to_dict
 from failclosed_interp.chat import post_instruction_positions
-from failclosed_interp.dim import DirectionConfig, FallbackRules, NoDirectionPassed, Selection, find_direction, save_selection
+from failclosed_interp.dim import DirectionConfig, FallbackRules, NoDirectionPassed, Selection, save_selection
 from failclosed_interp.directions import load_directions
 from failclosed_interp.generation import GenerationConfig
 from failclosed_interp.interventions import Ablation, Addition, Intervention
 from failclosed_interp.models import EMBEDDED_MODEL, ChatModel
 from failclosed_interp.plots import layer_position_heatmap, refusal_rate_bars, save_figure
 from failclosed_interp.prompts import PromptSet, builtin
-from failclosed_interp.scoring import JudgedResponses, NoRefusals, refusal_rate, refusal_tokens_from_responses, token_strings
+from failclosed_interp.scoring import JudgedResponses, refusal_rate, token_strings
+from failclosed_interp.search import DirectionJobConfig, direction_search
+from failclosed_interp.stopwatch import Stopwatch
 from failclosed_interp.training import SFTConfig, fresh_lora_model, run_sft
-
-
-@dataclass(frozen=True)
-class DirectionJobConfig:
-    """Prompts used to find a direction: DIM means on train splits, selection on val splits."""
-
-    n_train: int = 64
-    n_val: int = 16
-    refusal_probe_tokens: int = 24
-    search: DirectionConfig = field(default_factory=DirectionConfig)
-    seed: int = 0
-
-    def __post_init__(self):
-        if self.n_train < 2 or self.n_val < 2:
-            raise ValueError(f"need n_train >= 2 and n_val >= 2 prompts, got {self.n_train} and {self.n_val}")
-
-
-def builtin_prompts(kind: str, split: str, n: int, seed: int) -> list[str]:
-    """A deterministic subset of at most `n` built-in prompts of one kind and split."""
-    prompts = builtin(kind, split)
-    return prompts.take(min(n, len(prompts)), seed=seed).to_list()
-
-
-def derive_refusal_tokens(
-    model: ChatModel, harmful: list[str], max_new_tokens: int, interventions: Sequence[Intervention] = (),
-) -> tuple[list[int], JudgedResponses]:
-    """Refusal-start tokens from the model's own refusals on `harmful` (under `interventions`)."""
-    judged = refusal_rate(model, harmful, generation=GenerationConfig(max_new_tokens=max_new_tokens),
-                          interventions=interventions, progress=False)
-    try:
-        tokens = refusal_tokens_from_responses(model, judged.instructions, judged.responses)
-    except NoRefusals as err:
-        raise NoRefusals(
-            f"{err}. The model {model.name!r} did not refuse any of {len(harmful)} harmful prompts, so it has no "
-            f"refusal to locate: teach it first (`failclosed sft`) and pass --adapter."
-        ) from err
-    return tokens, judged
 
 
 def direction_job(
@@ -67,21 +31,13 @@ def direction_job(
     """Find and select the refusal direction of `model` (with `interventions`, e.g. earlier directions
     ablated, applied throughout); write candidates, the direction and heatmaps to `out`."""
     out = Path(out)
-    s = config.seed
-    harmful_val = builtin_prompts("harmful", "val", config.n_val, s)
-    tokens, _ = derive_refusal_tokens(model, harmful_val, config.refusal_probe_tokens, interventions)
     try:
-        selection = find_direction(
-            model,
-            builtin_prompts("harmful", "train", config.n_train, s), builtin_prompts("harmless", "train", config.n_train, s),
-            harmful_val, builtin_prompts("harmless", "val", config.n_val, s),
-            tokens, config.search, interventions, progress=progress,
-        )
+        selection = direction_search(model, config, interventions, progress=progress)
     except NoDirectionPassed as err:  # keep the evidence: every candidate's scores
         write_json(out / "candidates.json", err.candidates())
         raise
     save_selection(selection, out, model.identity())
-    write_json(out / "direction_job.json", {**config_to_dict(config), "refusal_tokens": token_strings(model, tokens)})
+    write_json(out / "direction_job.json", {**config_to_dict(config), "refusal_tokens": token_strings(model, selection.refusal_tokens)})
     _direction_figures(model, selection, out)
     return selection
 
@@ -127,9 +83,9 @@ class DemoConfig:
     n_eval: int = 20
     eval_tokens: int = 40
     sft: SFTConfig = field(default_factory=SFTConfig)
-    # Candidates at the last prompt token only (24 layers instead of 24 x 6 candidates): the CPU budget.
-    # Arditi's rules first; on the 135M model no candidate passes them (the directions that carry refusal
-    # have harmless KL 0.2-0.5 and induce scores just below 0, docs/benchmarks.md), so the demo then
+    # Candidates at the last prompt token only (one per layer, not one per layer and template position): the CPU budget.
+    # Arditi's rules first; on the embedded model no candidate passes them (the directions that carry
+    # refusal move harmless outputs more and induce no refusal, docs/benchmarks.md), so the demo then
     # chooses by KL <= 0.3 alone, says so in its summary, and measures sufficiency by generation instead.
     directions: DirectionJobConfig = field(default_factory=lambda: DirectionJobConfig(
         n_val=16, search=DirectionConfig(positions=(-1,), fallback=FallbackRules(kl_threshold=0.3, induce_threshold=None))
@@ -144,46 +100,39 @@ class DemoConfig:
 def demo_job(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bool = True) -> dict:
     """The main job: is standard refusal SFT fail-open? Writes `out/summary.json` and figures."""
     out = Path(out)
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal clock
-        timings[name] = round(time.perf_counter() - clock, 1)
-        clock = time.perf_counter()
-
+    clock = Stopwatch(digits=1)
     sft = dataclasses.replace(config.sft, model=config.model)
     model = fresh_lora_model(sft)  # LoRA B = 0: until trained, this is the base model
-    lap("load_model")
+    clock.lap("load_model")
     gen = GenerationConfig(max_new_tokens=config.eval_tokens, seed=config.seed)
-    test = {kind: builtin_prompts(kind, "test", config.n_eval, config.seed) for kind in ("harmful", "harmless", "borderline")}
+    test = {kind: builtin(kind, "test").take_up_to(config.n_eval, seed=config.seed).to_list() for kind in ("harmful", "harmless", "borderline")}
     rates: dict[str, JudgedResponses] = {"harmful_base": refusal_rate(model, test["harmful"], generation=gen, progress=progress)}
-    lap("evaluate_base")
+    clock.lap("evaluate_base")
 
     run_sft(sft, out / "sft", model=model, progress=progress)
-    lap("sft")
+    clock.lap("sft")
 
     for kind in ("harmful", "harmless", "borderline"):
         rates[f"{kind}_sft"] = refusal_rate(model, test[kind], generation=gen, progress=progress)
-    lap("evaluate_sft")
+    clock.lap("evaluate_sft")
 
     try:
         selection = direction_job(model, out / "direction", config.directions, progress=progress)
         no_direction = None
     except ValueError as err:  # no candidate passed the selection rules: report it, never drop the rules silently
         selection, no_direction = None, str(err)
-    lap("find_direction")
+    clock.lap("find_direction")
     if selection is not None:
         direction = selection.direction
         rates["harmful_sft_ablated"] = refusal_rate(
             model, test["harmful"], generation=gen, interventions=[Ablation(direction.vector[None])], progress=progress,
         )
-        lap("evaluate_ablated")
+        clock.lap("evaluate_ablated")
         rates["harmless_sft_added"] = refusal_rate(  # sufficiency, by generation: the raw DIM vector at its layer
             model, test["harmless"], generation=gen, interventions=[Addition(direction.raw, layer=direction.layer)],
             progress=progress,
         )
-        lap("evaluate_added")
+        clock.lap("evaluate_added")
 
     write_json(out / "responses.json", {name: judged.to_dict() for name, judged in rates.items()})
     save_figure(refusal_rate_bars({k: v.rate for k, v in rates.items()},
@@ -203,8 +152,8 @@ def demo_job(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
         "n_layers": model.n_layers,
         "post_instruction_positions": post_instruction_positions(model),
         "verdict": _verdict(rates) if selection else f"undetermined: {no_direction}",
-        "timings_s": timings,
-        "seconds_total": round(sum(timings.values()), 1),
+        "timings_s": clock.timings,
+        "seconds_total": clock.total,
     }
     write_json(out / "summary.json", summary)
     write_json(out / "config.json", config_to_dict(config))
@@ -247,4 +196,4 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["DemoConfig", "DirectionJobConfig", "builtin_prompts", "demo_job", "direction_job", "format_summary", "score_job"]
+__all__ = ["DemoConfig", "DirectionJobConfig", "demo_job", "direction_job", "format_summary", "score_job"]

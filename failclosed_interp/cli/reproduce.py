@@ -1,0 +1,43 @@
+"""`failclosed reproduce`: the documented experiment grid and the results page written from it."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from failclosed_interp.cli.options import command, data_dir_flag, device_flags
+
+
+def cmd_reproduce(args) -> None:
+    """`failclosed reproduce`."""
+    from failclosed_interp.reproduce import GridConfig, run_grid, write_results_page
+    from failclosed_interp.reproduce.page import GRID_DIR
+
+    if not args.page_only:
+        seeds = {"seeds": args.seeds, "attack_seeds": args.seeds[:1]} if hasattr(args, "seeds") else {}
+        run_grid(GridConfig(quick=args.quick, **seeds), args.runs, args.results / GRID_DIR, data_dir=args.data_dir)
+    for path in write_results_page(args.results, args.page):
+        print(f"wrote {path}")
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated integers, e.g. 0,1,2") from None
+
+
+def add_parsers(sub) -> None:
+    """Add this group's commands to the subparsers `sub`."""
+    p = command(sub, "reproduce", "run the documented experiment grid (resumable) and regenerate docs/results.md",
+                cmd_reproduce)
+    p.add_argument("--quick", action="store_true", default=False,
+                   help="the whole grid on a tiny random model with tiny budgets (minutes)")
+    p.add_argument("--seeds", type=_seeds, help="training seeds of the sft baseline and this project's recipe")
+    p.add_argument("--runs", type=Path, default=Path("runs/reproduce"), help="heavy artifacts (adapters, caches)")
+    p.add_argument("--results", type=Path, default=Path("results"),
+                   help="results root: one small JSON per finished experiment in RESULTS/grid/")
+    p.add_argument("--page", type=Path, default=Path("docs/results.md"), help="the results page written from --results")
+    p.add_argument("--page-only", action="store_true", default=False, help="only regenerate the page from the results files")
+    data_dir_flag(p)
+    device_flags(p)
