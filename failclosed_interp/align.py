@@ -328,8 +328,7 @@ def mediation_check(model: ChatModel, config: AlignConfig, direction: Direction,
 
 def _held_out(config: AlignConfig, kinds: tuple[str, ...]) -> dict[str, list[str]]:
     """The built-in TEST prompts every round's metrics and the final summary are measured on."""
-    return {kind: builtin(kind, "test").take_up_to(config.n_eval or len(builtin(kind, "test")), seed=config.sft.seed).to_list()
-            for kind in kinds}
+    return {kind: builtin(kind, "test").take_up_to(config.n_eval, seed=config.sft.seed).to_list() for kind in kinds}
 
 
 def _refusal(model: ChatModel, config: AlignConfig, prompts: list[str], ablate: DirectionSet | None = None):

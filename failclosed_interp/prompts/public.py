@@ -67,10 +67,7 @@ def public_set(data_dir: str | Path, name: str, split: str = "test") -> PromptSe
 def public_prompts(data_dir: str | Path, name: str, split: str = "test", n: int | None = DEFAULT_PUBLIC_N,
                    seed: int = 0) -> list[str]:
     """Up to `n` prompts of one half of a public set (all of it when `n` is None or larger)."""
-    prompts = public_set(data_dir, name, split)
-    if n is not None and n < len(prompts):
-        prompts = prompts.take(n, seed=seed)
-    return prompts.to_list()
+    return public_set(data_dir, name, split).take_up_to(n, seed=seed).to_list()
 
 
 def _fixed_order(instructions: tuple[str, ...]) -> list[int]:

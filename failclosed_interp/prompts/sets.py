@@ -76,8 +76,11 @@ class PromptSet:
         chosen = sorted(i for c in names for i in rng.sample(groups[c], quotas[c]))
         return self._subset(chosen, f"{self.name}[take {n}, seed {seed}]")
 
-    def take_up_to(self, n: int, seed: int = 0) -> PromptSet:
-        """`take(n)`, or every prompt when the set holds fewer than `n`: a size asked for is a ceiling."""
+    def take_up_to(self, n: int | None, seed: int = 0) -> PromptSet:
+        """`take(n)`, or every prompt when the set holds fewer than `n` (or `n` is None): a size asked for is a
+        ceiling."""
+        if n is None:
+            return self
         if n < 1:
             raise ValueError(f"take_up_to(n={n}) from prompt set '{self.name}': ask for at least 1 prompt")
         return self.take(min(n, len(self)), seed=seed)
