@@ -38,8 +38,7 @@ from failclosed_interp.lm_eval_tasks import LMEvalConfig, headline_metric, lm_ev
 from failclosed_interp.models import EMBEDDED_MODEL, ChatModel, load_model
 from failclosed_interp.plots import grouped_rate_bars, save_figure
 from failclosed_interp.prompts import builtin, load_prompts
-from failclosed_interp.prompts.public import DEFAULT_PUBLIC_N, PUBLIC_SETS
-from failclosed_interp.public_columns import public_columns
+from failclosed_interp.public_columns import public_columns, public_settings
 from failclosed_interp.scoring import refusal_rate
 from failclosed_interp.stats import RateEstimate, bootstrap_mean, wilson_rate
 from failclosed_interp.perplexity import perplexity
@@ -363,11 +362,9 @@ def _utility(prompts, answers, cache: _Cache, model: _Lazy, config: EvalConfig) 
 
 
 def _public(data_dir, cache: _Cache, model: _Lazy, judge: Judge, config: EvalConfig, progress: bool) -> dict:
-    settings = {"sets": list(PUBLIC_SETS), "n": DEFAULT_PUBLIC_N, "seed": config.seed,
-                "max_new_tokens": config.max_new_tokens, "judge": _judge_id(judge)}
-    return _computed_once(cache.unit("public", settings) / "columns.json",
-                          lambda: public_columns(model(), data_dir, seed=config.seed, max_new_tokens=config.max_new_tokens,
-                                                 judge=judge, progress=progress))
+    settings = public_settings(seed=config.seed, max_new_tokens=config.max_new_tokens)
+    return _computed_once(cache.unit("public", {**settings, "judge": _judge_id(judge)}) / "columns.json",
+                          lambda: public_columns(model(), data_dir, **settings, judge=judge, progress=progress))
 
 
 def _lm_eval(cache: _Cache, model: _Lazy, config: LMEvalConfig) -> dict:

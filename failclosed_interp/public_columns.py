@@ -17,6 +17,12 @@ from failclosed_interp.prompts.public import DEFAULT_PUBLIC_N, PUBLIC_SETS, publ
 from failclosed_interp.scoring import refusal_rate
 
 
+def public_settings(*, n: int | None = DEFAULT_PUBLIC_N, seed: int = 0, max_new_tokens: int = 48) -> dict:
+    """The settings that define a run of `public_columns` (its keyword arguments): what a cache or a results
+    file records and keys the columns by."""
+    return {"sets": list(PUBLIC_SETS), "n": n, "seed": seed, "max_new_tokens": max_new_tokens}
+
+
 def public_columns(
     model: ChatModel,
     data_dir: str | Path,

@@ -19,7 +19,7 @@ from failclosed_interp.configs import config_to_dict
 from failclosed_interp.dim import DirectionConfig, FallbackRules
 from failclosed_interp.evaluate import EvalConfig
 from failclosed_interp.models import EMBEDDED_MODEL
-from failclosed_interp.prompts.public import DEFAULT_PUBLIC_N, PUBLIC_SETS
+from failclosed_interp.public_columns import public_settings
 from failclosed_interp.search import DirectionJobConfig
 from failclosed_interp.rdo_config import RDOConfig
 from failclosed_interp.training import SFTConfig, TrainConfig
@@ -141,8 +141,9 @@ def attacks_config(quick: bool) -> EvalConfig:
 
 def public_config(quick: bool, seed: int) -> dict:
     """The public-set columns of the grid: the test half of each set (`prompts.public`), judged as in align."""
-    return {"sets": list(PUBLIC_SETS), "n": 2 if quick else DEFAULT_PUBLIC_N, "seed": seed,
-            "max_new_tokens": 4 if quick else AlignConfig().eval_tokens}
+    if quick:
+        return public_settings(n=2, seed=seed, max_new_tokens=4)
+    return public_settings(seed=seed, max_new_tokens=AlignConfig().eval_tokens)
 
 
 def build_grid(config: GridConfig = GridConfig()) -> list[Experiment]:

@@ -124,10 +124,7 @@ def _run(exp: Experiment, grid: list[Experiment], runs: Path, progress: bool, da
     model = AlignConfig.from_dict(trained.config).model
     directions = final / "directions" if (final / "directions").exists() else None
     if exp.kind == "public":
-        loaded = load_model(model, adapter=final / "adapter")
-        settings = dict(exp.config)
-        return public_columns(loaded, data_dir, sets=settings["sets"], n=settings["n"], seed=settings["seed"],
-                              max_new_tokens=settings["max_new_tokens"], progress=progress)
+        return public_columns(load_model(model, adapter=final / "adapter"), data_dir, **exp.config, progress=progress)
     if exp.kind == "audit":
         result = audit_job(folder, model, adapter=final / "adapter", directions=directions,
                            config=AuditConfig.from_dict(exp.config), progress=progress)
