@@ -8,7 +8,7 @@ from pathlib import Path
 
 from failclosed_interp.artifacts import read_json
 from failclosed_interp.configs import config_from_dict
-from failclosed_interp.reproduce.grid import GRID_RECIPES, GridConfig, build_grid
+from failclosed_interp.reproduce.grid import GRID_RECIPES, Experiment, GridConfig, build_grid
 from failclosed_interp.reproduce.runner import GRID_FILE, load_result, run_grid
 from failclosed_interp.stats import RateEstimate
 
@@ -31,14 +31,18 @@ def of_kind(results: dict[str, dict], kind: str) -> list[dict]:
                                  else len(order), r["experiment"]["seed"]))
 
 
-def unfinished(folder: str | Path, results: dict[str, dict], kind: str | None = None) -> list[str]:
-    """Experiments of the folder's grid (`grid.json`) with no results file for exactly that experiment;
-    only those of `kind` when given. Empty when the folder holds no grid.json."""
+def grid_experiments(folder: str | Path) -> list[Experiment]:
+    """Every experiment of the grid the folder's `grid.json` names; empty when the folder holds none."""
     grid_file = Path(folder) / GRID_FILE
     if not grid_file.exists():
         return []
-    grid = build_grid(config_from_dict(GridConfig, read_json(grid_file)["grid"]))
-    return [e.name for e in grid if (kind is None or e.kind == kind)
+    return build_grid(config_from_dict(GridConfig, read_json(grid_file)["grid"]))
+
+
+def unfinished(folder: str | Path, results: dict[str, dict], kind: str | None = None) -> list[str]:
+    """Experiments of the folder's grid (`grid.json`) with no results file for exactly that experiment;
+    only those of `kind` when given. Empty when the folder holds no grid.json."""
+    return [e.name for e in grid_experiments(folder) if (kind is None or e.kind == kind)
             and (e.name not in results or results[e.name]["experiment"]["fingerprint"] != e.fingerprint)]
 
 
