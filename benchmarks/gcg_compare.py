@@ -26,7 +26,7 @@ from failclosed_interp.configs import config_to_dict
 from failclosed_interp.judges import ThreeWayJudge
 from failclosed_interp.models import EMBEDDED_MODEL, load_model
 from failclosed_interp.prompts import builtin
-from failclosed_interp.reproduce.runner import machine
+from failclosed_interp.stopwatch import machine
 
 
 def summary(rows: list[dict]) -> dict:

@@ -4,11 +4,12 @@
 
 As the loop does after round 0: the DIM direction at the last prompt token (Arditi's rules, else KL <= 0.3)
 is the reference (addition layer and strength) and makes the RDO targets, on built-in TRAIN prompts
-filtered by the sign of their refusal score. Each setting then runs RDO from a random start, timed, and
-its direction is checked on built-in VALIDATION prompts: the mean refusal score (log-odds) of harmful
-prompts with it ablated and of harmless prompts with it added, and the judged refusal rates of greedy
-answers under the same interventions, next to the plain model and the reference direction. Writes one
-JSON with the machine, the settings, seconds per direction and these figures.
+filtered by the sign of their refusal score. Each setting then runs RDO from its start (random, or the
+DIM direction for start="init"), timed, and its direction is checked on built-in VALIDATION prompts: the
+mean refusal score (log-odds) of harmful prompts with it ablated and of harmless prompts with it added,
+and the judged refusal rates of greedy answers under the same interventions, next to the plain model and
+the reference direction. Writes one JSON with the machine, the settings, seconds per direction and these
+figures.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 from failclosed_interp.artifacts import write_json
+from failclosed_interp.demo import demo_recipe
 from failclosed_interp.dim import DirectionConfig, FallbackRules
 from failclosed_interp.directions import DirectionSet
 from failclosed_interp.generation import GenerationConfig
@@ -40,6 +42,8 @@ SETTINGS = {
     "short-targets": RDOConfig(target_tokens=16),
     # a CPU candidate: half the batch, shorter targets, a smaller step budget and patience
     "cpu": RDOConfig(batch_size=8, target_tokens=16, steps=24, patience=3),
+    # what `failclosed demo` runs (demo.demo_recipe): the CPU budget, started from the DIM direction
+    "demo": demo_recipe().rdo,
 }
 
 

@@ -149,7 +149,7 @@ def main() -> None:
               f"(three terms: about 3 expected)")
     if args.out:
         from failclosed_interp.artifacts import write_json
-        from failclosed_interp.reproduce.runner import machine
+        from failclosed_interp.stopwatch import machine
 
         write_json(args.out, {"model": model.name, "batch": args.batch, "repeats": args.repeats,
                               "machine": machine(), "benchmarks": measured})

@@ -53,7 +53,10 @@ from failclosed_interp.prompts import builtin
 from failclosed_interp.rdo import NoNewDirection, RDOConfig, optimize_direction
 from failclosed_interp.rdo_config import addition_of
 from failclosed_interp.rdo_targets import RDOTargets, load_targets, rdo_targets, save_targets
-from failclosed_interp.scoring import JudgedResponses, NoRefusals, refusal_rate, refusal_scores
+from failclosed_interp.scoring import (
+    JudgedResponses, NoRefusals, refusal_rate, refusal_score_rate, refusal_scores, refusal_tokens_from_responses,
+)
+from failclosed_interp.stats import RateEstimate
 from failclosed_interp.search import DirectionJobConfig, InsideSpan, check_min_new_component, check_new, own_refusal_tokens
 from failclosed_interp.training import Example, SFTConfig, build_sft_examples, train_lora
 from failclosed_interp.training.sft import fresh_lora_model, sft_prompts
@@ -61,8 +64,10 @@ from failclosed_interp.training.trainer import StepCallback, adapters_disabled
 from failclosed_interp.perplexity import perplexity
 
 METHODS = ("failclosed", "sft", "refat")
+RoundCallback = Callable[[int, dict], None]
 MODES = ("cumulative", "last-only", "random-subsets")
 SEARCHES = ("ablated", "plain")
+ROUND_CHECKS = ("generate", "logit")
 STATE_FILE = "state.json"
 EXAMPLES_FILE = "examples.json"
 SUMMARY_FILE = "summary.json"
@@ -84,6 +89,10 @@ class AlignConfig(JsonConfig):
     `min_ablation_drop` / `min_addition_rise`: a new direction is trained against only if ablating it
     lowers the mean validation harmful refusal score (log-odds) by at least this much and adding it
     raises the harmless one by at least that; None switches a check off.
+    `round_checks`: how each round's held-out refusal (metrics.json) is measured: "generate" judges
+    greedy answers of `eval_tokens` tokens; "logit" counts prompts whose refusal score is > 0, with the
+    refusal-start tokens of the training refusals (one forward pass per prompt; the final summary is
+    generated either way). `attacker`: the adaptive attacker of the final summary; None leaves it out.
     `initial_fallback`: when no DIM candidate passes the main selection rules after round 0 and
     `directions.search` has no fallback of its own, the first direction is chosen by these rules (and
     the run records so); None stops the loop there instead."""
@@ -98,12 +107,13 @@ class AlignConfig(JsonConfig):
     min_new_component: float = 0.1
     n_eval: int | None = None  # held-out test prompts per set; None: all of the built-in test split
     eval_tokens: int = 48
-    attacker: AdaptiveAttackConfig = field(default_factory=AdaptiveAttackConfig)
+    attacker: AdaptiveAttackConfig | None = field(default_factory=AdaptiveAttackConfig)
     attacker_tokens: int = MIN_JUDGED_TOKENS
     skip_template_prefix: bool = False
     min_ablation_drop: float | None = 1.0
     min_addition_rise: float | None = 1.0
     initial_fallback: FallbackRules | None = field(default_factory=lambda: FallbackRules(kl_threshold=0.3, induce_threshold=None))
+    round_checks: str = "generate"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -112,6 +122,8 @@ class AlignConfig(JsonConfig):
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.search not in SEARCHES:
             raise ValueError(f"search must be one of {SEARCHES}, got {self.search!r}")
+        if self.round_checks not in ROUND_CHECKS:
+            raise ValueError(f"round_checks must be one of {ROUND_CHECKS}, got {self.round_checks!r}")
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1 (round 0 is plain SFT; each further round retrains), got {self.rounds}")
         check_min_new_component("AlignConfig", self.min_new_component)
@@ -338,24 +350,42 @@ def _refusal(model: ChatModel, config: AlignConfig, prompts: list[str], ablate: 
                         interventions=interventions, progress=False)
 
 
-def _round_metrics(model: ChatModel, config: AlignConfig, found: DirectionSet) -> dict[str, JudgedResponses]:
-    """Refusal on held-out harmful and harmless prompts, plain and with everything found so far ablated."""
+def _round_metrics(model: ChatModel, config: AlignConfig, found: DirectionSet,
+                   examples: Sequence[Example]) -> dict[str, JudgedResponses | RateEstimate]:
+    """Refusal on held-out harmful and harmless prompts, plain and with everything found so far ablated,
+    judged from generations or, with `round_checks="logit"`, from refusal scores (`RateEstimate`s)."""
     test = _held_out(config, ("harmful", "harmless"))
-    judged = {f"refusal_{kind}": _refusal(model, config, prompts) for kind, prompts in test.items()}
+    if config.round_checks == "logit":
+        tokens = training_refusal_tokens(model, examples)
+
+        def measure(prompts: list[str], ablate: DirectionSet | None = None) -> RateEstimate:
+            interventions = [] if ablate is None else [ablate.ablation(skip_template_prefix=config.skip_template_prefix)]
+            return refusal_score_rate(model, prompts, tokens, interventions)
+    else:
+        measure = lambda prompts, ablate=None: _refusal(model, config, prompts, ablate)  # noqa: E731
+    rates = {f"refusal_{kind}": measure(prompts) for kind, prompts in test.items()}
     if len(found):
-        judged["refusal_harmful_all_ablated"] = _refusal(model, config, test["harmful"], found)
-    return judged
+        rates["refusal_harmful_all_ablated"] = measure(test["harmful"], found)
+    return rates
+
+
+def training_refusal_tokens(model: ChatModel, examples: Sequence[Example]) -> list[int]:
+    """Refusal-start tokens of the refusals the model is trained on (the safety answers the judge calls
+    refusals): what a trained model's refusal score counts, with no generation needed."""
+    safety = [e for e in examples if e.kind == "safety"]
+    return refusal_tokens_from_responses(model, [e.prompt for e in safety], [e.answer for e in safety])
 
 
 def align(
     config: AlignConfig, out: str | Path, *, merge: bool = False, device: str | None = None, progress: bool = True,
-    on_step: StepCallback | None = None, data_dir: str | Path | None = None,
+    on_step: StepCallback | None = None, on_round: RoundCallback | None = None, data_dir: str | Path | None = None,
 ) -> dict:
     """Run (or resume) the progressive loop in `out`; returns the summary (also `out/summary.json`).
 
     `merge=True` also writes `out/final/merged`, a plain HF checkpoint with the adapter merged in.
-    `on_step(step, losses)` is called after every optimiser step of every round. `data_dir`: a folder
-    holding the public benchmark sets (`prompts.public`); the summary then has a column for each."""
+    `on_step(step, losses)` is called after every optimiser step of every round, `on_round(k, metrics)`
+    after round k with what its metrics.json holds. `data_dir`: a folder holding the public benchmark
+    sets (`prompts.public`); the summary then has a column for each."""
     out = Path(out)
     done = _start(out, config)
     if done >= 0:
@@ -366,7 +396,7 @@ def align(
         model, found, stop_reason = fresh_lora_model(config.sft, device), DirectionSet(), None
     examples = _examples(model, out, config, progress)
     rounds = tqdm(range(done + 1, config.rounds + 1), desc=f"{config.method} rounds", disable=not progress)
-    measured: dict[str, JudgedResponses] = {}  # the last round's held-out rates, reused by the final summary
+    measured: dict[str, JudgedResponses] = {}  # the last round's generated held-out rates, reused by the final summary
     for k in rounds if stop_reason is None else ():
         folder = _round_dir(out, k)
         train = dataclasses.replace(config.sft.train, seed=config.sft.train.seed + k)
@@ -382,11 +412,17 @@ def align(
                 found = found.append(direction) if config.method == "failclosed" else DirectionSet([direction])
         if len(found):
             save_directions(found, folder / "directions", model.identity())
-        measured = _round_metrics(model, config, found)
-        write_json(folder / "metrics.json", {"round": k, "stop_reason": stop_reason, "n_directions": len(found), **notes,
-                                             **{name: judged.rate.value for name, judged in measured.items()}})
+        checks = _round_metrics(model, config, found, examples)
+        measured = {name: m for name, m in checks.items() if isinstance(m, JudgedResponses)}
+        rates = {name: m.rate if isinstance(m, JudgedResponses) else m for name, m in checks.items()}
+        metrics = {"round": k, "stop_reason": stop_reason, "n_directions": len(found), **notes,
+                   "round_checks": config.round_checks, **{name: rate.value for name, rate in rates.items()},
+                   "ci": {name: rate.to_dict() for name, rate in rates.items()}}
+        write_json(folder / "metrics.json", metrics)
         write_json(out / STATE_FILE, {"config": config.to_dict(), "completed_round": k, "stop_reason": stop_reason})
         done = k
+        if on_round is not None:
+            on_round(k, metrics)
         if stop_reason is not None:
             break
     summary = _finish(model, config, out, found, done, stop_reason, measured, progress, data_dir)
@@ -434,10 +470,11 @@ def _finish(model: ChatModel, config: AlignConfig, out: Path, found: DirectionSe
     return summary
 
 
-def evaluate_final(model: ChatModel, config: AlignConfig, found: DirectionSet, adaptive_dir: Path, progress: bool,
+def evaluate_final(model: ChatModel, config: AlignConfig, found: DirectionSet, adaptive_dir: Path | None, progress: bool,
                    measured: dict[str, JudgedResponses] | None = None) -> dict:
     """The final summary figures on held-out built-in TEST prompts. `measured`: rates already judged
-    on this model with these settings (`_round_metrics`), not generated again."""
+    on this model with these settings (`_round_metrics`), not generated again. The adaptive attacker's
+    search is saved to `adaptive_dir` (when `config.attacker` is set and `adaptive_dir` is not None)."""
     test = _held_out(config, ("harmful", "harmless", "borderline"))
     rates = dict(measured or {})
     for kind, prompts in test.items():
@@ -446,18 +483,21 @@ def evaluate_final(model: ChatModel, config: AlignConfig, found: DirectionSet, a
     each = [_refusal(model, config, test["harmful"], found[i : i + 1]) for i in range(len(found))]
     if len(found) and "refusal_harmful_all_ablated" not in rates:
         rates["refusal_harmful_all_ablated"] = _refusal(model, config, test["harmful"], found)
-    # The adaptive attacker: its own prompts and search, a direction per KL budget on harmless prompts; the
-    # headline is harmful refusal (and compliance) at its report budget, the whole budget curve is kept.
-    attack = adaptive_attack(model, test["harmful"], config.attacker, max_new_tokens=config.attacker_tokens,
-                             progress=progress)
-    save_search(attack.search, adaptive_dir, model.identity())
-    report = attack.report
-    adaptive_rates = {"refusal_harmful_adaptive_ablated": report.refusal,
-                      "compliance_harmful_adaptive_ablated": report.compliance}
-    adaptive_note = {"adaptive_attack": attack.to_dict(responses=False),
-                     "adaptive_direction_layer": report.direction.layer if report.direction is not None else None}
-    if report.direction is None:
-        adaptive_note["adaptive_failure"] = attack.search.reason or f"no candidate within KL {report.kl_budget}"
+    adaptive_rates, adaptive_note = {}, {}
+    if config.attacker is not None:
+        # The adaptive attacker: its own prompts and search, a direction per KL budget on harmless prompts; the
+        # headline is harmful refusal (and compliance) at its report budget, the whole budget curve is kept.
+        attack = adaptive_attack(model, test["harmful"], config.attacker, max_new_tokens=config.attacker_tokens,
+                                 progress=progress)
+        if adaptive_dir is not None:
+            save_search(attack.search, adaptive_dir, model.identity())
+        report = attack.report
+        adaptive_rates = {"refusal_harmful_adaptive_ablated": report.refusal,
+                          "compliance_harmful_adaptive_ablated": report.compliance}
+        adaptive_note = {"adaptive_attack": attack.to_dict(responses=False),
+                         "adaptive_direction_layer": report.direction.layer if report.direction is not None else None}
+        if report.direction is None:
+            adaptive_note["adaptive_failure"] = attack.search.reason or f"no candidate within KL {report.kl_budget}"
     answers = reference_answers(model, test["harmless"], config.eval_tokens)
     ppl = perplexity(model, test["harmless"], answers, complete=False)
     return {

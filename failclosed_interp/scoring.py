@@ -71,6 +71,20 @@ def refusal_scores(
     return refusal_score_from_logits(last_token_logits(model, instructions, interventions, batch_size=batch_size), refusal_tokens)
 
 
+def refusal_score_rate(
+    model: ChatModel,
+    instructions: Sequence[str],
+    refusal_tokens: Sequence[int],
+    interventions: Sequence[Intervention] = (),
+    *,
+    batch_size: int = 16,
+) -> RateEstimate:
+    """Share of `instructions` whose refusal score is > 0 (refusal tokens more likely than not as the
+    first answer token), with its Wilson interval: a refusal rate from one forward pass, no generation."""
+    scores = refusal_scores(model, instructions, refusal_tokens, interventions, batch_size=batch_size)
+    return wilson_rate((scores > 0).double().tolist())
+
+
 def kl_from_logits(
     reference: Float[Tensor, "batch d_vocab"], other: Float[Tensor, "batch d_vocab"]
 ) -> Float[Tensor, "batch"]:

@@ -32,6 +32,11 @@ class RateEstimate:
     def to_dict(self) -> dict:
         return {"value": self.value, "ci_low": self.low, "ci_high": self.high, "n": self.n, "interval": self.interval}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> RateEstimate:
+        """A rate as `to_dict` wrote it (results files), without its per-item values."""
+        return cls(d["value"], d["ci_low"], d["ci_high"], d["n"], (), d.get("interval", "bootstrap"))
+
     def __format__(self, spec: str) -> str:
         spec = spec or ".2f"
         return f"{self.value:{spec}} [{self.low:{spec}}, {self.high:{spec}}]"

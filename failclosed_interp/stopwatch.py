@@ -1,8 +1,20 @@
-"""`Stopwatch`: seconds per named stage of a job, for the timings its summary records."""
+"""`Stopwatch`: seconds per named stage of a job, for the timings its summary records, and `machine()`:
+what those seconds were measured on."""
 
 from __future__ import annotations
 
+import os
+import platform
 import time
+
+import torch
+
+
+def machine() -> dict:
+    """What a run's figures were measured on (platform, CPUs, threads, torch, GPU)."""
+    return {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 class Stopwatch:

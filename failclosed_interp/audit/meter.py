@@ -20,8 +20,8 @@ from failclosed_interp.generation import GenerationConfig
 from failclosed_interp.interventions import Intervention
 from failclosed_interp.judges import Judge, ThreeWayJudge, Verdict, classify
 from failclosed_interp.models import ChatModel
-from failclosed_interp.scoring import JudgedResponses, refusal_rate, refusal_scores
-from failclosed_interp.stats import RateEstimate, wilson_rate
+from failclosed_interp.scoring import JudgedResponses, refusal_rate, refusal_score_rate
+from failclosed_interp.stats import RateEstimate
 
 MODES = ("generate", "logit")
 
@@ -78,9 +78,8 @@ class RefusalMeter:
                                       generation=self.config.generation(), progress=self.progress)
                 self._judged[key], self._rates[key] = judged, judged.rate
             else:
-                scores = refusal_scores(self.model, self.instructions, self.refusal_tokens, interventions,
-                                        batch_size=self.config.batch_size)
-                self._rates[key] = wilson_rate((scores > 0).double().tolist())
+                self._rates[key] = refusal_score_rate(self.model, self.instructions, self.refusal_tokens, interventions,
+                                                      batch_size=self.config.batch_size)
             elapsed = time.perf_counter() - start
             self.seconds += elapsed
             if self.progress:  # long audits show what was measured as they go

@@ -11,11 +11,12 @@ from failclosed_interp.cli.options import (
 
 def cmd_demo(args) -> None:
     """`failclosed demo`."""
-    from failclosed_interp.jobs import DemoConfig, demo_job, format_summary
+    from failclosed_interp.demo import DemoConfig, demo_job, format_summary
 
     summary = demo_job(args.out, apply(DemoConfig(), fields_of(args, DemoConfig())))
     print(format_summary(summary))
-    print(f"\nrun folder: {args.out} (summary.json, figures/, sft/adapter, direction/)")
+    print(f"\nrun folder: {args.out} (summary.json, figures/; align/round_0/adapter: the SFT model, "
+          f"align/final/adapter: the fail-closed one; audit/sft/report.html, audit/failclosed/report.html)")
 
 
 def cmd_sft(args) -> None:
@@ -44,10 +45,12 @@ def add_parsers(sub) -> None:
     """Add this group's commands to the subparsers `sub`."""
     from failclosed_interp.align import METHODS, MODES, RECIPES, SEARCHES
 
-    p = command(sub, "demo", "main job: base -> refusal SFT -> refusal direction -> ablation, on the embedded model", cmd_demo)
+    p = command(sub, "demo", "main job: refusal SFT shown fail-open, then the fail-closed recipe, both audited side by "
+                "side (the embedded model by default)", cmd_demo)
     model_flags(p, adapter=False, dest="model")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--n-eval", dest="n_eval", type=int, help="held-out prompts per set")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="run folder; an interrupted demo resumes from it")
+    p.add_argument("--n-eval", dest="n_eval", type=int, help="held-out test prompts per set (default 20)")
+    p.add_argument("--seed", type=int, help="training and prompt-sampling seed (default 0)")
 
     p = command(sub, "sft", "refusal SFT with LoRA (the standard-alignment baseline)", cmd_sft)
     model_flags(p, adapter=False, dest="sft.model")

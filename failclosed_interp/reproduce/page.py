@@ -31,6 +31,8 @@ GRID_DIR = "grid"  # experiments of the grid, under the results root
 JUDGE_FILE = "judge_xstest.json"  # `failclosed judge-check`
 BENCHMARK_FILE = "benchmarks.json"  # `python benchmarks/run_benchmarks.py --out results/benchmarks.json`
 GCG_FILE = "gcg_compare.json"  # `python benchmarks/gcg_compare.py --adapter DIR --out results/gcg_compare.json`
+RDO_FILE = "rdo_timing.json"  # `python benchmarks/rdo_timing.py --adapter DIR --out results/rdo_timing.json`
+DEMO_FILE = "demo.json"  # `failclosed demo --out runs/demo`, then copy runs/demo/summary.json there
 # (benchmark, ratio key, what the ratio compares, target)
 SPEED_ROWS = (
     ("generation", "speedup", "KV-cached vs uncached greedy generation (x faster)", ">= 5"),
@@ -222,6 +224,46 @@ def _gcg_section(root: Path) -> list[str]:
     return lines
 
 
+def _rdo_section(root: Path) -> list[str]:
+    data = _results_file(root, RDO_FILE)
+    if data is None:
+        return _not_measured(f"python benchmarks/rdo_timing.py --adapter DIR --out {root.name}/{RDO_FILE}")
+    m, ref, plain, checks = data["machine"], data["reference"], data["plain"], data["reference_checks"]
+    lines = [f"From `{root.name}/{RDO_FILE}` (`benchmarks/rdo_timing.py`): model {data['model']}, adapter "
+             f"`{data['adapter']}`; {m['cpus']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']}. "
+             f"Reference: the DIM direction at layer {ref['layer']} (norm {ref['norm']:.1f}, {ref['rules']}; search "
+             f"{ref['search_s']:.0f} s). Checks on {data['n_val']} validation prompts per kind: mean refusal score "
+             f"(log-odds) and judged refusal of greedy answers.", "",
+             "| setting | start | steps run (cap) | batch | target tokens | seconds | s / step | cosine to DIM | "
+             "harmful score, ablated | harmful refusal, ablated | harmless score, added | harmless refusal, added |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|",
+             f"| plain model | - | - | - | - | - | - | - | {plain['harmful_score']:.2f} | {plain['harmful_refusal']:.2f} | "
+             f"{plain['harmless_score']:.2f} | {plain['harmless_refusal']:.2f} |",
+             f"| DIM reference | - | - | - | - | - | - | 1.00 | {checks['harmful_score_ablated']:.2f} | "
+             f"{checks['harmful_refusal_ablated']:.2f} | {checks['harmless_score_added']:.2f} | "
+             f"{checks['harmless_refusal_added']:.2f} |"]
+    for name, r in data["settings"].items():
+        c = r["config"]
+        lines.append(f"| {name} | {c['start']} | {r['steps_run']:.0f} ({c['steps']}) | {c['batch_size']} | "
+                     f"{c['target_tokens']} | {r['rdo_s']:.0f} | {r['s_per_step']:.1f} | {r['cosine_to_reference']:.2f} | "
+                     f"{r['harmful_score_ablated']:.2f} | {r['harmful_refusal_ablated']:.2f} | "
+                     f"{r['harmless_score_added']:.2f} | {r['harmless_refusal_added']:.2f} |")
+    return lines
+
+
+def _demo_section(root: Path) -> list[str]:
+    data = _results_file(root, DEMO_FILE)
+    if data is None:
+        return _not_measured(f"failclosed demo --out runs/demo && cp runs/demo/summary.json {root.name}/{DEMO_FILE}")
+    from failclosed_interp.demo import format_summary
+
+    m = data["machine"]
+    timings = ", ".join(f"{k} {v:.0f} s" for k, v in data["timings_s"].items())
+    return [f"From `{root.name}/{DEMO_FILE}` (`failclosed demo`, the README's `make demo`), on {m['platform']}, "
+            f"{m['cpus']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']}, GPU: {m['cuda'] or 'none'}.",
+            "", "```", format_summary(data), "```", "", f"Where the time went: {timings}."]
+
+
 def render_results(root: str | Path) -> str:
     """The markdown of the results page, from the results files under `root` alone (the grid's experiments
     in `root/grid/`, the judge check in `root/judge_xstest.json`)."""
@@ -235,6 +277,7 @@ def render_results(root: str | Path) -> str:
         "the last column the mean ± standard deviation over seeds. The experiments come from",
         "`failclosed reproduce` (the grid: docs/design.md and the `reproduce` API page say what it runs).", "",
         *_pending(folder, missing), "",
+        "## The main job: SFT fail-open, then fail-closed", "", *_demo_section(root), "",
         "## Training: refusal, over-refusal, and ablation of the found directions", "", *_training_section(results), "",
         "## Public benchmark sets", "", *_public_section(results), "",
         "## Independence audit", "", *_audit_section(results), "",
@@ -244,6 +287,7 @@ def render_results(root: str | Path) -> str:
         "## GCG: nanogcg and our own search at the same budget", "", *_gcg_section(root), "",
         "## Judge check", "", *_judge_section(root), "",
         "## Speed", "", *_speed_section(root), "",
+        "## RDO per direction", "", *_rdo_section(root), "",
         "## Machines", "", *(_machines(results) or ["No run has finished yet."]), "",
     ]
     return "\n".join(lines)

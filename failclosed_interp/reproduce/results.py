@@ -51,9 +51,7 @@ def model_label(result: dict) -> str:
     return f"{result['experiment']['recipe']} s{result['experiment']['seed']}"
 
 
-def rate(d: dict) -> RateEstimate:
-    """A rate as results files store it (`RateEstimate.to_dict`), without its per-item values."""
-    return RateEstimate(d["value"], d["ci_low"], d["ci_high"], d["n"], (), d.get("interval", "bootstrap"))
+rate = RateEstimate.from_dict  # a rate as results files store it, without its per-item values
 
 
 def quick_results(folder: str | Path, runs: str | Path, *, recipes: tuple[str, ...] = ("sft", "project"),

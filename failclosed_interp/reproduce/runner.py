@@ -4,13 +4,10 @@ results file records the same fingerprint, and an interrupted training run resum
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
 
 from failclosed_interp.align import AlignConfig, align
 from failclosed_interp.artifacts import read_json, write_json
@@ -19,6 +16,7 @@ from failclosed_interp.configs import config_from_dict
 from failclosed_interp.evaluate import EvalConfig, ModelSpec, evaluate
 from failclosed_interp.models import load_model
 from failclosed_interp.public_columns import public_columns
+from failclosed_interp.stopwatch import machine
 from failclosed_interp.reproduce.grid import FIRST_ESTIMATE_S, QUICK_ESTIMATE_S, Experiment, GridConfig, build_grid
 
 SCHEMA = 1  # the results-file format; files of another schema are refused, not misread
@@ -27,13 +25,6 @@ GRID_FILE = "grid.json"
 
 class ResultsMismatch(ValueError):
     """A results folder written by another version of the grid or the toolkit."""
-
-
-def machine() -> dict:
-    """What the run's figures were measured on (platform, CPUs, threads, torch, GPU)."""
-    return {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
 def load_result(path: Path) -> dict | None:
