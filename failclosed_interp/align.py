@@ -57,8 +57,9 @@ from failclosed_interp.scoring import (
     JudgedResponses, NoRefusals, refusal_rate, refusal_score_rate, refusal_scores, refusal_tokens_from_responses,
 )
 from failclosed_interp.stats import RateEstimate
+from failclosed_interp.stopwatch import Stopwatch
 from failclosed_interp.search import DirectionJobConfig, InsideSpan, check_min_new_component, check_new, own_refusal_tokens
-from failclosed_interp.training import Example, SFTConfig, build_sft_examples, train_lora
+from failclosed_interp.training import Example, SFTConfig, TrainConfig, build_sft_examples, train_lora
 from failclosed_interp.training.sft import fresh_lora_model, sft_prompts
 from failclosed_interp.training.trainer import StepCallback, adapters_disabled
 from failclosed_interp.perplexity import perplexity
@@ -76,8 +77,9 @@ RDO_FOLDER = "rdo"  # in round_0: the reference direction and the RDO targets
 
 @dataclass(frozen=True)
 class AlignConfig(JsonConfig):
-    """One progressive run. `rounds` counts the rounds after round 0 (plain SFT); every round trains
-    `sft.train.epochs` epochs on the same examples. `min_new_component` is the smallest norm the
+    """One progressive run. `rounds` counts the rounds after round 0 (plain SFT); round 0 trains
+    `sft.train.epochs` epochs, every later round `retrain_epochs` (None: as many as round 0), on the same
+    examples. `min_new_component` is the smallest norm the
     unit-length new direction may keep outside the span of the earlier ones.
 
     `search` (failclosed only): find each new direction with the trained-against ones ablated
@@ -114,6 +116,7 @@ class AlignConfig(JsonConfig):
     min_addition_rise: float | None = 1.0
     initial_fallback: FallbackRules | None = field(default_factory=lambda: FallbackRules(kl_threshold=0.3, induce_threshold=None))
     round_checks: str = "generate"
+    retrain_epochs: int | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -124,6 +127,8 @@ class AlignConfig(JsonConfig):
             raise ValueError(f"search must be one of {SEARCHES}, got {self.search!r}")
         if self.round_checks not in ROUND_CHECKS:
             raise ValueError(f"round_checks must be one of {ROUND_CHECKS}, got {self.round_checks!r}")
+        if self.retrain_epochs is not None and self.retrain_epochs < 1:
+            raise ValueError(f"retrain_epochs must be >= 1 (or None: as many as round 0), got {self.retrain_epochs}")
         if self.rounds < 1:
             raise ValueError(f"rounds must be >= 1 (round 0 is plain SFT; each further round retrains), got {self.rounds}")
         check_min_new_component("AlignConfig", self.min_new_component)
@@ -207,6 +212,12 @@ def _examples(model: ChatModel, out: Path, config: AlignConfig, progress: bool) 
                                   progress=progress)
     write_json(path, [e.to_dict() for e in examples])
     return examples
+
+
+def round_training(config: AlignConfig, k: int) -> TrainConfig:
+    """Round k's training settings: its own seed (data order, dropout), and after round 0 `retrain_epochs`."""
+    epochs = config.retrain_epochs if k > 0 and config.retrain_epochs is not None else config.sft.train.epochs
+    return dataclasses.replace(config.sft.train, seed=config.sft.train.seed + k, epochs=epochs)
 
 
 def training_ablation(config: AlignConfig, found: DirectionSet) -> list[Intervention]:
@@ -398,26 +409,29 @@ def align(
     rounds = tqdm(range(done + 1, config.rounds + 1), desc=f"{config.method} rounds", disable=not progress)
     measured: dict[str, JudgedResponses] = {}  # the last round's generated held-out rates, reused by the final summary
     for k in rounds if stop_reason is None else ():
-        folder = _round_dir(out, k)
-        train = dataclasses.replace(config.sft.train, seed=config.sft.train.seed + k)
+        folder, clock = _round_dir(out, k), Stopwatch(digits=1)
+        train = round_training(config, k)
         result = train_lora(model, examples, train, safety_interventions=safety_interventions(config, found, train.seed),
                             progress=progress, on_step=on_step)
         save_adapter(model, folder / "adapter", train.lora)
         write_json(folder / "training.json", result.to_dict())
+        clock.lap("train")
         notes = {}
         if config.method != "sft":
             direction, stop_reason, notes = _next_direction(model, config, found, out, k, progress)
+            clock.lap("direction")
             if direction is not None:
                 direction = dataclasses.replace(direction, round=k)  # found at the end of round k
                 found = found.append(direction) if config.method == "failclosed" else DirectionSet([direction])
         if len(found):
             save_directions(found, folder / "directions", model.identity())
         checks = _round_metrics(model, config, found, examples)
+        clock.lap("checks")
         measured = {name: m for name, m in checks.items() if isinstance(m, JudgedResponses)}
         rates = {name: m.rate if isinstance(m, JudgedResponses) else m for name, m in checks.items()}
         metrics = {"round": k, "stop_reason": stop_reason, "n_directions": len(found), **notes,
                    "round_checks": config.round_checks, **{name: rate.value for name, rate in rates.items()},
-                   "ci": {name: rate.to_dict() for name, rate in rates.items()}}
+                   "ci": {name: rate.to_dict() for name, rate in rates.items()}, "timings_s": clock.timings}
         write_json(folder / "metrics.json", metrics)
         write_json(out / STATE_FILE, {"config": config.to_dict(), "completed_round": k, "stop_reason": stop_reason})
         done = k

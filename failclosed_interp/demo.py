@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from failclosed_interp.align import AlignConfig, align, evaluate_final, recipe
-from failclosed_interp.artifacts import write_json
+from failclosed_interp.artifacts import read_json, write_json
 from failclosed_interp.attacks.adaptive import AdaptiveAttackConfig
 from failclosed_interp.audit.config import AuditConfig
 from failclosed_interp.audit.job import load_subject, run_audit
@@ -37,15 +37,15 @@ LABELS = {"sft": "SFT (round 0)", "failclosed": "fail-closed"}
 
 def demo_recipe() -> AlignConfig:
     """The default recipe at a CPU budget: two fail-closed rounds of one epoch after a round-0 SFT of
-    three, rounds checked by refusal scores, RDO capped at a few steps from the DIM direction, no
-    attacker in the align summary (the demo's audits run it on both models)."""
+    three epochs, rounds checked by refusal scores, RDO capped at a few steps and started from the DIM
+    direction, no attacker in the align summary (the demo's audits run it on both models)."""
     base = recipe("default")
     train = base.sft.train
     rdo = None if base.rdo is None else dataclasses.replace(
         base.rdo, steps=12, batch_size=8, target_tokens=16, patience=3, start="init")
     search = dataclasses.replace(base.directions.search, positions=(-1,), lazy=True)
     return dataclasses.replace(
-        base, rounds=2, round_checks="logit", attacker=None, eval_tokens=40, rdo=rdo,
+        base, rounds=2, retrain_epochs=1, round_checks="logit", attacker=None, eval_tokens=40, rdo=rdo,
         sft=dataclasses.replace(base.sft, train=dataclasses.replace(train, epochs=3)),
         directions=dataclasses.replace(base.directions, n_train=32, search=search),
     )
@@ -108,8 +108,9 @@ def demo_job(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
         write_audit(audit, out / "audit" / name, extra={"adapter": str(run / folder / "adapter")})
         clock.lap(f"audit_{name}")
         columns[name] = _column(figures, audit, found)
+    rounds = [read_json(run / f"round_{k}" / "metrics.json") for k in range(align_summary["rounds_completed"] + 1)]
     summary = {"model": config.model, "columns": columns, "stop_reason": align_summary["stop_reason"],
-               "rounds_completed": align_summary["rounds_completed"], "contrast": contrast(columns),
+               "rounds_completed": align_summary["rounds_completed"], "rounds": rounds, "contrast": contrast(columns),
                "timings_s": clock.timings, "seconds_total": clock.total, "machine": machine()}
     save_figure(grouped_rate_bars({LABELS[n]: _bar_rates(c) for n, c in columns.items()},
                                   title="Held-out refusal: the SFT model and the fail-closed model"),

@@ -24,7 +24,7 @@ from failclosed_interp.interventions import Intervention, hook_name, intervene
 from failclosed_interp.models import ChatModel
 from failclosed_interp.rdo_config import RDOConfig, ablation_of, addition_of
 from failclosed_interp.rdo_targets import RDOTargets, rdo_targets
-from failclosed_interp.training.data import IGNORE, TokenizedExamples, collate, example_token_ids
+from failclosed_interp.training.data import IGNORE, TokenizedExamples, answer_logits, collate, example_token_ids
 
 # Clean next-token log-probs of the retain targets are kept in memory up to this size, else recomputed.
 REFERENCE_CACHE_BYTES = 2**30
@@ -201,25 +201,13 @@ class _Objective:
     def _batch(self, name: str, idx: Sequence[int]) -> TokenizedExamples:
         return collate(self.model, [self.rows[name][i] for i in idx])
 
-    def _answer_logits(self, batch: TokenizedExamples) -> tuple[Tensor, Tensor]:
-        """(logits, labels) cut to the span from the earliest last-prompt position on: the LM head, the
-        costliest layer of a small model, runs only where an answer token is predicted."""
-        first = int((batch.labels != IGNORE).int().argmax(1).min()) - 1
-        keep = batch.input_ids.shape[1] - first
-        if self.model.hf_model is not None:  # the bridged HF module fires the same hooks
-            logits = self.model.hf_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                         logits_to_keep=keep).logits
-        else:
-            logits = self.model.bridge(batch.input_ids, attention_mask=batch.attention_mask)[:, first:]
-        return logits, batch.labels[:, first:]
-
     def _prompt_end_states(self, idx: Sequence[int], interventions: Sequence[Intervention]) -> Tensor:
         """resid_pre at each prompt's last token, [batch, layer, d_model], for the ablation rows."""
         idx, out = list(idx), []
         for start in range(0, len(idx), self.config.micro_batch_size):
             chunk = idx[start: start + self.config.micro_batch_size]
             with intervene(self.model, interventions), _prompt_end_activations(self.model, self.layers, self._ends(chunk)) as acts:
-                self._answer_logits(self._batch("ablation", chunk))
+                answer_logits(self.model, self._batch("ablation", chunk))
             out.append(acts())
         return torch.cat(out)
 
@@ -232,7 +220,7 @@ class _Objective:
         fresh = {}
         if missing:
             with torch.no_grad():
-                logits, labels = self._answer_logits(self._batch("retain", missing))
+                logits, labels = answer_logits(self.model, self._batch("retain", missing))
                 keep = labels[:, 1:] != IGNORE
                 logp = torch.log_softmax(logits[:, :-1].float(), -1)
                 fresh = {i: logp[row][keep[row]] for row, i in enumerate(missing)}
@@ -248,19 +236,19 @@ class _Objective:
             batch = self._batch("ablation", idx)
             layers = self.layers if "independence" in w else ()
             with intervene(model, [ablation]), _prompt_end_activations(model, layers, self._ends(idx)) as acts:
-                logits, labels = self._answer_logits(batch)
+                logits, labels = answer_logits(self.model, batch)
             if "ablation" in w:
                 terms["ablation"] = answer_cross_entropy_per_row(logits, labels).sum()
             if "independence" in w:
                 terms["independence"] = self._independence(v, acts(), idx) * len(idx)
         if "addition" in w:
             with intervene(model, [addition_of(v, self.init)]):
-                logits, labels = self._answer_logits(self._batch("addition", idx))
+                logits, labels = answer_logits(self.model, self._batch("addition", idx))
             terms["addition"] = answer_cross_entropy_per_row(logits, labels).sum()
         if "retain" in w:
             clean = self._reference(idx)
             with intervene(model, [ablation]):
-                logits, labels = self._answer_logits(self._batch("retain", idx))
+                logits, labels = answer_logits(self.model, self._batch("retain", idx))
             keep = labels[:, 1:] != IGNORE
             terms["retain"] = _kl_rows(clean, logits[:, :-1][keep], keep.nonzero()[:, 0], len(idx)).sum()
         return terms

@@ -290,3 +290,14 @@ def test_final_summary_reuses_the_last_rounds_rates_instead_of_generating_them_a
     plain_harmful.clear()
     assert align(tiny_config("sft", rounds=1), tmp_path, progress=False) == summary
     assert len(plain_harmful) == 1
+
+
+def test_rounds_after_round_0_train_retrain_epochs(tmp_path):
+    config = tiny_config("sft", rounds=2)
+    config = dataclasses.replace(config, retrain_epochs=1,
+                                 sft=dataclasses.replace(config.sft, train=dataclasses.replace(config.sft.train, epochs=2)))
+    align(config, tmp_path, progress=False)
+    steps = [json.loads((tmp_path / f"round_{k}" / "training.json").read_text())["steps"] for k in range(3)]
+    assert steps == [4, 2, 2]  # 6 utility examples, batch 4: 2 steps per epoch
+    with pytest.raises(ValueError, match="retrain_epochs must be >= 1"):
+        dataclasses.replace(config, retrain_epochs=0)

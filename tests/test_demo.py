@@ -42,6 +42,23 @@ def test_the_demo_trains_reports_round_0_at_once_and_audits_both_models(tmp_path
     assert (tmp_path / "figures" / "refusal_rates.html").is_file()
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     assert DemoConfig.from_dict(json.loads((tmp_path / "config.json").read_text())) == _tiny()
+    assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]  # each round's metrics.json, with its timings
+    assert all(set(r["timings_s"]) == {"train", "direction", "checks"} for r in summary["rounds"])
+    assert summary["machine"]["cpus"] >= 1
+
+
+def test_the_results_page_shows_a_committed_demo_summary(tmp_path, spied_loop):  # noqa: F811
+    from failclosed_interp.reproduce.page import render_results
+
+    summary = demo_job(tmp_path / "run", _tiny(rounds=1), progress=False, say=lambda _: None)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "demo.json").write_text(json.dumps(summary))
+    page = render_results(tmp_path / "results")
+    section = page.split("## The main job")[1].split("\n## ")[0]
+    assert format_summary(summary) in section and "torch threads" in section
+    assert section.count("\n| 0 |") == 1 and section.count("\n| 1 |") == 1  # one row per round
+    empty = render_results(tmp_path / "nothing")
+    assert "Not measured yet: `failclosed demo --out runs/demo && cp runs/demo/summary.json" in empty
 
 
 def test_a_finished_demo_resumes_without_training_again(tmp_path, spied_loop):  # noqa: F811

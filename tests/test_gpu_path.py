@@ -96,8 +96,8 @@ CONFIG = TrainConfig(epochs=1, batch_size=4, lr=1e-2, lora=LoraSettings(r=2, alp
 def test_training_micro_batches_after_oom_learn_what_the_whole_batch_learns(unit_direction, monkeypatch):
     ablate = [Ablation(unit_direction)]
     expected = _train(CONFIG, EXAMPLES, ablate)
-    monkeypatch.setattr(trainer_module, "_forward",
-                        _oom_above(trainer_module._forward, 1, lambda model, batch: batch.input_ids.shape[0]))
+    monkeypatch.setattr(trainer_module, "answer_logits",
+                        _oom_above(trainer_module.answer_logits, 1, lambda model, batch: batch.input_ids.shape[0]))
     got = _train(CONFIG, EXAMPLES, ablate)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

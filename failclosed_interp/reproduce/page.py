@@ -261,7 +261,21 @@ def _demo_section(root: Path) -> list[str]:
     timings = ", ".join(f"{k} {v:.0f} s" for k, v in data["timings_s"].items())
     return [f"From `{root.name}/{DEMO_FILE}` (`failclosed demo`, the README's `make demo`), on {m['platform']}, "
             f"{m['cpus']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']}, GPU: {m['cuda'] or 'none'}.",
-            "", "```", format_summary(data), "```", "", f"Where the time went: {timings}."]
+            "", "```", format_summary(data), "```", "", f"Where the time went: {timings}.", "",
+            "Each round, as the loop checked it (held-out test prompts; refusal score > 0 when the round checks are "
+            "by logit; mediation: the new direction's effect on validation refusal scores, log-odds):", "",
+            "| round | harmful refusal | harmless refusal | harmful, found directions ablated | directions | "
+            "mediation: harmful drop / harmless rise | train s | direction s | checks s |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *(_demo_round(r) for r in data["rounds"])]
+
+
+def _demo_round(r: dict) -> str:
+    ci, t, med = r["ci"], r["timings_s"], r.get("mediation")
+    mediation = "-" if med is None else f"{med['harmful_score_drop']:.2f} / {med['harmless_score_rise']:.2f}"
+    return (f"| {r['round']} | {_rate(ci['refusal_harmful'])} | {_rate(ci['refusal_harmless'])} | "
+            f"{_rate(ci.get('refusal_harmful_all_ablated'))} | {r['n_directions']} | {mediation} | "
+            f"{t['train']:.0f} | {t.get('direction', 0):.0f} | {t['checks']:.0f} |")
 
 
 def render_results(root: str | Path) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 import torch
-from jaxtyping import Int
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from failclosed_interp.chat import format_exchange
@@ -156,3 +156,17 @@ def collate(model: ChatModel, rows: Sequence[tuple[list[int], list[int]]]) -> To
         mask[row, :n] = 1
         labels[row, len(p) : n] = torch.tensor(a, dtype=torch.long)
     return TokenizedExamples(ids.to(model.device), mask.to(model.device), labels.to(model.device))
+
+
+def answer_logits(model: ChatModel, batch: TokenizedExamples) -> tuple[Float[Tensor, "batch span d_vocab"], Int[Tensor, "batch span"]]:
+    """(logits, labels) cut to the span from the batch's earliest last-prompt position on: the LM head, the
+    costliest layer of a small model, runs only where an answer token is predicted. Losses over answer
+    tokens (labels != IGNORE) are the same as on the whole sequence."""
+    first = int((batch.labels != IGNORE).int().argmax(1).min()) - 1
+    keep = batch.input_ids.shape[1] - first
+    if model.hf_model is not None:  # the bridged HF module fires the same hooks
+        logits = model.hf_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                logits_to_keep=keep).logits
+    else:
+        logits = model.bridge(batch.input_ids, attention_mask=batch.attention_mask)[:, first:]
+    return logits, batch.labels[:, first:]

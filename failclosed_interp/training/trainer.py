@@ -24,7 +24,7 @@ from failclosed_interp.distributed import DataParallel, data_parallel
 from failclosed_interp.interventions import Intervention, intervene
 from failclosed_interp.models import ChatModel
 from failclosed_interp.training.config import TrainConfig
-from failclosed_interp.training.data import IGNORE, Example, TokenizedExamples, collate, example_token_ids
+from failclosed_interp.training.data import IGNORE, Example, TokenizedExamples, answer_logits, collate, example_token_ids
 
 StepCallback = Callable[[int, dict], None]
 
@@ -100,16 +100,12 @@ def answer_kl(
     return (per_token * weights).sum() / (weights.sum() if total_weight is None else total_weight)
 
 
-def _forward(model: ChatModel, batch: TokenizedExamples) -> Float[Tensor, "batch pos d_vocab"]:
-    return model.bridge(batch.input_ids, attention_mask=batch.attention_mask)
-
-
 @torch.no_grad()
-def _reference_logits(model: ChatModel, batch: TokenizedExamples) -> Float[Tensor, "batch pos d_vocab"]:
+def _reference_logits(model: ChatModel, batch: TokenizedExamples) -> Float[Tensor, "batch span d_vocab"]:
     model.bridge.eval()
     try:
         with adapters_disabled(model.hf_model):
-            return _forward(model, batch)
+            return answer_logits(model, batch)[0]
     finally:
         model.bridge.train()
 
@@ -247,15 +243,15 @@ def _backward_share(
             if kind == "safety":
                 # backward inside the block: with gradient checkpointing it reruns the hooked forward
                 with intervene(model, interventions):
-                    loss = answer_cross_entropy(_forward(model, batch), batch.labels, config.first_token_weight, total)
+                    loss = answer_cross_entropy(*answer_logits(model, batch), config.first_token_weight, total)
                     loss.backward()
             else:
-                logits = _forward(model, batch)
+                logits, labels = answer_logits(model, batch)
                 if config.utility_loss == "kl":
                     reference = _reference_logits(model, batch)
-                    loss = config.kl_weight * answer_kl(reference, logits, batch.labels, config.first_token_weight, total)
+                    loss = config.kl_weight * answer_kl(reference, logits, labels, config.first_token_weight, total)
                 else:
-                    loss = answer_cross_entropy(logits, batch.labels, config.first_token_weight, total)
+                    loss = answer_cross_entropy(logits, labels, config.first_token_weight, total)
                 loss.backward()
             value += float(loss.detach())
         return value
