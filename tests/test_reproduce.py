@@ -3,11 +3,13 @@ experiments; the committed results page is exactly what the generator writes fro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
+from failclosed_interp.align import AlignConfig, recipe
 from failclosed_interp.cli import main
 from failclosed_interp.reproduce import GridConfig, build_grid, render_results, run_grid
 from failclosed_interp.reproduce.runner import ResultsMismatch
@@ -26,16 +28,21 @@ def test_the_committed_results_page_is_generated_from_the_committed_results():
     assert page == render_results(REPO / "results"), "regenerate it: failclosed reproduce --page-only"
 
 
-def test_the_grid_has_three_seeds_for_sft_and_the_project_recipe_and_every_model_is_audited():
+def test_the_grid_has_three_seeds_for_sft_method_and_project_and_every_model_is_audited():
     grid = build_grid(GridConfig())
     aligned = [(e.recipe, e.seed) for e in grid if e.kind == "align"]
-    assert sorted(aligned) == sorted([("sft", 0), ("sft", 1), ("sft", 2), ("refat", 0), ("paper", 0),
-                                      ("project", 0), ("project", 1), ("project", 2)])
+    assert sorted(aligned) == sorted([(r, s) for r in ("sft", "method", "project") for s in (0, 1, 2)]
+                                     + [("refat", 0), ("paper", 0)])
     audited = {e.model_of for e in grid if e.kind == "audit"}
     assert audited == {e.name for e in grid if e.kind == "align"}
+    validated = {e.model_of for e in grid if e.kind == "validation"}
+    assert validated == {e.name for e in grid if e.kind == "align" and e.recipe != "refat"}
     attacked = {e.model_of for e in grid if e.kind == "attacks"}
-    assert attacked == {f"align-{r}-s0" for r in ("sft", "refat", "paper", "project")}
+    assert attacked == {f"align-{r}-s0" for r in ("sft", "refat", "method", "paper", "project")}
     assert len({e.fingerprint for e in grid}) == len(grid)
+    method, default = (next(e for e in grid if e.name == f"align-{r}-s0") for r in ("method", "sft"))
+    assert AlignConfig.from_dict(method.config) == recipe("method")
+    assert AlignConfig.from_dict(default.config) == dataclasses.replace(recipe("method"), method="sft")
 
 
 def test_quick_grid_runs_resumes_and_renders(tmp_path):
