@@ -52,9 +52,14 @@ def test_quick_grid_runs_resumes_and_renders(tmp_path):
     ran = run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append)
     assert [e.name for e in ran] == [e.name for e in build_grid(config) if e.kind != "public"]
     assert "public-set columns are skipped" in logged[0] and "expected" in logged[1]
+    validated = json.loads((results / "validation-project-s1.json").read_text())["result"]
+    assert validated["xstest_safe"] is None and validated["adaptive_search"] == "reused"  # align's own search
     data = write_public_data(tmp_path / "data")
     ran = run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append, data_dir=data)
-    assert [e.name for e in ran] == [e.name for e in build_grid(config) if e.kind == "public"]
+    # with the data folder: the public columns, and the validation experiments' XSTest column alone
+    assert [e.name for e in ran] == [e.name for e in build_grid(config) if e.kind in ("validation", "public")]
+    with_xstest = json.loads((results / "validation-project-s1.json").read_text())["result"]
+    assert with_xstest["xstest_safe"]["n"] == 2 and with_xstest["ci"] == validated["ci"]
     for exp in ran:
         saved = json.loads((results / f"{exp.name}.json").read_text())
         assert saved["experiment"]["fingerprint"] == exp.fingerprint and saved["wall_s"] >= 0
@@ -72,6 +77,8 @@ def test_quick_grid_runs_resumes_and_renders(tmp_path):
     public = json.loads((results / "public-sft-s1.json").read_text())["result"]
     assert "xstest_safe (n=2, should answer)" in page
     assert f"| sft, seed 1 | {public['advbench']['refusal_rate']['value']:.2f} [" in page
+    assert f"| project, seed 1 | {validated['ci']['refusal_harmful']['value']:.2f} [" in page
+    assert "Not chosen yet: waiting for `validation-method (not in the grid)`" in page
 
 
 def test_a_results_folder_of_another_version_is_refused(tmp_path):
