@@ -13,8 +13,16 @@ from failclosed_interp.judge_check import results_markdown as judge_markdown
 from failclosed_interp.plots import grouped_rate_bars, save_figure
 from failclosed_interp.reproduce.grid import GRID_RECIPES
 from failclosed_interp.reproduce.figures import GridFigure, mechanistic_figures
-from failclosed_interp.reproduce.results import grid_experiments, load_results, of_kind, rate, unfinished
-from failclosed_interp.reproduce.selection import ATTACKED, BORDERLINE, HARMFUL, HARMLESS, SelectionRule, choose_recipe
+from failclosed_interp.reproduce.results import (
+    current,
+    default_choice,
+    grid_experiments,
+    load_results,
+    of_kind,
+    rate,
+    unfinished,
+)
+from failclosed_interp.reproduce.selection import ATTACKED, BORDERLINE, HARMFUL, HARMLESS, SelectionRule
 from failclosed_interp.reproduce.validation import PUBLIC_SET
 from failclosed_interp.stats import SeedSummary
 
@@ -97,12 +105,10 @@ VALIDATION_COLUMNS = ((HARMFUL, "harmful refusal"), (HARMLESS, "harmless refusal
                       (ATTACKED, "harmful refusal, adaptive attacker (report KL budget)"))
 
 
-def _validation_section(folder: Path, results: dict[str, dict], missing: list[str]) -> list[str]:
-    rule = SelectionRule()
-    lines = [rule.sentence(), ""]
-    measured = [r for r in of_kind(results, "validation") if r["experiment"]["name"] not in missing]
-    expected = [(e.recipe, e.seed) for e in grid_experiments(folder) if e.kind == "validation"]
-    choice = choose_recipe(measured, expected or None, rule)
+def _validation_section(folder: Path, results: dict[str, dict]) -> list[str]:
+    lines = [SelectionRule().sentence(), ""]
+    measured = current(folder, results, "validation")
+    choice = default_choice(folder, results)
     if measured:
         head = [label for _, label in VALIDATION_COLUMNS] + [f"{PUBLIC_SET} refusal (validation half)"]
         lines += ["| model | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
@@ -319,7 +325,7 @@ def render_results(root: str | Path) -> str:
         "`failclosed reproduce` (the grid: docs/design.md and the `reproduce` API page say what it runs).", "",
         *_pending(folder, missing), "",
         "## The main job: SFT fail-open, then fail-closed", "", *_demo_section(root), "",
-        "## Choosing the default recipe (validation prompts)", "", *_validation_section(folder, results, missing), "",
+        "## Choosing the default recipe (validation prompts)", "", *_validation_section(folder, results), "",
         "## Training: refusal, over-refusal, and ablation of the found directions", "", *_training_section(results), "",
         "## Public benchmark sets", "", *_public_section(results), "",
         "## Independence audit", "", *_audit_section(results), "",
