@@ -38,8 +38,8 @@ QUICK_ESTIMATE_S = {"align": 20, "validation": 10, "audit": 20, "attacks": 20, "
 class GridConfig:
     """The grid's size. `seeds`: training seeds of the sft baseline and of the method's and the project's
     recipes (the paper's recipe and refat run on the first seed; `SEEDED_RECIPES`). `attack_seeds`: training
-    seeds whose models are attacked. `quick`: the same grid on a tiny random model with tiny budgets (for CI: checks the plumbing, not the
-    science)."""
+    seeds whose models are attacked. `quick`: the same grid on a tiny random model with tiny budgets (for CI:
+    checks the plumbing, not the science)."""
 
     model: str = EMBEDDED_MODEL
     seeds: tuple[int, ...] = (0, 1, 2)
