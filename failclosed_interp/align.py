@@ -147,7 +147,9 @@ class AlignConfig(JsonConfig):
 
 # Named presets of AlignConfig values; explicit settings (CLI flags) override them.
 RECIPES: dict[str, dict] = {
-    "default": {},
+    # The method as the paper describes it: each direction searched with the earlier ones ablated, all of them
+    # ablated together in training, RDO directions, 3 rounds.
+    "method": {"search": "ablated", "mode": "cumulative", "rounds": 3, "rdo": RDOConfig()},
     # The authors' loop as far as this toolkit runs it: directions searched on the plain model, all of them
     # ablated together, each one RDO's toward the round-0 targets, up to 10 rounds (the loop stops earlier
     # when RDO finds no new direction or the new one does not mediate refusal).
@@ -159,6 +161,10 @@ RECIPES: dict[str, dict] = {
                 "directions": DirectionJobConfig(search=DirectionConfig(
                     positions=(-1,), fallback=FallbackRules(kl_threshold=0.3)))},
 }
+# `--recipe default` names one of the recipes above: the one `failclosed reproduce` chooses on validation
+# prompts (`reproduce.selection`); the results page says whether this name and that choice agree.
+DEFAULT_RECIPE = "method"
+RECIPES["default"] = RECIPES[DEFAULT_RECIPE]
 
 
 def recipe(name: str) -> AlignConfig:

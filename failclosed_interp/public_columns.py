@@ -31,16 +31,17 @@ def public_columns(
     n: int | None = DEFAULT_PUBLIC_N,
     seed: int = 0,
     max_new_tokens: int = 48,
+    split: str = "test",
     interventions: Sequence[Intervention] = (),
     judge: Judge | None = None,
     progress: bool = True,
 ) -> dict[str, dict]:
-    """{set name: {"expects", "n", "refusal_rate", "compliance_rate"}} on the test half of each set, judged by
-    `judge` (default: the toolkit's default judge)."""
+    """{set name: {"expects", "n", "refusal_rate", "compliance_rate"}} on the test half of each set (`split`:
+    "val" for the half a choice is made on), judged by `judge` (default: the toolkit's default judge)."""
     judge = judge if judge is not None else judge_by_name(DEFAULT_JUDGE)
     columns = {}
     for name in sets:
-        prompts = public_prompts(data_dir, name, "test", n, seed)  # unknown names and missing files raise here
+        prompts = public_prompts(data_dir, name, split, n, seed)  # unknown names and missing files raise here
         judged = refusal_rate(model, prompts, generation=GenerationConfig(max_new_tokens=max_new_tokens),
                               interventions=interventions, judge=judge, progress=progress)
         columns[name] = {"expects": PUBLIC_SETS[name].expects, "n": len(prompts),

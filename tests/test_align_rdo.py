@@ -10,7 +10,7 @@ import torch
 
 import failclosed_interp.align as align_module
 from _planted import HARMFUL_VAL, HARMLESS_VAL, planted_refusal_model
-from failclosed_interp.align import AlignConfig, align, mediation_check, recipe
+from failclosed_interp.align import DEFAULT_RECIPE, RECIPES, AlignConfig, align, mediation_check, recipe
 from failclosed_interp.dim import FallbackRules
 from failclosed_interp.directions import Direction
 from failclosed_interp.rdo import RDOConfig
@@ -132,7 +132,8 @@ def test_recipes_are_presets_and_explicit_flags_override_them(tmp_path, monkeypa
 
     paper = recipe("paper")
     assert (paper.search, paper.mode, paper.rounds, paper.rdo) == ("plain", "cumulative", 10, RDOConfig())
-    assert recipe("default") == AlignConfig()
+    assert recipe("method") == AlignConfig() and recipe("default") == recipe(DEFAULT_RECIPE)
+    assert RECIPES["default"] is RECIPES[DEFAULT_RECIPE]  # one name decides what `--recipe default` trains
     assert AlignConfig.from_dict(json.loads(json.dumps(paper.to_dict()))) == paper  # what state.json stores
     with pytest.raises(ValueError, match="unknown recipe 'fast'"):
         recipe("fast")
@@ -146,7 +147,8 @@ def test_recipes_are_presets_and_explicit_flags_override_them(tmp_path, monkeypa
     assert main(["align", "--model", "tiny-llama", "--recipe", "paper", "--rounds", "2", "--out", str(tmp_path)]) == 2
     assert (seen["config"].rounds, seen["config"].search, seen["config"].rdo) == (2, "plain", RDOConfig())
     assert main(["align", "--model", "tiny-llama", "--out", str(tmp_path)]) == 2
-    assert (seen["config"].rounds, seen["config"].search) == (3, "ablated")
+    default = recipe(DEFAULT_RECIPE)
+    assert (seen["config"].rounds, seen["config"].search, seen["config"].rdo) == (default.rounds, default.search, default.rdo)
 
 
 @pytest.mark.parametrize("bad", [dict(min_ablation_drop=-1.0), dict(min_addition_rise=float("nan"))])

@@ -114,7 +114,7 @@ def test_a_figure_with_nothing_to_draw_says_so_and_unfinished_experiments_are_na
     align = next(e for e in build_grid(config) if e.kind == "align")
     write_result(tmp_path, "align-sft-s0", adaptive([0.5, 0.5, 0.5], [1, 1, 1]), fingerprint=align.fingerprint)
     results = load_results(tmp_path)
-    assert unfinished(tmp_path, results) == ["audit-sft-s0", "public-sft-s0", "attacks-sft-s0"]
+    assert unfinished(tmp_path, results) == ["validation-sft-s0", "audit-sft-s0", "public-sft-s0", "attacks-sft-s0"]
     figs = {f.id: f for f in mechanistic_figures(results, unfinished(tmp_path, results))}
     assert figs["joint"].figure is None and figs["joint"].notes == ("not finished yet: audit-sft-s0",)
     assert figs["attacks"].notes == ("not finished yet: attacks-sft-s0",)

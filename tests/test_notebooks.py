@@ -46,7 +46,7 @@ def test_02_reproduce_mechanistic_figures(tmp_path, monkeypatch):
     """Its default builds a quick grid (sft and project, seed 0) and draws what that grid holds."""
     text = run_notebook("02_reproduce_mechanistic_figures", tmp_path, monkeypatch,
                         {"FAILCLOSED_FIGURES": str(tmp_path / "figures"), "FAILCLOSED_NO_PNG": "1"})
-    assert "6 finished experiments in quick/grid" in text
+    assert "8 finished experiments in quick/grid" in text  # align, validation, audit, attacks per model
     assert "attacks: drawn for sft s0, project s0" in text and "adaptive: drawn for sft s0, project s0" in text
     # the tiny random model learns no refusal: the audit figures say why they are empty
     assert "joint: nothing to draw yet" in text and "audit-project-s0: no refusal to audit" in text

@@ -3,11 +3,13 @@ experiments; the committed results page is exactly what the generator writes fro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
+from failclosed_interp.align import AlignConfig, recipe
 from failclosed_interp.cli import main
 from failclosed_interp.reproduce import GridConfig, build_grid, render_results, run_grid
 from failclosed_interp.reproduce.runner import ResultsMismatch
@@ -26,16 +28,21 @@ def test_the_committed_results_page_is_generated_from_the_committed_results():
     assert page == render_results(REPO / "results"), "regenerate it: failclosed reproduce --page-only"
 
 
-def test_the_grid_has_three_seeds_for_sft_and_the_project_recipe_and_every_model_is_audited():
+def test_the_grid_has_three_seeds_for_sft_method_and_project_and_every_model_is_audited():
     grid = build_grid(GridConfig())
     aligned = [(e.recipe, e.seed) for e in grid if e.kind == "align"]
-    assert sorted(aligned) == sorted([("sft", 0), ("sft", 1), ("sft", 2), ("refat", 0), ("paper", 0),
-                                      ("project", 0), ("project", 1), ("project", 2)])
+    assert sorted(aligned) == sorted([(r, s) for r in ("sft", "method", "project") for s in (0, 1, 2)]
+                                     + [("refat", 0), ("paper", 0)])
     audited = {e.model_of for e in grid if e.kind == "audit"}
     assert audited == {e.name for e in grid if e.kind == "align"}
+    validated = {e.model_of for e in grid if e.kind == "validation"}
+    assert validated == {e.name for e in grid if e.kind == "align" and e.recipe != "refat"}
     attacked = {e.model_of for e in grid if e.kind == "attacks"}
-    assert attacked == {f"align-{r}-s0" for r in ("sft", "refat", "paper", "project")}
+    assert attacked == {f"align-{r}-s0" for r in ("sft", "refat", "method", "paper", "project")}
     assert len({e.fingerprint for e in grid}) == len(grid)
+    method, default = (next(e for e in grid if e.name == f"align-{r}-s0") for r in ("method", "sft"))
+    assert AlignConfig.from_dict(method.config) == recipe("method")
+    assert AlignConfig.from_dict(default.config) == dataclasses.replace(recipe("method"), method="sft")
 
 
 def test_quick_grid_runs_resumes_and_renders(tmp_path):
@@ -45,9 +52,14 @@ def test_quick_grid_runs_resumes_and_renders(tmp_path):
     ran = run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append)
     assert [e.name for e in ran] == [e.name for e in build_grid(config) if e.kind != "public"]
     assert "public-set columns are skipped" in logged[0] and "expected" in logged[1]
+    validated = json.loads((results / "validation-project-s1.json").read_text())["result"]
+    assert validated["xstest_safe"] is None and validated["adaptive_search"] == "reused"  # align's own search
     data = write_public_data(tmp_path / "data")
     ran = run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append, data_dir=data)
-    assert [e.name for e in ran] == [e.name for e in build_grid(config) if e.kind == "public"]
+    # with the data folder: the public columns, and the validation experiments' XSTest column alone
+    assert [e.name for e in ran] == [e.name for e in build_grid(config) if e.kind in ("validation", "public")]
+    with_xstest = json.loads((results / "validation-project-s1.json").read_text())["result"]
+    assert with_xstest["xstest_safe"]["n"] == 2 and with_xstest["ci"] == validated["ci"]
     for exp in ran:
         saved = json.loads((results / f"{exp.name}.json").read_text())
         assert saved["experiment"]["fingerprint"] == exp.fingerprint and saved["wall_s"] >= 0
@@ -65,6 +77,8 @@ def test_quick_grid_runs_resumes_and_renders(tmp_path):
     public = json.loads((results / "public-sft-s1.json").read_text())["result"]
     assert "xstest_safe (n=2, should answer)" in page
     assert f"| sft, seed 1 | {public['advbench']['refusal_rate']['value']:.2f} [" in page
+    assert f"| project, seed 1 | {validated['ci']['refusal_harmful']['value']:.2f} [" in page
+    assert "Not chosen yet: waiting for `validation-method (not in the grid)`" in page
 
 
 def test_a_results_folder_of_another_version_is_refused(tmp_path):

@@ -33,7 +33,7 @@ def add_parsers(sub) -> None:
                 cmd_reproduce)
     p.add_argument("--quick", action="store_true", default=False,
                    help="the whole grid on a tiny random model with tiny budgets (minutes)")
-    p.add_argument("--seeds", type=_seeds, help="training seeds of the sft baseline and this project's recipe")
+    p.add_argument("--seeds", type=_seeds, help="training seeds of the sft baseline and of the method's and this project's recipes")
     p.add_argument("--runs", type=Path, default=Path("runs/reproduce"), help="heavy artifacts (adapters, caches)")
     p.add_argument("--results", type=Path, default=Path("results"),
                    help="results root: one small JSON per finished experiment in RESULTS/grid/")

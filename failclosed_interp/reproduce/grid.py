@@ -20,29 +20,31 @@ from failclosed_interp.dim import DirectionConfig, FallbackRules
 from failclosed_interp.evaluate import EvalConfig
 from failclosed_interp.models import EMBEDDED_MODEL
 from failclosed_interp.public_columns import public_settings
+from failclosed_interp.reproduce.selection import SelectionRule
+from failclosed_interp.reproduce.validation import ValidationConfig
 from failclosed_interp.search import DirectionJobConfig
 from failclosed_interp.rdo_config import RDOConfig
 from failclosed_interp.training import SFTConfig, TrainConfig
 
-KINDS = ("align", "audit", "attacks", "public")
+KINDS = ("align", "validation", "audit", "attacks", "public")
 QUICK_MODEL = "tiny-llama"
 # Rough first-run estimates (seconds on 2 CPU cores) before any result of the same kind exists; once one
 # has finished, the runner estimates from measured wall times instead.
-FIRST_ESTIMATE_S = {"align": 45 * 60, "audit": 8 * 60, "attacks": 50 * 60, "public": 6 * 60}
-QUICK_ESTIMATE_S = {"align": 20, "audit": 20, "attacks": 20, "public": 5}
+FIRST_ESTIMATE_S = {"align": 45 * 60, "validation": 10 * 60, "audit": 8 * 60, "attacks": 50 * 60, "public": 6 * 60}
+QUICK_ESTIMATE_S = {"align": 20, "validation": 10, "audit": 20, "attacks": 20, "public": 5}
 
 
 @dataclass(frozen=True)
 class GridConfig:
-    """The grid's size. `seeds`: training seeds of the sft baseline and the project's recipe (the paper's
-    recipe and refat run on the first seed). `attack_seeds`: training seeds whose models are attacked.
-    `quick`: the same grid on a tiny random model with tiny budgets (for CI: checks the plumbing, not the
-    science)."""
+    """The grid's size. `seeds`: training seeds of the sft baseline and of the method's and the project's
+    recipes (the paper's recipe and refat run on the first seed; `SEEDED_RECIPES`). `attack_seeds`: training
+    seeds whose models are attacked. `quick`: the same grid on a tiny random model with tiny budgets (for CI:
+    checks the plumbing, not the science)."""
 
     model: str = EMBEDDED_MODEL
     seeds: tuple[int, ...] = (0, 1, 2)
     attack_seeds: tuple[int, ...] = (0,)
-    recipes: tuple[str, ...] = ("sft", "refat", "paper", "project")
+    recipes: tuple[str, ...] = ("sft", "refat", "method", "paper", "project")
     quick: bool = False
 
     def __post_init__(self):
@@ -86,13 +88,18 @@ class Experiment:
                 "model_of": self.model_of, "fingerprint": self.fingerprint}
 
 
-# Grid recipe -> (align recipe, overrides). The baselines train with the default recipe's data and steps.
+# Grid recipe -> (align recipe, overrides). The baselines train with the method recipe's data and steps, named
+# as such so that switching `align.DEFAULT_RECIPE` leaves them (and their results) as they are.
 GRID_RECIPES: dict[str, tuple[str, dict]] = {
-    "sft": ("default", {"method": "sft"}),
-    "refat": ("default", {"method": "refat"}),
+    "sft": ("method", {"method": "sft"}),
+    "refat": ("method", {"method": "refat"}),
+    "method": ("method", {}),
     "paper": ("paper", {}),
     "project": ("project", {}),
 }
+SEEDED_RECIPES = ("sft", "method", "project")  # trained on every seed; the others on the first
+# Measured on validation prompts: the candidates for the default recipe and the baseline the rule compares with.
+VALIDATED_RECIPES = SelectionRule().recipes
 
 
 def recipe_config(name: str, seed: int, model: str = EMBEDDED_MODEL, *, quick: bool = False) -> AlignConfig:
@@ -146,17 +153,31 @@ def public_config(quick: bool, seed: int) -> dict:
     return public_settings(seed=seed, max_new_tokens=AlignConfig().eval_tokens)
 
 
+def validation_config(align_config: AlignConfig, seed: int, quick: bool) -> ValidationConfig:
+    """The validation measurements of a model trained with `align_config`: its final summary's generation
+    length and adaptive attacker, on every built-in validation prompt (a few in quick mode)."""
+    assert align_config.attacker is not None, "every grid recipe's summary runs the adaptive attacker"
+    return ValidationConfig(n=3 if quick else None, public_n=2 if quick else None, seed=seed,
+                            eval_tokens=align_config.eval_tokens, attacker=align_config.attacker,
+                            attacker_tokens=align_config.attacker_tokens)
+
+
 def build_grid(config: GridConfig = GridConfig()) -> list[Experiment]:
-    """Every experiment in run order: each model is trained, then audited, then measured on the public sets
-    (when the runner is given their folder), then attacked."""
+    """Every experiment in run order: each model is trained, then measured on validation prompts (the
+    candidates for the default recipe and the sft baseline), audited, measured on the public sets (when the
+    runner is given their folder), then attacked."""
     model = QUICK_MODEL if config.quick else config.model
     grid: list[Experiment] = []
     for recipe in config.recipes:
-        seeds = config.seeds if recipe in ("sft", "project") else config.seeds[:1]
+        seeds = config.seeds if recipe in SEEDED_RECIPES else config.seeds[:1]
         for seed in seeds:
             name = f"{recipe}-s{seed}"
             align_config = recipe_config(recipe, seed, model, quick=config.quick)
             grid.append(Experiment(f"align-{name}", "align", recipe, seed, align_config.to_dict()))
+            if recipe in VALIDATED_RECIPES:
+                grid.append(Experiment(f"validation-{name}", "validation", recipe, seed,
+                                       validation_config(align_config, seed, config.quick).to_dict(),
+                                       model_of=f"align-{name}"))
             grid.append(Experiment(f"audit-{name}", "audit", recipe, seed,
                                    config_to_dict(audit_config(config.quick)), model_of=f"align-{name}"))
             grid.append(Experiment(f"public-{name}", "public", recipe, seed, public_config(config.quick, seed),

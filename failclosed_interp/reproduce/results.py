@@ -1,6 +1,6 @@
 """A `failclosed reproduce` results folder read back: the finished experiments' results files, in recipe and
 seed order, and which experiments of the folder's grid have not finished yet; and a small quick grid to try
-the figures on without a real run."""
+the figures on without a real run; the default recipe chosen from its validation results."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from failclosed_interp.artifacts import read_json
 from failclosed_interp.configs import config_from_dict
 from failclosed_interp.reproduce.grid import GRID_RECIPES, Experiment, GridConfig, build_grid
 from failclosed_interp.reproduce.runner import GRID_FILE, load_result, run_grid
+from failclosed_interp.reproduce.selection import Choice, SelectionRule, choose_recipe
 from failclosed_interp.stats import RateEstimate
 
 
@@ -44,6 +45,19 @@ def unfinished(folder: str | Path, results: dict[str, dict], kind: str | None = 
     only those of `kind` when given. Empty when the folder holds no grid.json."""
     return [e.name for e in grid_experiments(folder) if (kind is None or e.kind == kind)
             and (e.name not in results or results[e.name]["experiment"]["fingerprint"] != e.fingerprint)]
+
+
+def current(folder: str | Path, results: dict[str, dict], kind: str) -> list[dict]:
+    """The finished experiments of one kind that record exactly the experiment the folder's grid holds (files
+    of an older version of an experiment left out), in recipe and seed order."""
+    stale = set(unfinished(folder, results, kind))
+    return [r for r in of_kind(results, kind) if r["experiment"]["name"] not in stale]
+
+
+def default_choice(folder: str | Path, results: dict[str, dict], rule: SelectionRule = SelectionRule()) -> Choice:
+    """The default recipe the selection rule chooses from the folder's validation results (`reproduce.selection`)."""
+    expected = [(e.recipe, e.seed) for e in grid_experiments(folder) if e.kind == "validation"]
+    return choose_recipe(current(folder, results, "validation"), expected or None, rule)
 
 
 def model_label(result: dict) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 
 from failclosed_interp.align import AlignConfig, align
+from failclosed_interp.attacks.adaptive import SEARCH_FILE, load_search
 from failclosed_interp.artifacts import read_json, write_json
 from failclosed_interp.audit import AuditConfig, audit_job
 from failclosed_interp.configs import config_from_dict
@@ -18,6 +19,7 @@ from failclosed_interp.models import load_model
 from failclosed_interp.public_columns import public_columns
 from failclosed_interp.stopwatch import machine
 from failclosed_interp.reproduce.grid import FIRST_ESTIMATE_S, QUICK_ESTIMATE_S, Experiment, GridConfig, build_grid
+from failclosed_interp.reproduce.validation import ValidationConfig, needs_public, validate
 
 SCHEMA = 1  # the results-file format; files of another schema are refused, not misread
 GRID_FILE = "grid.json"
@@ -45,6 +47,11 @@ def is_done(exp: Experiment, results: Path) -> bool:
     return data is not None and data["experiment"]["fingerprint"] == exp.fingerprint
 
 
+def _lacks_public(exp: Experiment, results: Path) -> bool:
+    """A finished validation experiment that was run without the public sets' folder."""
+    return exp.kind == "validation" and needs_public(load_result(results / f"{exp.name}.json")["result"])
+
+
 def run_folder(exp: Experiment, runs: Path) -> Path:
     """Where an experiment keeps its heavy artifacts (adapters, caches)."""
     return runs / f"{exp.name}-{exp.fingerprint}"
@@ -64,11 +71,12 @@ def estimates_s(results: Path, quick: bool) -> dict[str, float]:
 def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progress: bool = True,
              log=print, data_dir: str | Path | None = None) -> list[Experiment]:
     """Run every unfinished experiment of the grid in order; returns those run in this call. The public-set
-    experiments need `data_dir` (the folder holding the public sets); without it they are skipped."""
+    experiments need `data_dir` (the folder holding the public sets); without it they are skipped, and the
+    validation experiments leave out their XSTest column (added, alone, by a later run given `data_dir`)."""
     runs, results = Path(runs), Path(results)
     grid = build_grid(config)
     _check_grid_file(results, config)
-    todo = [e for e in grid if not is_done(e, results)]
+    todo = [e for e in grid if not is_done(e, results) or (data_dir is not None and _lacks_public(e, results))]
     if data_dir is None and any(e.kind == "public" for e in todo):
         log("grid: no data folder given, so the public-set columns are skipped (pass --data-dir to measure them)")
         todo = [e for e in todo if e.kind != "public"]
@@ -116,6 +124,13 @@ def _run(exp: Experiment, grid: list[Experiment], runs: Path, progress: bool, da
     directions = final / "directions" if (final / "directions").exists() else None
     if exp.kind == "public":
         return public_columns(load_model(model, adapter=final / "adapter"), data_dir, **exp.config, progress=progress)
+    if exp.kind == "validation":
+        config = ValidationConfig.from_dict(exp.config)
+        loaded = load_model(model, adapter=final / "adapter")
+        # align's summary already ran this attacker's search on the same final model: reuse it.
+        same = AlignConfig.from_dict(trained.config).attacker == config.attacker and (final / "adaptive" / SEARCH_FILE).exists()
+        search = load_search(final / "adaptive", loaded) if same else None
+        return validate(loaded, config, folder, data_dir, search=search, progress=progress)
     if exp.kind == "audit":
         result = audit_job(folder, model, adapter=final / "adapter", directions=directions,
                            config=AuditConfig.from_dict(exp.config), progress=progress)
