@@ -100,6 +100,7 @@ def test_among_the_strongest_few_the_most_compliant_wins_but_never_over_budget()
     (dict(verify_tokens=0), r"AdaptiveAttackConfig.verify_tokens must be a positive integer"),
     (dict(positions=(0,)), r"positions must be negative"),
     (dict(layers=(1, 1)), r"layers must be distinct layer indices"),
+    (dict(layer_stride=0), r"layer_stride must be an integer >= 1"),
     (dict(harmful=("a", " ")), r"prompts \[1\] are empty"),
 ])
 def test_bad_settings_are_refused(changes, match):
@@ -200,6 +201,12 @@ def test_the_attacker_finds_the_planted_pathway_within_a_small_budget_and_collap
     data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
     assert [b["kl_budget"] for b in data["budgets"]] == [0.1, 0.3, 1.0, "inf"]
     assert data["budgets"][0]["direction"]["layer"] == direction.layer
+
+
+def test_a_layer_stride_scores_every_kth_layer_only(toy, toy_search):
+    search = search_directions(toy.model, toy_config(toy, layer_stride=2), TOY_JUDGE)
+    every = {c.layer for c in toy_search.candidates}
+    assert {c.layer for c in search.candidates} == {layer for layer in every if layer % 2 == 0} != every
 
 
 def test_rdo_adds_one_candidate_fitted_on_the_attackers_own_prompts(toy, monkeypatch):

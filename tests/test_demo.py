@@ -55,6 +55,7 @@ def test_the_results_page_shows_a_committed_demo_summary(tmp_path, spied_loop): 
     (tmp_path / "results" / "demo.json").write_text(json.dumps(summary))
     page = render_results(tmp_path / "results")
     section = page.split("## The main job")[1].split("\n## ")[0]
+    assert "judged answers" in section
     assert format_summary(summary) in section and "torch threads" in section
     assert section.count("\n| 0 |") == 1 and section.count("\n| 1 |") == 1  # one row per round
     empty = render_results(tmp_path / "nothing")

@@ -62,6 +62,7 @@ class AdaptiveAttackConfig(JsonConfig):
     kl_budgets: tuple[float, ...] = DEFAULT_BUDGETS
     report_budget: float = 0.3
     layers: tuple[int, ...] | None = None  # None: every layer
+    layer_stride: int = 1  # score the candidates of every k-th of those layers (a CPU budget; 1: all)
     positions: tuple[int, ...] | None = None  # None: every post-instruction position
     rdo_steps: int = 64
     n_verify: int = 4
@@ -92,6 +93,8 @@ class AdaptiveAttackConfig(JsonConfig):
             object.__setattr__(self, "positions", check_positions(self.positions))
         if self.layers is not None:
             object.__setattr__(self, "layers", check_layer_choice(self.layers))
+        if isinstance(self.layer_stride, bool) or not isinstance(self.layer_stride, int) or self.layer_stride < 1:
+            raise ValueError(f"layer_stride must be an integer >= 1 (1 scores every layer), got {self.layer_stride!r}")
 
     def prompts(self, kind: str) -> tuple[list[str], list[str]]:
         """(fit, score): the attacker's `kind` prompts split at random (seeded), `n_fit` of them to fit."""
@@ -202,7 +205,7 @@ def search_directions(
                             f"the model refused none of the attacker's {len(harmful_fit)} harmful prompts")
     means, tokens = sweep.vectors, list(sweep.refusal_tokens)
     scorer = _Scorer(model, harmful_score, harmless_score, tokens, config, judge)
-    layers = config.layers if config.layers is not None else tuple(range(model.n_layers))
+    layers = (config.layers if config.layers is not None else tuple(range(model.n_layers)))[::config.layer_stride]
     if max(layers) >= model.n_layers:
         raise ValueError(f"layers {layers} out of range: the model has layers 0..{model.n_layers - 1}")
     fitted_on = f"attacker's DIM on {len(harmful_fit)} harmful / {len(harmless_fit)} harmless prompts"

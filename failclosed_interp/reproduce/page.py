@@ -307,7 +307,12 @@ def _demo_section(root: Path) -> list[str]:
     timings = ", ".join(f"{k} {v:.0f} s" for k, v in data["timings_s"].items())
     return [f"From `{root.name}/{DEMO_FILE}` (`failclosed demo`, the README's `make demo`), on {m['platform']}, "
             f"{m['cpus']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']}, GPU: {m['cuda'] or 'none'}.",
-            "", "```", format_summary(data), "```", "", f"Where the time went: {timings}.", "",
+            "", "```", format_summary(data), "```", "",
+            "The rates in the table are judged answers (40 tokens, three-way judge). The audits behind the verdict "
+            "lines measure ablations by refusal score (`demo.demo_audit`: the share of prompts whose refusal tokens "
+            "are more likely than not as the first answer token), as do the round checks below; where the two "
+            "disagree, the judged answers are what the model says.", "",
+            f"Where the time went: {timings}.", "",
             "Each round, as the loop checked it (held-out test prompts; refusal score > 0 when the round checks are "
             "by logit; mediation: the new direction's effect on validation refusal scores, log-odds):", "",
             "| round | harmful refusal | harmless refusal | harmful, found directions ablated | directions | "
@@ -338,7 +343,7 @@ def render_results(root: str | Path) -> str:
         "seeds. The experiments come from",
         "`failclosed reproduce` (the grid: docs/design.md and the `reproduce` API page say what it runs).", "",
         *_pending(folder, missing), "",
-        "## The main job: SFT fail-open, then fail-closed", "", *_demo_section(root), "",
+        "## The main job: the SFT model and the fail-closed model side by side", "", *_demo_section(root), "",
         "## Choosing the default recipe (validation prompts)", "", *_validation_section(folder, results), "",
         "## Training: refusal, over-refusal, and ablation of the found directions", "", *_training_section(results), "",
         "## Public benchmark sets", "", *_public_section(results), "",
