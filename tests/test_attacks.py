@@ -21,7 +21,7 @@ from failclosed_interp.attacks.base import MIN_JUDGED_TOKENS, prompt_seed, respo
 from failclosed_interp.attacks.gcg import _Problem
 from failclosed_interp.attacks.pair import extract_prompt
 from failclosed_interp.generation import GenerationConfig, generate
-from failclosed_interp.judges import PrefixJudge, Verdict
+from failclosed_interp.judges import Verdict
 from failclosed_interp.models import ChatModel
 from failclosed_interp.replicas import tiny_tokenizer
 

@@ -16,7 +16,7 @@ from failclosed_interp.chat import tokenize_prompts
 from failclosed_interp.directions import Direction, DirectionSet
 from failclosed_interp.generation import GenerationConfig, generate
 from failclosed_interp.interventions import Ablation, Addition, hook_name, intervene
-from failclosed_interp.rdo import NoNewDirection, RDOConfig, RDOTargets, Visited, _descend, _lowest_loss, optimize_direction, rdo_targets, retain_kl
+from failclosed_interp.rdo import NoNewDirection, RDOConfig, RDOTargets, _descend, _lowest_loss, optimize_direction, rdo_targets, retain_kl
 from failclosed_interp.scoring import refusal_scores
 
 COMPLY_TEXT = "O"  # "OK, ..." in the character-level tokenizer
