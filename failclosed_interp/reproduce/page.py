@@ -276,7 +276,8 @@ def _rdo_section(root: Path) -> list[str]:
         return _not_measured(f"python benchmarks/rdo_timing.py --adapter DIR --out {root.name}/{RDO_FILE}")
     m, ref, plain, checks = data["machine"], data["reference"], data["plain"], data["reference_checks"]
     lines = [f"From `{root.name}/{RDO_FILE}` (`benchmarks/rdo_timing.py`): model {data['model']}, adapter "
-             f"`{data['adapter']}`; {m['cpus']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']}. "
+             f"`{data['adapter']}`; {m['cpus']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']}, load "
+             f"average {m['load_average_at_start'][0]:.1f} at the start (other work on the machine lengthens the seconds). "
              f"Reference: the DIM direction at layer {ref['layer']} (norm {ref['norm']:.1f}, {ref['rules']}; search "
              f"{ref['search_s']:.0f} s). Checks on {data['n_val']} validation prompts per kind: mean refusal score "
              f"(log-odds) and judged refusal of greedy answers.", "",
