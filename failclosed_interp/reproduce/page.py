@@ -42,7 +42,7 @@ GRID_DIR = "grid"  # experiments of the grid, under the results root
 JUDGE_FILE = "judge_xstest.json"  # `failclosed judge-check`
 BENCHMARK_FILE = "benchmarks.json"  # `python benchmarks/run_benchmarks.py --out results/benchmarks.json`
 GCG_FILE = "gcg_compare.json"  # `python benchmarks/gcg_compare.py --adapter DIR --out results/gcg_compare.json`
-RDO_FILE = "rdo_timing.json"  # `python benchmarks/rdo_timing.py --adapter DIR --out results/rdo_timing.json`
+RDO_FILES = "rdo_timing*.json"  # `python benchmarks/rdo_timing.py --adapter DIR --out results/rdo_timing[_NAME].json`
 DEMO_FILE = "demo.json"  # `failclosed demo --out runs/demo`, then copy runs/demo/summary.json there
 # (benchmark, ratio key, what the ratio compares, target)
 SPEED_ROWS = (
@@ -271,11 +271,15 @@ def _gcg_section(root: Path) -> list[str]:
 
 
 def _rdo_section(root: Path) -> list[str]:
-    data = _results_file(root, RDO_FILE)
-    if data is None:
-        return _not_measured(f"python benchmarks/rdo_timing.py --adapter DIR --out {root.name}/{RDO_FILE}")
+    files = sorted(root.glob(RDO_FILES))
+    if not files:
+        return _not_measured(f"python benchmarks/rdo_timing.py --adapter DIR --out {root.name}/rdo_timing.json")
+    return [line for path in files for line in (*_rdo_table(root, path.name, read_json(path)), "")]
+
+
+def _rdo_table(root: Path, name: str, data: dict) -> list[str]:
     m, ref, plain, checks = data["machine"], data["reference"], data["plain"], data["reference_checks"]
-    lines = [f"From `{root.name}/{RDO_FILE}` (`benchmarks/rdo_timing.py`): model {data['model']}, adapter "
+    lines = [f"From `{root.name}/{name}` (`benchmarks/rdo_timing.py`): model {data['model']}, adapter "
              f"`{data['adapter']}`; {m['cpus']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']}, load "
              f"average {m['load_average_at_start'][0]:.1f} at the start (other work on the machine lengthens the seconds). "
              f"Reference: the DIM direction at layer {ref['layer']} (norm {ref['norm']:.1f}, {ref['rules']}; search "
