@@ -65,10 +65,10 @@ from failclosed_interp.training.trainer import StepCallback, adapters_disabled
 from failclosed_interp.perplexity import perplexity
 
 METHODS = ("failclosed", "sft", "refat")
-RoundCallback = Callable[[int, dict], None]
 MODES = ("cumulative", "last-only", "random-subsets")
 SEARCHES = ("ablated", "plain")
 ROUND_CHECKS = ("generate", "logit")
+RoundCallback = Callable[[int, dict], None]
 STATE_FILE = "state.json"
 EXAMPLES_FILE = "examples.json"
 SUMMARY_FILE = "summary.json"
@@ -360,11 +360,15 @@ def _held_out(config: AlignConfig, kinds: tuple[str, ...]) -> dict[str, list[str
     return {kind: builtin(kind, "test").take_up_to(config.n_eval, seed=config.sft.seed).to_list() for kind in kinds}
 
 
+def _ablated(config: AlignConfig, ablate: DirectionSet | None) -> list[Intervention]:
+    """The held-out measurements' interventions: `ablate`'s span projected out, if given."""
+    return [] if ablate is None else [ablate.ablation(skip_template_prefix=config.skip_template_prefix)]
+
+
 def _refusal(model: ChatModel, config: AlignConfig, prompts: list[str], ablate: DirectionSet | None = None):
     """Judged refusal of `prompts` (with `ablate`'s span projected out, if given)."""
-    interventions = [] if ablate is None else [ablate.ablation(skip_template_prefix=config.skip_template_prefix)]
     return refusal_rate(model, prompts, generation=GenerationConfig(max_new_tokens=config.eval_tokens),
-                        interventions=interventions, progress=False)
+                        interventions=_ablated(config, ablate), progress=False)
 
 
 def _round_metrics(model: ChatModel, config: AlignConfig, found: DirectionSet,
@@ -376,8 +380,7 @@ def _round_metrics(model: ChatModel, config: AlignConfig, found: DirectionSet,
         tokens = training_refusal_tokens(model, examples)
 
         def measure(prompts: list[str], ablate: DirectionSet | None = None) -> RateEstimate:
-            interventions = [] if ablate is None else [ablate.ablation(skip_template_prefix=config.skip_template_prefix)]
-            return refusal_score_rate(model, prompts, tokens, interventions)
+            return refusal_score_rate(model, prompts, tokens, _ablated(config, ablate))
     else:
         measure = lambda prompts, ablate=None: _refusal(model, config, prompts, ablate)  # noqa: E731
     rates = {f"refusal_{kind}": measure(prompts) for kind, prompts in test.items()}
@@ -500,9 +503,13 @@ def evaluate_final(model: ChatModel, config: AlignConfig, found: DirectionSet, a
     for kind, prompts in test.items():
         if f"refusal_{kind}" not in rates:
             rates[f"refusal_{kind}"] = _refusal(model, config, prompts)
-    each = [_refusal(model, config, test["harmful"], found[i : i + 1]) for i in range(len(found))]
-    if len(found) and "refusal_harmful_all_ablated" not in rates:
-        rates["refusal_harmful_all_ablated"] = _refusal(model, config, test["harmful"], found)
+    all_ablated = "refusal_harmful_all_ablated"
+    if len(found) == 1 and all_ablated in rates:  # one direction: ablating it alone is ablating them all
+        each = [rates[all_ablated]]
+    else:
+        each = [_refusal(model, config, test["harmful"], found[i : i + 1]) for i in range(len(found))]
+    if len(found) and all_ablated not in rates:
+        rates[all_ablated] = each[0] if len(found) == 1 else _refusal(model, config, test["harmful"], found)
     adaptive_rates, adaptive_note = {}, {}
     if config.attacker is not None:
         # The adaptive attacker: its own prompts and search, a direction per KL budget on harmless prompts; the
