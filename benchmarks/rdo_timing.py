@@ -24,7 +24,6 @@ from pathlib import Path
 import torch
 
 from failclosed_interp.artifacts import write_json
-from failclosed_interp.demo import demo_recipe
 from failclosed_interp.dim import DirectionConfig, FallbackRules
 from failclosed_interp.directions import DirectionSet
 from failclosed_interp.generation import GenerationConfig
@@ -42,8 +41,8 @@ SETTINGS = {
     "short-targets": RDOConfig(target_tokens=16),
     # a CPU candidate: half the batch, shorter targets, a smaller step budget and patience
     "cpu": RDOConfig(batch_size=8, target_tokens=16, steps=24, patience=3),
-    # what `failclosed demo` runs (demo.demo_recipe): the CPU budget, started from the DIM direction
-    "demo": demo_recipe().rdo,
+    # the CPU budget started from the DIM direction (`failclosed demo` ran it before it dropped RDO)
+    "demo": RDOConfig(steps=8, batch_size=8, target_tokens=16, patience=3, start="init"),
 }
 
 

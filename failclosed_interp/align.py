@@ -54,7 +54,7 @@ from failclosed_interp.rdo import NoNewDirection, RDOConfig, optimize_direction
 from failclosed_interp.rdo_config import addition_of
 from failclosed_interp.rdo_targets import RDOTargets, load_targets, rdo_targets, save_targets
 from failclosed_interp.scoring import (
-    JudgedResponses, NoRefusals, refusal_rate, refusal_score_rate, refusal_scores, refusal_tokens_from_responses,
+    JudgedResponses, NoRefusals, first_token_refusal_rate, refusal_rate, refusal_scores, refusal_tokens_from_responses,
 )
 from failclosed_interp.stats import RateEstimate
 from failclosed_interp.stopwatch import Stopwatch
@@ -92,7 +92,7 @@ class AlignConfig(JsonConfig):
     lowers the mean validation harmful refusal score (log-odds) by at least this much and adding it
     raises the harmless one by at least that; None switches a check off.
     `round_checks`: how each round's held-out refusal (metrics.json) is measured: "generate" judges
-    greedy answers of `eval_tokens` tokens; "logit" counts prompts whose refusal score is > 0, with the
+    greedy answers of `eval_tokens` tokens; "logit" counts prompts whose most likely first answer token is a refusal token, with the
     refusal-start tokens of the training refusals (one forward pass per prompt; the final summary is
     generated either way). `attacker`: the adaptive attacker of the final summary; None leaves it out.
     `initial_fallback`: when no DIM candidate passes the main selection rules after round 0 and
@@ -380,7 +380,7 @@ def _round_metrics(model: ChatModel, config: AlignConfig, found: DirectionSet,
         tokens = training_refusal_tokens(model, examples)
 
         def measure(prompts: list[str], ablate: DirectionSet | None = None) -> RateEstimate:
-            return refusal_score_rate(model, prompts, tokens, _ablated(config, ablate))
+            return first_token_refusal_rate(model, prompts, tokens, _ablated(config, ablate))
     else:
         measure = lambda prompts, ablate=None: _refusal(model, config, prompts, ablate)  # noqa: E731
     rates = {f"refusal_{kind}": measure(prompts) for kind, prompts in test.items()}

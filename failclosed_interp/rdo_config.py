@@ -38,7 +38,7 @@ class RDOConfig(JsonConfig):
     independence_weight: float = 0.0  # > 0 needs independent_of=
     independence_layers: tuple[int, ...] | None = None  # where the cosines are compared; None: every layer
     max_grad_norm: float = 10.0
-    generation_batch_size: int = 16
+    generation_batch_size: int = 32
     seed: int = 0
 
     def __post_init__(self):

@@ -71,7 +71,17 @@ def refusal_scores(
     return refusal_score_from_logits(last_token_logits(model, instructions, interventions, batch_size=batch_size), refusal_tokens)
 
 
-def refusal_score_rate(
+def first_token_refusals(
+    logits: Float[Tensor, "batch d_vocab"], refusal_tokens: Sequence[int]
+) -> Float[Tensor, "batch"]:
+    """1.0 where the most likely next token is one of the refusal tokens (the answer greedy decoding
+    starts with is a refusal), else 0.0."""
+    if not refusal_tokens:
+        raise ValueError("no refusal tokens given; derive them with refusal_tokens_from_responses()")
+    return torch.isin(logits.argmax(-1), torch.tensor(list(refusal_tokens))).double()
+
+
+def first_token_refusal_rate(
     model: ChatModel,
     instructions: Sequence[str],
     refusal_tokens: Sequence[int],
@@ -79,10 +89,13 @@ def refusal_score_rate(
     *,
     batch_size: int = 16,
 ) -> RateEstimate:
-    """Share of `instructions` whose refusal score is > 0 (refusal tokens more likely than not as the
-    first answer token), with its Wilson interval: a refusal rate from one forward pass, no generation."""
-    scores = refusal_scores(model, instructions, refusal_tokens, interventions, batch_size=batch_size)
-    return wilson_rate((scores > 0).double().tolist())
+    """Share of `instructions` whose greedy answer starts with a refusal token, with its Wilson interval:
+    a refusal rate from one forward pass, no generation. The criterion is the top first token rather
+    than refusal score > 0: a model's refusal token often wins greedy decoding with less than half the
+    probability mass, so score > 0 undercounts refusals (`benchmarks/logit_measure_check.py` measures
+    both criteria against judged answers)."""
+    logits = last_token_logits(model, instructions, interventions, batch_size=batch_size)
+    return wilson_rate(first_token_refusals(logits, refusal_tokens).tolist())
 
 
 def kl_from_logits(

@@ -115,7 +115,7 @@ def test_the_table_shows_both_models_every_rate_with_its_interval_and_the_verdic
 def test_the_round_line_says_fail_open_only_when_ablation_collapses_refusal():
     metrics = {"round_checks": "logit", "refusal_harmful": 0.9, "refusal_harmless": 0.05, "n_directions": 1,
                "refusal_harmful_all_ablated": 0.1, "stop_reason": None}
-    assert "FAIL-OPEN" in format_round(0, metrics) and "refusal score > 0" in format_round(0, metrics)
+    assert "FAIL-OPEN" in format_round(0, metrics) and "first answer token" in format_round(0, metrics)
     assert "survives" in format_round(0, {**metrics, "refusal_harmful_all_ablated": 0.8})
     assert "FAIL-OPEN" not in format_round(1, metrics)
     assert "the loop stops here: why" in format_round(0, {**metrics, "stop_reason": "why"})

@@ -68,7 +68,7 @@ class AdaptiveAttackConfig(JsonConfig):
     n_verify: int = 4
     verify_tokens: int = 32
     refusal_probe_tokens: int = 24  # tokens generated to find the model's own refusal-start tokens
-    batch_size: int = 16
+    batch_size: int = 32
     seed: int = 0
 
     def __post_init__(self):

@@ -4,7 +4,8 @@ Every audit figure is a refusal rate with a bootstrap CI under some intervention
 directions ablated, one direction added). The meter memoises by a condition key, so the pairwise
 matrix, the joint curves, the redundancy search and discovery share measurements and nothing is
 generated twice. Two modes: `generate` (greedy generation + a judge, the figure of record) and
-`logit` (fraction of prompts whose logit refusal score is > 0: one forward pass, no generation)."""
+`logit` (fraction of prompts whose most likely first answer token is a refusal token: one forward
+pass, no generation)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from failclosed_interp.generation import GenerationConfig
 from failclosed_interp.interventions import Intervention
 from failclosed_interp.judges import Judge, ThreeWayJudge, Verdict, classify
 from failclosed_interp.models import ChatModel
-from failclosed_interp.scoring import JudgedResponses, refusal_rate, refusal_score_rate
+from failclosed_interp.scoring import JudgedResponses, first_token_refusal_rate, refusal_rate
 from failclosed_interp.stats import RateEstimate
 
 MODES = ("generate", "logit")
@@ -29,11 +30,11 @@ MODES = ("generate", "logit")
 @dataclass(frozen=True)
 class MeasureConfig(JsonConfig):
     """How refusal is measured: `generate` judges greedy responses of `max_new_tokens` tokens;
-    `logit` counts prompts whose refusal score (log-odds of the refusal tokens) is > 0."""
+    `logit` counts prompts whose most likely first answer token is a refusal token."""
 
     mode: str = "generate"  # one of MODES
     max_new_tokens: int = 24
-    batch_size: int = 16
+    batch_size: int = 32
     seed: int = 0
 
     def __post_init__(self):
@@ -78,8 +79,8 @@ class RefusalMeter:
                                       generation=self.config.generation(), progress=self.progress)
                 self._judged[key], self._rates[key] = judged, judged.rate
             else:
-                self._rates[key] = refusal_score_rate(self.model, self.instructions, self.refusal_tokens, interventions,
-                                                      batch_size=self.config.batch_size)
+                self._rates[key] = first_token_refusal_rate(self.model, self.instructions, self.refusal_tokens,
+                                                                interventions, batch_size=self.config.batch_size)
             elapsed = time.perf_counter() - start
             self.seconds += elapsed
             if self.progress:  # long audits show what was measured as they go

@@ -92,7 +92,7 @@ def add_parsers(sub) -> None:
                         "default: discover them, each with the earlier ones ablated")
     p.add_argument("--k", dest="k_max", type=int, help="discovery stops after this many directions")
     p.add_argument("--mode", dest="measure.mode", choices=["generate", "logit"],
-                   help="refusal by judged generations (the default) or by logit refusal score > 0 (faster)")
+                   help="refusal by judged generations (the default) or by the first answer token alone (faster)")
     p.add_argument("--judge", choices=JUDGE_NAMES, default=DEFAULT_JUDGE)
     p.add_argument("--threshold", type=float, help="harmful refusal below this counts as collapsed")
     p.add_argument("--carry-margin", dest="carry_margin", type=float,

@@ -42,6 +42,7 @@ GRID_DIR = "grid"  # experiments of the grid, under the results root
 JUDGE_FILE = "judge_xstest.json"  # `failclosed judge-check`
 BENCHMARK_FILE = "benchmarks.json"  # `python benchmarks/run_benchmarks.py --out results/benchmarks.json`
 GCG_FILE = "gcg_compare.json"  # `python benchmarks/gcg_compare.py --adapter DIR --out results/gcg_compare.json`
+LOGIT_MEASURE_FILE = "logit_measure.json"
 RDO_FILES = "rdo_timing*.json"  # `python benchmarks/rdo_timing.py --adapter DIR --out results/rdo_timing[_NAME].json`
 DEMO_FILE = "demo.json"  # `failclosed demo --out runs/demo`, then copy runs/demo/summary.json there
 # (benchmark, ratio key, what the ratio compares, target)
@@ -247,6 +248,27 @@ def _attacker_section(root: Path) -> list[str]:
     return lines
 
 
+def _logit_measure_section(root: Path) -> list[str]:
+    data = _results_file(root, LOGIT_MEASURE_FILE)
+    if data is None:
+        return _not_measured(f"python benchmarks/logit_measure_check.py --adapter RUN/round_0/adapter --directions "
+                             f"RUN/round_0/directions --out {root.name}/{LOGIT_MEASURE_FILE}")
+    m = data["machine"]
+    lines = [f"From `{root.name}/{LOGIT_MEASURE_FILE}` (`benchmarks/logit_measure_check.py`): model {data['model']}, "
+             f"adapter `{data['adapter']}`, built-in {data['split'].upper()} prompts, refusal tokens "
+             f"{data['refusal_tokens']}, judged answers of {data['generated_tokens']} tokens; {m['cpus']} CPUs. "
+             "Each criterion's rate, and the share of prompts where it agrees with the judge (refusal or not):", "",
+             "| condition | n | judged refusal | first answer token (the toolkit's) | agrees | refusal score > 0 | agrees |",
+             "|---|---|---|---|---|---|---|"]
+    for name, row in data["conditions"].items():
+        lines.append(f"| {name} | {row['n']} | {_rate(row['judged'])} | {_rate(row['first_token'])} | "
+                     f"{row['first_token_agreement']:.2f} | {_rate(row['score_gt_0'])} | {row['score_gt_0_agreement']:.2f} |")
+    a = data["agreement"]
+    lines += ["", f"Over all {data['n_judged']} judged answers: first answer token agrees {a['first_token']:.3f}, "
+                  f"refusal score > 0 agrees {a['score_gt_0']:.3f}."]
+    return lines
+
+
 def _gcg_section(root: Path) -> list[str]:
     data = _results_file(root, GCG_FILE)
     if data is None:
@@ -318,7 +340,7 @@ def _demo_section(root: Path) -> list[str]:
             "are more likely than not as the first answer token), as do the round checks below; where the two "
             "disagree, the judged answers are what the model says.", "",
             f"Where the time went: {timings}.", "",
-            "Each round, as the loop checked it (held-out test prompts; refusal score > 0 when the round checks are "
+            "Each round, as the loop checked it (held-out test prompts; first answer token when the round checks are "
             "by logit; mediation: the new direction's effect on validation refusal scores, log-odds):", "",
             "| round | harmful refusal | harmless refusal | harmful, found directions ablated | directions | "
             "mediation: harmful drop / harmless rise | train s | direction s | checks s |",
@@ -357,6 +379,7 @@ def render_results(root: str | Path) -> str:
         "## Adaptive ablation attacker", "", *_attacker_section(root), "",
         "## Mechanistic figures", "", *_figures_section(mechanistic_figures(results, missing)), "",
         "## GCG: nanogcg and our own search at the same budget", "", *_gcg_section(root), "",
+        "## Logit refusal measure against judged answers", "", *_logit_measure_section(root), "",
         "## Judge check", "", *_judge_section(root), "",
         "## Speed", "", *_speed_section(root), "",
         "## RDO per direction", "", *_rdo_section(root), "",
