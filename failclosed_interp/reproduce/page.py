@@ -336,8 +336,9 @@ def _demo_section(root: Path) -> list[str]:
             f"{m['cpus']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']}, GPU: {m['cuda'] or 'none'}.",
             "", "```", format_summary(data), "```", "",
             "The rates in the table are judged answers (40 tokens, three-way judge). The audits behind the verdict "
-            "lines measure ablations by refusal score (`demo.demo_audit`: the share of prompts whose refusal tokens "
-            "are more likely than not as the first answer token), as do the round checks below; where the two "
+            "lines measure ablations and additions by the first answer token (`demo.demo_audit`: the share of prompts "
+            "whose most likely first answer token is a refusal token; how well that agrees with judged answers: "
+            "[below](#logit-refusal-measure-against-judged-answers)), as do the round checks below; where the two "
             "disagree, the judged answers are what the model says.", "",
             f"Where the time went: {timings}.", "",
             "Each round, as the loop checked it (held-out test prompts; first answer token when the round checks are "
