@@ -24,10 +24,9 @@ from failclosed_interp.interventions import Intervention, hook_name, intervene
 from failclosed_interp.models import ChatModel
 from failclosed_interp.rdo_config import RDOConfig, ablation_of, addition_of
 from failclosed_interp.rdo_targets import RDOTargets, rdo_targets
-from failclosed_interp.training.data import IGNORE, TokenizedExamples, answer_logits, collate, example_token_ids
-
-# Clean next-token log-probs of the retain targets are kept in memory up to this size, else recomputed.
-REFERENCE_CACHE_BYTES = 2**30
+from failclosed_interp.training.data import (
+    IGNORE, ReferenceLogProbs, TokenizedExamples, answer_logits, collate, example_token_ids,
+)
 
 
 class NoNewDirection(ValueError):
@@ -186,8 +185,7 @@ class _Objective:
         self.weights = {k: w for k, w in config.weights().items() if w > 0}
         self.rows = {name: [example_token_ids(model, e, model.max_context) for e in getattr(targets, name)]
                      for name in ("ablation", "addition", "retain")}
-        n_answer = sum(len(a) for _, a in self.rows["retain"])
-        self.cache: dict[int, Tensor] | None = {} if n_answer * model.bridge.cfg.d_vocab * 4 <= REFERENCE_CACHE_BYTES else None
+        self.clean_logp = ReferenceLogProbs(model, self.rows["retain"])  # the clean model: no intervention
         self.layers = config.independence_layers or tuple(range(model.n_layers))
         if max(self.layers) >= model.n_layers:
             raise ValueError(f"independence_layers {self.layers} out of range: the model has layers 0..{model.n_layers - 1}")
@@ -214,20 +212,6 @@ class _Objective:
     def _ends(self, idx: Sequence[int]) -> list[int]:
         return [len(self.rows["ablation"][i][0]) - 1 for i in idx]
 
-    def _reference(self, idx: list[int]) -> Tensor:
-        """Clean log-probs at the positions predicting each retain target's tokens, rows concatenated."""
-        missing = [i for i in idx if self.cache is None or i not in self.cache]
-        fresh = {}
-        if missing:
-            with torch.no_grad():
-                logits, labels = answer_logits(self.model, self._batch("retain", missing))
-                keep = labels[:, 1:] != IGNORE
-                logp = torch.log_softmax(logits[:, :-1].float(), -1)
-                fresh = {i: logp[row][keep[row]] for row, i in enumerate(missing)}
-            if self.cache is not None:
-                self.cache.update(fresh)
-        return torch.cat([fresh[i] if i in fresh else self.cache[i] for i in idx])
-
     def terms(self, v: Float[Tensor, "d_model"], idx: list[int]) -> dict[str, Tensor]:
         """Unweighted loss terms (those with weight > 0), each the SUM over these examples."""
         model, w, terms = self.model, self.weights, {}
@@ -246,7 +230,7 @@ class _Objective:
                 logits, labels = answer_logits(self.model, self._batch("addition", idx))
             terms["addition"] = answer_cross_entropy_per_row(logits, labels).sum()
         if "retain" in w:
-            clean = self._reference(idx)
+            clean = self.clean_logp(idx)
             with intervene(model, [ablation]):
                 logits, labels = answer_logits(self.model, self._batch("retain", idx))
             keep = labels[:, 1:] != IGNORE

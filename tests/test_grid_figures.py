@@ -54,6 +54,28 @@ def folder(tmp_path_factory) -> Path:
     return folder
 
 
+def test_a_demo_run_folder_reads_as_its_two_audits(folder, tmp_path):
+    """`failclosed demo` writes audit/{sft,failclosed}/audit.json: the figures draw them as `sft` and
+    `fail-closed demo`, with the fail-closed audit's adaptive attack as its budget curve."""
+    audits = {r["experiment"]["recipe"]: r["result"] for r in of_kind(load_results(folder), "audit")}
+    demo = tmp_path / "demo"
+    (demo / "audit").mkdir(parents=True)
+    (demo / "summary.json").write_text(json.dumps({"model": "toy"}))
+    with pytest.raises(FileNotFoundError, match="no demo audit yet"):
+        load_results(demo)
+    closed = {**audits["project"], **adaptive([0.9, 0.9, 0.8], [None, 17, 25])}
+    for name, audit in (("sft", audits["sft"]), ("failclosed", closed)):
+        (demo / "audit" / name).mkdir()
+        (demo / "audit" / name / "audit.json").write_text(json.dumps(audit))
+    results = load_results(demo)
+    assert sorted(results) == ["align-failclosed-s0", "audit-failclosed-s0", "audit-sft-s0"]
+    drawn = {f.id: f for f in mechanistic_figures(results)}
+    assert drawn["joint"].models == drawn["single"].models == ("sft s0", "fail-closed demo s0")
+    curves = {t.name: list(t.y) for t in drawn["joint"].figure.data}
+    assert curves["fail-closed demo s0"] == [d["value"] for d in audits["project"]["joint_ablation_curve"]["found"]]
+    assert drawn["adaptive"].models == ("fail-closed demo s0",) and drawn["attacks"].figure is None
+
+
 @pytest.fixture(scope="module")
 def figs(folder) -> dict:
     return {f.id: f for f in mechanistic_figures(load_results(folder))}

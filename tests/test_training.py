@@ -173,6 +173,27 @@ def test_kl_utility_loss_is_zero_at_init_and_adapters_disabled_restores():
     assert follow_up.losses[0]["utility"] > 1e-4  # now the model differs from its reference
 
 
+def test_kl_reference_is_computed_once_per_example_and_matches_recomputing(monkeypatch):
+    examples = safety(PROMPTS) + [Example(p, "Sure thing, here it is.", "utility") for p in HARMLESS]
+    config = TrainConfig(epochs=3, batch_size=2, lr=1e-2, utility_loss="kl", kl_weight=2.0, lora=TINY_LORA)
+    entered = []
+    real = trainer_module._reference_model
+
+    def counted(model):
+        entered.append(1)
+        return real(model)
+
+    monkeypatch.setattr(trainer_module, "_reference_model", counted)
+    cached = train_lora(tiny(), examples, config, progress=False).losses
+    assert len(entered) == len(HARMLESS) // config.batch_size  # the first epoch's batches only
+    entered.clear()
+    monkeypatch.setattr(data_module, "REFERENCE_CACHE_BYTES", 0)  # nothing fits: recomputed every step
+    recomputed = train_lora(tiny(), examples, config, progress=False).losses
+    assert len(entered) == config.epochs * len(HARMLESS) // config.batch_size
+    for a, b in zip(cached, recomputed):
+        assert a["utility"] == pytest.approx(b["utility"], rel=1e-4, abs=1e-6)
+
+
 def test_same_seed_same_losses_and_seed_matters():
     lora = LoraSettings(r=4, alpha=8, dropout=0.1)
     examples = safety(PROMPTS) + [Example(p, "Sure.", "utility") for p in HARMLESS]
@@ -313,7 +334,13 @@ def test_first_token_weight_weighs_each_answer_s_first_token():
     expected = sum(c * (w if k in firsts else 1.0) for k, c in ce.items()) / (w * 2 + 3)
     assert float(trainer_module.answer_cross_entropy(logits, labels, w)) == pytest.approx(expected, rel=1e-5)
     assert float(trainer_module.answer_cross_entropy(logits, labels)) == pytest.approx(sum(ce.values()) / 5, rel=1e-5)
-    same = trainer_module.answer_kl(logits, logits.clone(), labels, w)
+    answer_logp = torch.log_softmax(logits[:, :-1][labels[:, 1:] != IGNORE], -1)
+    same = trainer_module.answer_kl(answer_logp, logits.clone(), labels, w)
     assert float(same) == pytest.approx(0.0, abs=1e-6)
+    uniform = torch.full_like(answer_logp, -math.log(7))  # KL(uniform || model) by hand, first tokens weighted
+    by_hand = {k: float((uniform[0].exp() * (uniform[0] - torch.log_softmax(logits[k[0], k[1] - 1], -1))).sum())
+               for k in per_token}
+    expected_kl = sum(v * (w if k in firsts else 1.0) for k, v in by_hand.items()) / (w * 2 + 3)
+    assert float(trainer_module.answer_kl(uniform, logits, labels, w)) == pytest.approx(expected_kl, rel=1e-5)
     with pytest.raises(ValueError, match="first_token_weight"):
         TrainConfig(first_token_weight=0.0)

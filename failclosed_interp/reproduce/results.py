@@ -14,14 +14,46 @@ from failclosed_interp.reproduce.selection import Choice, SelectionRule, choose_
 from failclosed_interp.stats import RateEstimate
 
 
+DEMO_MODELS = {"sft": "sft", "failclosed": "fail-closed demo"}  # the demo's audit folders -> recipe names in figures
+
+
 def load_results(folder: str | Path) -> dict[str, dict]:
-    """Every finished experiment's results file in `folder` (e.g. `results/grid`), by experiment name."""
+    """Every finished experiment's results file in `folder` (e.g. `results/grid`), by experiment name; for a
+    `failclosed demo` run folder, its two audits in the same form (`demo_results`)."""
     folder = Path(folder)
+    if (folder / "audit").is_dir() and (folder / "summary.json").exists():
+        return demo_results(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no results folder at {folder}; run `failclosed reproduce --results ROOT` "
                                 f"(it writes ROOT/grid/) or pass the folder that holds grid.json")
     return {p.stem: data for p in sorted(folder.glob("*.json"))
             if p.name != GRID_FILE and (data := load_result(p)) is not None}
+
+
+def demo_results(folder: str | Path) -> dict[str, dict]:
+    """A finished `failclosed demo` run as results: per model (the SFT one and the fail-closed one) its audit,
+    and the audit's adaptive attack (if it ran) as a training run's final evaluation records it. Attack runs
+    are not part of the demo, so the attack figure has nothing to draw from it."""
+    folder = Path(folder)
+    summary = read_json(folder / "summary.json")
+    seed = read_json(folder / "config.json").get("seed", 0) if (folder / "config.json").exists() else 0
+    out = {}
+    for name, recipe in DEMO_MODELS.items():
+        path = folder / "audit" / name / "audit.json"
+        if not path.exists():
+            continue
+        audit = read_json(path)
+        kinds = {"audit": audit}
+        if audit.get("adaptive_attack"):
+            kinds["align"] = {"adaptive_attack": audit["adaptive_attack"]}
+        for kind, result in kinds.items():
+            experiment = f"{kind}-{name}-s{seed}"
+            out[experiment] = {"experiment": {"name": experiment, "kind": kind, "recipe": recipe, "seed": seed,
+                                              "source": f"failclosed demo ({summary['model']})"}, "result": result}
+    if not out:
+        raise FileNotFoundError(f"{folder} holds no demo audit yet (audit/sft/audit.json, audit/failclosed/audit.json); "
+                                f"let `failclosed demo --out {folder}` finish first")
+    return out
 
 
 def of_kind(results: dict[str, dict], kind: str) -> list[dict]:

@@ -4,8 +4,10 @@ loss on answer tokens only."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -18,6 +20,7 @@ from failclosed_interp.models import ChatModel
 
 KINDS = ("safety", "utility")
 IGNORE = -100  # label of positions that carry no loss (prompt, padding)
+REFERENCE_CACHE_BYTES = 2**30  # reference log-probs kept in memory up to this size, recomputed beyond it
 
 # Written for this project. Each starts like the refusals the judges and refusal tokens look for.
 DEFAULT_REFUSALS: tuple[str, ...] = (
@@ -170,3 +173,31 @@ def answer_logits(model: ChatModel, batch: TokenizedExamples) -> tuple[Float[Ten
     else:
         logits = model.bridge(batch.input_ids, attention_mask=batch.attention_mask)[:, first:]
     return logits, batch.labels[:, first:]
+
+
+class ReferenceLogProbs:
+    """A fixed reference model's log-probs at the positions that predict each row's answer tokens: computed
+    once per row and kept (while all rows fit in `max_bytes`, default `REFERENCE_CACHE_BYTES`, float32), since the reference does not change
+    while it is asked. `reference()` is entered around each computation (e.g. adapters off); rows are
+    `example_token_ids` pairs, asked for by index."""
+
+    def __init__(self, model: ChatModel, rows: Sequence[tuple[list[int], list[int]]],
+                 reference: Callable[[], AbstractContextManager] = nullcontext, *, max_bytes: int | None = None):
+        self.model, self.rows, self.reference = model, rows, reference
+        n_answer = sum(len(answer) for _, answer in rows)
+        limit = REFERENCE_CACHE_BYTES if max_bytes is None else max_bytes
+        self.cache: dict[int, Tensor] | None = {} if n_answer * model.bridge.cfg.d_vocab * 4 <= limit else None
+
+    def __call__(self, idx: Sequence[int]) -> Float[Tensor, "n_answer d_vocab"]:
+        """The rows' log-probs at their answer-predicting positions, concatenated in row order."""
+        missing = [i for i in dict.fromkeys(idx) if self.cache is None or i not in self.cache]
+        fresh = {}
+        if missing:
+            with torch.no_grad(), self.reference():
+                logits, labels = answer_logits(self.model, collate(self.model, [self.rows[i] for i in missing]))
+            keep = labels[:, 1:] != IGNORE
+            logp = torch.log_softmax(logits[:, :-1].float(), -1)
+            fresh = {i: logp[row][keep[row]] for row, i in enumerate(missing)}
+            if self.cache is not None:
+                self.cache.update(fresh)
+        return torch.cat([fresh[i] if i in fresh else self.cache[i] for i in idx])

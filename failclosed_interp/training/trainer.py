@@ -24,7 +24,9 @@ from failclosed_interp.distributed import DataParallel, data_parallel
 from failclosed_interp.interventions import Intervention, intervene
 from failclosed_interp.models import ChatModel
 from failclosed_interp.training.config import TrainConfig
-from failclosed_interp.training.data import IGNORE, Example, TokenizedExamples, answer_logits, collate, example_token_ids
+from failclosed_interp.training.data import (
+    IGNORE, Example, ReferenceLogProbs, answer_logits, collate, example_token_ids,
+)
 
 StepCallback = Callable[[int, dict], None]
 
@@ -84,28 +86,30 @@ def answer_cross_entropy(
 
 
 def answer_kl(
-    reference: Float[Tensor, "batch pos d_vocab"],
+    reference_logp: Float[Tensor, "n_answer d_vocab"],
     logits: Float[Tensor, "batch pos d_vocab"],
     labels: Int[Tensor, "batch pos"],
     first_token_weight: float = 1.0,
     total_weight: float | None = None,
 ) -> Float[Tensor, ""]:
-    """Weighted mean KL(reference || model) of the next-token distributions that predict answer tokens
-    (`total_weight` as in `answer_cross_entropy`)."""
+    """Weighted mean KL(reference || model) of the next-token distributions that predict answer tokens;
+    `reference_logp` holds the reference's log-probs at those positions, in row-major order
+    (`ReferenceLogProbs`); `total_weight` as in `answer_cross_entropy`."""
     keep = labels[:, 1:] != IGNORE
-    ref = torch.log_softmax(reference[:, :-1][keep].float(), -1)
+    ref = reference_logp.to(logits.device)
     cur = torch.log_softmax(logits[:, :-1][keep].float(), -1)
     per_token = F.kl_div(cur, ref, log_target=True, reduction="none").sum(-1)
     weights = answer_token_weights(labels, first_token_weight)
     return (per_token * weights).sum() / (weights.sum() if total_weight is None else total_weight)
 
 
-@torch.no_grad()
-def _reference_logits(model: ChatModel, batch: TokenizedExamples) -> Float[Tensor, "batch span d_vocab"]:
+@contextmanager
+def _reference_model(model: ChatModel) -> Iterator[None]:
+    """The KL reference: the same model in eval mode with its adapters off."""
     model.bridge.eval()
     try:
         with adapters_disabled(model.hf_model):
-            return answer_logits(model, batch)[0]
+            yield
     finally:
         model.bridge.train()
 
@@ -166,6 +170,7 @@ def train_lora(
     rows = [example_token_ids(model, e, config.max_length) for e in examples]  # validates lengths up front
     safety = [r for r, e in zip(rows, examples) if e.kind == "safety"]
     utility = [r for r, e in zip(rows, examples) if e.kind == "utility"]
+    reference = ReferenceLogProbs(model, utility, lambda: _reference_model(model)) if config.utility_loss == "kl" else None
     plan = _plan(len(safety), len(utility), config)
     group = data_parallel()  # one process, or this rank of an `accelerate launch` / `torchrun` group
     group.broadcast(params)
@@ -193,7 +198,7 @@ def train_lora(
                                                        micro_batch, ablate)
                 if u_idx:
                     record["utility"] = _backward_share(model, "utility", [utility[i] for i in u_idx], group, config, step,
-                                                        micro_batch)
+                                                        micro_batch, reference=_of(reference, u_idx))
                 record["total"] = sum(v for v in (record["safety"], record["utility"]) if v is not None)
                 group.sum_gradients(params)
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
@@ -214,6 +219,11 @@ def train_lora(
     return TrainResult(steps=len(plan), losses=losses, seconds=time.perf_counter() - start)
 
 
+def _of(reference: ReferenceLogProbs | None, idx: Sequence[int]) -> Callable[[Sequence[int]], Tensor] | None:
+    """`reference` asked by position within the batch `idx` (None stays None)."""
+    return None if reference is None else lambda positions: reference([idx[i] for i in positions])
+
+
 def _backward_share(
     model: ChatModel,
     kind: str,
@@ -223,10 +233,13 @@ def _backward_share(
     step: int,
     micro_batch: AdaptiveBatchSize,
     interventions: Sequence[Intervention] = (),
+    *,
+    reference: Callable[[Sequence[int]], Tensor] | None = None,
 ) -> float:
     """Backpropagate this rank's share of one batch of `kind` (all of it in a single process), in
     micro-batches of `micro_batch.size` (halved on out-of-memory): safety under `interventions`,
-    utility by CE or KL to the reference. Returns the whole batch's loss."""
+    utility by CE or, with `reference` (log-probs of the batch's rows by position in `rows`), by KL to
+    it. Returns the whole batch's loss."""
     mine = group.shard(range(len(rows)))
     # Every micro-batch (and every rank's share) is normalised by the whole batch's answer-token weight,
     # so their summed gradients are the whole batch's.
@@ -247,9 +260,8 @@ def _backward_share(
                     loss.backward()
             else:
                 logits, labels = answer_logits(model, batch)
-                if config.utility_loss == "kl":
-                    reference = _reference_logits(model, batch)
-                    loss = config.kl_weight * answer_kl(reference, logits, labels, config.first_token_weight, total)
+                if reference is not None:
+                    loss = config.kl_weight * answer_kl(reference(chunk), logits, labels, config.first_token_weight, total)
                 else:
                     loss = answer_cross_entropy(logits, labels, config.first_token_weight, total)
                 loss.backward()
