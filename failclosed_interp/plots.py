@@ -127,6 +127,8 @@ def rate_curves(
         fig.add_hline(y=threshold, line_dash="dash", line_color="gray", annotation_text=f"threshold {threshold}")
     fig.update_layout(title=title, xaxis_title=xaxis, yaxis={"title": yaxis, **({"range": [-0.05, 1.08]} if rates else {})},
                       width=760, height=460)
+    if not gaps.size and len(x):  # a single x: keep the nudged points near it instead of at the plot's edges
+        fig.update_xaxes(range=[float(x[0]) - 0.5, float(x[0]) + 0.5])
     return fig
 
 
