@@ -41,7 +41,7 @@ SETTINGS = {
     "short-targets": RDOConfig(target_tokens=16),
     # a CPU candidate: half the batch, shorter targets, a smaller step budget and patience
     "cpu": RDOConfig(batch_size=8, target_tokens=16, steps=24, patience=3),
-    # the CPU budget started from the DIM direction (`failclosed demo` ran it before it dropped RDO)
+    # a CPU budget started from the DIM direction, the candidate measured for `failclosed demo`
     "demo": RDOConfig(steps=8, batch_size=8, target_tokens=16, patience=3, start="init"),
 }
 
