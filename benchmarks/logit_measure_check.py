@@ -23,13 +23,14 @@ import torch
 
 from failclosed_interp.artifacts import write_json
 from failclosed_interp.directions import DirectionSet, load_directions
-from failclosed_interp.generation import GenerationConfig, generate
-from failclosed_interp.judges import ThreeWayJudge, Verdict, classify
+from failclosed_interp.generation import GenerationConfig
+from failclosed_interp.judges import ThreeWayJudge
 from failclosed_interp.models import EMBEDDED_MODEL, load_model
 from failclosed_interp.prompts import builtin
 from failclosed_interp.rdo_config import addition_of
 from failclosed_interp.scoring import (
-    first_token_refusals, last_token_logits, refusal_score_from_logits, refusal_tokens_from_responses,
+    JudgedResponses, first_token_refusals, last_token_logits, refusal_rate, refusal_score_from_logits,
+    refusal_tokens_from_responses,
 )
 from failclosed_interp.stats import wilson_rate
 from failclosed_interp.stopwatch import machine
@@ -37,18 +38,17 @@ from failclosed_interp.stopwatch import machine
 CRITERIA = ("first_token", "score_gt_0")
 
 
-def condition(model, prompts, interventions, tokens, generation, judge) -> dict:
-    """Judged refusal and both logit criteria of `prompts` under `interventions`, with their agreement."""
-    answers = generate(model, prompts, generation, interventions, progress=False)
-    judged = [label == Verdict.REFUSAL for label in classify(judge, prompts, answers)]
-    logits = last_token_logits(model, prompts, interventions)
+def condition(model, judged: JudgedResponses, interventions, tokens) -> dict:
+    """Both logit criteria of the judged prompts under `interventions` (the ones they were answered
+    under), with the judged refusal rate and each criterion's agreement with it."""
+    logits = last_token_logits(model, judged.instructions, interventions)
     calls = {"first_token": first_token_refusals(logits, tokens) > 0,
              "score_gt_0": refusal_score_from_logits(logits, tokens) > 0}
-    row = {"n": len(prompts), "judged": wilson_rate([float(y) for y in judged]).to_dict()}
+    row = {"n": len(judged.instructions), "judged": judged.rate.to_dict()}
     for name, called in calls.items():
         called = called.tolist()
         row[name] = wilson_rate([float(c) for c in called]).to_dict()
-        row[f"{name}_agreement"] = sum(c == y for c, y in zip(called, judged)) / len(prompts)
+        row[f"{name}_agreement"] = sum(c == y for c, y in zip(called, judged.refused)) / len(called)
     return row
 
 
@@ -69,17 +69,21 @@ def main() -> None:
     harmful = builtin("harmful", "val").take_up_to(args.n, seed=args.seed).to_list()
     harmless = builtin("harmless", "val").take_up_to(args.n, seed=args.seed).to_list()
     generation, judge = GenerationConfig(max_new_tokens=args.tokens), ThreeWayJudge()
-    plain = generate(model, harmful, generation, progress=False)
-    tokens = refusal_tokens_from_responses(model, harmful, plain, judge)
 
-    conditions = {"harmful, plain": (harmful, []), "harmless, plain": (harmless, [])}
+    def judged(prompts, interventions=()) -> JudgedResponses:
+        return refusal_rate(model, prompts, judge=judge, generation=generation, interventions=interventions,
+                            progress=False)
+
+    plain = judged(harmful)
+    tokens = refusal_tokens_from_responses(model, harmful, plain.responses, judge)
+    conditions = {"harmful, plain": (plain, []), "harmless, plain": (judged(harmless), [])}
     for i, d in enumerate(directions):
-        conditions[f"harmful, direction {i} (layer {d.layer}) ablated"] = (
-            harmful, [DirectionSet((d,)).ablation(skip_template_prefix=False)])
-        conditions[f"harmless, direction {i} (layer {d.layer}) added"] = (harmless, [addition_of(d.vector, d)])
+        ablate, add = [DirectionSet((d,)).ablation(skip_template_prefix=False)], [addition_of(d.vector, d)]
+        conditions[f"harmful, direction {i} (layer {d.layer}) ablated"] = (judged(harmful, ablate), ablate)
+        conditions[f"harmless, direction {i} (layer {d.layer}) added"] = (judged(harmless, add), add)
     rows = {}
-    for name, (prompts, interventions) in conditions.items():
-        rows[name] = condition(model, prompts, interventions, tokens, generation, judge)
+    for name, (answers, interventions) in conditions.items():
+        rows[name] = condition(model, answers, interventions, tokens)
         print(f"{name:<45} judged {rows[name]['judged']['value']:.2f}  " + "  ".join(
             f"{c} {rows[name][c]['value']:.2f} (agrees {rows[name][c + '_agreement']:.2f})" for c in CRITERIA), flush=True)
     total = sum(r["n"] for r in rows.values())

@@ -177,9 +177,9 @@ def answer_logits(model: ChatModel, batch: TokenizedExamples) -> tuple[Float[Ten
 
 class ReferenceLogProbs:
     """A fixed reference model's log-probs at the positions that predict each row's answer tokens: computed
-    once per row and kept (while all rows fit in `max_bytes`, default `REFERENCE_CACHE_BYTES`, float32), since the reference does not change
-    while it is asked. `reference()` is entered around each computation (e.g. adapters off); rows are
-    `example_token_ids` pairs, asked for by index."""
+    once per row and kept (float32, while all rows fit in `max_bytes`, default `REFERENCE_CACHE_BYTES`),
+    since the reference does not change while it is asked. `reference()` is entered around each
+    computation (e.g. adapters off); rows are `example_token_ids` pairs, asked for by index."""
 
     def __init__(self, model: ChatModel, rows: Sequence[tuple[list[int], list[int]]],
                  reference: Callable[[], AbstractContextManager] = nullcontext, *, max_bytes: int | None = None):
