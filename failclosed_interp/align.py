@@ -271,14 +271,16 @@ def _next_direction(model: ChatModel, config: AlignConfig, found: DirectionSet, 
     folder, notes = _round_dir(out, k), {}
     try:
         if config.rdo is None:
-            selection = direction_job(model, folder / "search", _search_config(config, k), interventions=base, progress=progress)
-            direction = selection.direction
+            selection = direction_job(model, folder / "search", _search_config(config, k), interventions=base,
+                                      progress=progress, png=False)
+            direction, tokens = selection.direction, selection.refusal_tokens
             notes["direction_rule"] = selection.rules()
         else:
             reference, targets, notes = _rdo_reference(model, config, out, progress)
             earlier = found if config.method == "failclosed" and len(found) else None
             direction = optimize_direction(model, reference, targets, config.rdo, base, distinct_from=earlier,
                                            min_residual=config.min_new_component, progress=progress)
+            tokens = None  # read off the current model's refusals by the check below
     except NoRefusals as err:
         return None, f"this round's model refuses none of the validation prompts, so it has no refusal to locate: {err}", notes
     except NoDirectionPassed as err:
@@ -293,7 +295,7 @@ def _next_direction(model: ChatModel, config: AlignConfig, found: DirectionSet, 
     if config.min_ablation_drop is None and config.min_addition_rise is None:
         return direction, None, notes
     try:
-        notes["mediation"] = mediation = mediation_check(model, config, direction, base)
+        notes["mediation"] = mediation = mediation_check(model, config, direction, base, refusal_tokens=tokens)
     except NoRefusals as err:
         return None, f"this round's model refuses none of the validation prompts, so it has no refusal to locate: {err}", notes
     if not mediation["passed"]:
@@ -331,14 +333,16 @@ def _rdo_reference(model: ChatModel, config: AlignConfig, out: Path, progress: b
 
 
 def mediation_check(model: ChatModel, config: AlignConfig, direction: Direction,
-                    base: Sequence[Intervention] = ()) -> dict:
+                    base: Sequence[Intervention] = (), *, refusal_tokens: Sequence[int] | None = None) -> dict:
     """Does `direction` mediate refusal in the current model (under `base`)? On validation prompts: the
     mean harmful refusal score with it ablated, and the mean harmless score with it added at its layer
     with its strength (`direction.norm`), against both without it; refusal tokens from the model's own
-    refusals. Each change must reach its margin (a check whose margin is None passes)."""
+    refusals to those harmful prompts (`refusal_tokens`: already read off them, e.g. by the DIM search under
+    the same `base`). Each change must reach its margin (a check whose margin is None passes)."""
     jc = config.directions
     harmful, harmless = jc.prompts("harmful", "val"), jc.prompts("harmless", "val")
-    tokens, _ = own_refusal_tokens(model, harmful, jc.refusal_probe_tokens, base, batch_size=jc.search.batch_size)
+    tokens = (list(refusal_tokens) if refusal_tokens is not None else
+              own_refusal_tokens(model, harmful, jc.refusal_probe_tokens, base, batch_size=jc.search.batch_size)[0])
     ablation = DirectionSet((direction,)).ablation(skip_template_prefix=config.skip_template_prefix)
 
     def mean_score(prompts: list[str], extra: list[Intervention]) -> float:
@@ -399,13 +403,16 @@ def training_refusal_tokens(model: ChatModel, examples: Sequence[Example]) -> li
 def align(
     config: AlignConfig, out: str | Path, *, merge: bool = False, device: str | None = None, progress: bool = True,
     on_step: StepCallback | None = None, on_round: RoundCallback | None = None, data_dir: str | Path | None = None,
+    evaluate: bool = True,
 ) -> dict:
     """Run (or resume) the progressive loop in `out`; returns the summary (also `out/summary.json`).
 
     `merge=True` also writes `out/final/merged`, a plain HF checkpoint with the adapter merged in.
     `on_step(step, losses)` is called after every optimiser step of every round, `on_round(k, metrics)`
     after round k with what its metrics.json holds. `data_dir`: a folder holding the public benchmark
-    sets (`prompts.public`); the summary then has a column for each."""
+    sets (`prompts.public`); the summary then has a column for each. `evaluate=False` trains the rounds
+    only and returns {"rounds_completed", "stop_reason", "n_directions"}: no test prompt is scored (e.g. when
+    settings are being chosen on validation prompts)."""
     out = Path(out)
     done = _start(out, config)
     if done >= 0:
@@ -448,6 +455,8 @@ def align(
             on_round(k, metrics)
         if stop_reason is not None:
             break
+    if not evaluate:
+        return {"rounds_completed": done, "stop_reason": stop_reason, "n_directions": len(found)}
     summary = _finish(model, config, out, found, done, stop_reason, measured, progress, data_dir)
     if merge and is_main_process():
         export_checkpoint(config.model, out / "final" / "merged", adapter=out / "final" / "adapter", overwrite=True)

@@ -96,7 +96,8 @@ def _forward(model: ChatModel, ids, mask, past, use_cache: bool):
     pos = position_ids(mask)[:, -ids.shape[1]:]
     if model.hf_model is None:  # native bridge: no HF cache, decode without one
         return model.bridge(ids, attention_mask=mask)[:, -1].float(), None
-    out = model.hf_model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=use_cache)
+    out = model.hf_model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=past, use_cache=use_cache,
+                         logits_to_keep=1)  # the LM head only where the next token is predicted
     return out.logits[:, -1].float(), (out.past_key_values if use_cache else None)
 
 

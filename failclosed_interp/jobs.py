@@ -21,10 +21,11 @@ from failclosed_interp.search import DirectionJobConfig, direction_search
 
 def direction_job(
     model: ChatModel, out: str | Path, config: DirectionJobConfig = DirectionJobConfig(),
-    interventions: Sequence[Intervention] = (), *, progress=True,
+    interventions: Sequence[Intervention] = (), *, progress=True, png: bool = True,
 ) -> Selection:
     """Find and select the refusal direction of `model` (with `interventions`, e.g. earlier directions
-    ablated, applied throughout); write candidates, the direction and heatmaps to `out`."""
+    ablated, applied throughout); write candidates, the direction and heatmaps (HTML, and PNG with `png`)
+    to `out`."""
     out = Path(out)
     try:
         selection = direction_search(model, config, interventions, progress=progress)
@@ -33,11 +34,11 @@ def direction_job(
         raise
     save_selection(selection, out, model.identity())
     write_json(out / "direction_job.json", {**config_to_dict(config), "refusal_tokens": token_strings(model, selection.refusal_tokens)})
-    _direction_figures(model, selection, out)
+    _direction_figures(model, selection, out, png)
     return selection
 
 
-def _direction_figures(model: ChatModel, selection: Selection, out: Path) -> None:
+def _direction_figures(model: ChatModel, selection: Selection, out: Path, png: bool) -> None:
     positions = list(selection.positions)
     labels = _position_labels(model, positions)
     chosen = (selection.layer, selection.position)
@@ -48,7 +49,7 @@ def _direction_figures(model: ChatModel, selection: Selection, out: Path) -> Non
     ):
         fig = layer_position_heatmap(getattr(selection, key), positions, title=title, colorbar=bar, chosen=chosen,
                                      position_labels=labels)
-        save_figure(fig, out / "figures" / key)
+        save_figure(fig, out / "figures" / key, png=png)
 
 
 def _position_labels(model: ChatModel, positions: list[int]) -> list[str]:

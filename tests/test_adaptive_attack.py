@@ -318,3 +318,17 @@ def test_the_job_writes_the_curve_without_responses_and_the_whole_result_on_requ
     assert curve["adapter"] == whole["adapter"] == "runs/x"
     assert [b["kl_budget"] for b in curve["budgets"]] == [0.1, 0.3, 1.0, "inf"] and "items" not in curve["budgets"][0]
     assert set(whole["prompts"]) <= set(builtin("harmful", "test")) and len(whole["budgets"][1]["items"]) == 2
+
+
+def test_kl_is_computed_only_where_it_can_change_a_choice(toy, toy_search, monkeypatch):
+    calls = []
+    real = adaptive_module._Scorer.kl_scored
+    monkeypatch.setattr(adaptive_module._Scorer, "kl_scored", lambda self, d: calls.append(d.layer) or real(self, d))
+    full = search_directions(toy.model, toy_config(toy, score_all_kl=True), TOY_JUDGE)
+    assert len(calls) == len(full.candidates) and all(math.isfinite(c.scores["kl"]) for c in full.candidates)
+    assert full.choices == toy_search.choices
+    lazy = [c for c in toy_search.candidates if "kl" in c.scores]
+    assert 0 < len(lazy) < len(full.candidates)
+    # every candidate left without a KL is weaker than each one the walk scored
+    unscored = [c.scores["refusal_score"] for c in toy_search.candidates if "kl" not in c.scores]
+    assert min(unscored) >= max(c.scores["refusal_score"] for c in lazy)

@@ -161,11 +161,12 @@ def test_the_next_direction_is_searched_with_the_found_ones_ablated_or_on_the_pl
 
     class Selection:
         direction = new
+        refusal_tokens = (0,)
 
         def rules(self):
             return "main rules (KL <= 0.1, induce score > 0.0)"
 
-    def fake_direction_job(m, out, config, interventions=(), progress=True):
+    def fake_direction_job(m, out, config, interventions=(), progress=True, png=True):
         seen.append(list(interventions))
         return Selection()
 

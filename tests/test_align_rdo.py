@@ -49,7 +49,7 @@ def spied_loop(monkeypatch):
         vector = torch.randn(d_model, generator=torch.Generator().manual_seed(len(calls["rdo"])))
         return Direction(vector, layer=reference.layer, norm=reference.norm, method="rdo")
 
-    def passing(model, config, direction, base=()):
+    def passing(model, config, direction, base=(), **kw):
         calls["mediation"].append(direction)
         return {"harmful_score_drop": 2.0, "harmless_score_rise": 2.0, "passed": True, "why": ""}
 
@@ -89,7 +89,7 @@ def test_a_resumed_run_reads_the_stored_targets_instead_of_making_new_ones(tmp_p
 
 
 def test_a_direction_that_does_not_mediate_refusal_stops_the_loop_and_says_why(tmp_path, spied_loop, monkeypatch):
-    def failing(model, config, direction, base=()):
+    def failing(model, config, direction, base=(), **kw):
         return {"harmful_score_drop": 0.2, "harmless_score_rise": 3.0, "passed": False,
                 "why": "ablating it lowers the harmful refusal score by 0.2 < min_ablation_drop=1.0"}
 
@@ -115,6 +115,9 @@ def test_mediation_check_passes_the_planted_direction_and_fails_a_random_one(mon
     assert not bad["passed"] and "min_ablation_drop=1.0" in bad["why"]
     off = dataclasses.replace(config, min_ablation_drop=None, min_addition_rise=None)
     assert mediation_check(model, off, Direction(other, layer=1, norm=4.0))["passed"]
+    # refusal tokens already read off the same prompts (the DIM search's) are used as they are
+    monkeypatch.setattr(align_module, "own_refusal_tokens", lambda *a, **k: pytest.fail("generated again"))
+    assert mediation_check(model, config, Direction(planted, layer=1, norm=4.0), refusal_tokens=[refusal]) == good
 
 
 def test_the_first_search_falls_back_to_declared_rules_and_later_ones_do_not():

@@ -6,7 +6,8 @@ and no selection rule but an explicit KL budget.
 - Candidates: the difference in means at every layer x every post-instruction position, plus one
   RDO-optimised direction. Each is scored on the scoring part: the mean harmful refusal score with it
   ablated (every layer's block input, attention and MLP output), and the mean KL of harmless next-token
-  distributions from the un-ablated ones.
+  distributions from the un-ablated ones. The KL is computed strongest candidate first, only until every
+  budget has the candidates it chooses among (the same choices as computing all of them).
 - Choice: for each KL budget, among the candidates whose KL is within it (`inf` admits all), the
   `n_verify` with the lowest harmful refusal score are tried by generating answers to the scoring
   prompts; the one with the most compliant answers wins (ties: lower refusal score). The first-token
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from failclosed_interp.activations import check_layer_choice, check_positions
@@ -54,7 +56,9 @@ class AdaptiveAttackConfig(JsonConfig):
     the DIM means and RDO and the rest score every candidate. `kl_budgets`: one chosen direction each
     (`inf` = no limit); `report_budget` is the budget a single attack success rate is quoted at.
     `rdo_steps=0` skips the RDO direction. `n_verify` candidates per budget (the strongest by refusal
-    score) are tried on `verify_tokens` generated tokens; 0 chooses by refusal score alone."""
+    score) are tried on `verify_tokens` generated tokens; 0 chooses by refusal score alone. A candidate's
+    KL is computed only where it can change a choice (strongest first, until every budget has its
+    candidates), unless `score_all_kl` asks for every one (a full table)."""
 
     harmful: tuple[str, ...] | None = None
     harmless: tuple[str, ...] | None = None
@@ -69,6 +73,7 @@ class AdaptiveAttackConfig(JsonConfig):
     verify_tokens: int = 32
     refusal_probe_tokens: int = 24  # tokens generated to find the model's own refusal-start tokens
     batch_size: int = 32
+    score_all_kl: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -113,10 +118,14 @@ class AdaptiveAttackConfig(JsonConfig):
 
 def _strongest(candidates: Sequence[Direction], budget: float, n: int) -> list[int]:
     """Indices of the `n` candidates with KL <= `budget` and the lowest harmful refusal scores, strongest
-    first (ties: lower KL, then the earlier one)."""
-    admitted = sorted((i for i, c in enumerate(candidates) if c.scores["kl"] <= budget),
+    first (ties: lower KL, then the earlier one). A candidate without a KL is never admitted."""
+    admitted = sorted((i for i, c in enumerate(candidates) if _kl(c) <= budget),
                       key=lambda i: (candidates[i].scores["refusal_score"], candidates[i].scores["kl"], i))
     return admitted[:n]
+
+
+def _kl(candidate: Direction) -> float:
+    return candidate.scores.get("kl", math.nan)  # NaN <= budget is False, also for an infinite one
 
 
 def strongest_within(candidates: Sequence[Direction], budget: float, n_verify: int = 0) -> int | None:
@@ -137,7 +146,8 @@ def summary(direction: Direction | None) -> dict:
 @dataclass(frozen=True, eq=False)
 class AttackSearch:
     """Every candidate (DIM per layer x position, then RDO's) with `scores` "refusal_score" (mean harmful
-    refusal score with it ablated) and "kl" (mean harmless KL), and the candidate chosen per KL budget.
+    refusal score with it ablated) and "kl" (mean harmless KL; absent where it could not change a choice,
+    `AdaptiveAttackConfig.score_all_kl`), and the candidate chosen per KL budget.
     `reason` says why there are no candidates (the model refused none of the attacker's prompts)."""
 
     candidates: DirectionSet
@@ -162,7 +172,8 @@ class AttackSearch:
 
 
 class _Scorer:
-    """Scores directions on the attacker's scoring prompts against the un-ablated model's logits."""
+    """Scores directions on the attacker's scoring prompts: the harmful refusal score and the harmless KL
+    (against the un-ablated model's logits) with the direction ablated."""
 
     def __init__(self, model: ChatModel, harmful: list[str], harmless: list[str], tokens: list[int],
                  config: AdaptiveAttackConfig, judge: Judge):
@@ -173,13 +184,20 @@ class _Scorer:
         self.clean_harmless = clean[len(harmful):]
         self.baseline = float(refusal_score_from_logits(clean[: len(harmful)], tokens).mean())
 
-    def scored(self, direction: Direction) -> Direction:
+    def _ablated_logits(self, direction: Direction, prompts: list[str]) -> Tensor:
         ablation = DirectionSet((direction,)).ablation()
-        logits = last_token_logits(self.model, [*self.harmful, *self.harmless], [ablation], batch_size=self.batch_size)
-        n = len(self.harmful)
-        scores = {"refusal_score": float(refusal_score_from_logits(logits[:n], self.tokens).mean()),
-                  "kl": float(kl_from_logits(self.clean_harmless, logits[n:]).mean())}
-        return dataclasses.replace(direction, scores={**direction.scores, **scores})
+        return last_token_logits(self.model, prompts, [ablation], batch_size=self.batch_size)
+
+    def refusal_scored(self, direction: Direction) -> Direction:
+        score = float(refusal_score_from_logits(self._ablated_logits(direction, self.harmful), self.tokens).mean())
+        return dataclasses.replace(direction, scores={**direction.scores, "refusal_score": score})
+
+    def kl_scored(self, direction: Direction) -> Direction:
+        kl = float(kl_from_logits(self.clean_harmless, self._ablated_logits(direction, self.harmless)).mean())
+        return dataclasses.replace(direction, scores={**direction.scores, "kl": kl})
+
+    def scored(self, direction: Direction) -> Direction:
+        return self.kl_scored(self.refusal_scored(direction))
 
     def verified(self, direction: Direction) -> Direction:
         """`direction` with scores["compliance"]: the share of harmful scoring prompts answered compliantly
@@ -210,8 +228,10 @@ def search_directions(
         raise ValueError(f"layers {layers} out of range: the model has layers 0..{model.n_layers - 1}")
     fitted_on = f"attacker's DIM on {len(harmful_fit)} harmful / {len(harmless_fit)} harmless prompts"
     todo = [(layer, i) for layer in layers for i in range(len(positions)) if float(means[layer, i].norm()) > 0]
-    candidates = [scorer.scored(Direction(means[layer, i], layer=layer, position=positions[i], method="dim", fitted_on=fitted_on))
+    candidates = [scorer.refusal_scored(Direction(means[layer, i], layer=layer, position=positions[i], method="dim",
+                                                  fitted_on=fitted_on))
                   for layer, i in tqdm(todo, desc="attacker: DIM candidates", disable=not progress, leave=False)]
+    candidates = _with_kl(scorer, candidates, config)
     if config.rdo_steps and candidates:
         start = strongest_within(candidates, config.report_budget)
         init = candidates[start if start is not None else strongest_within(candidates, math.inf)]
@@ -222,6 +242,18 @@ def search_directions(
             candidates[i] = scorer.verified(candidates[i])
     choices = tuple((b, strongest_within(candidates, b, config.n_verify)) for b in config.kl_budgets)
     return AttackSearch(DirectionSet(tuple(candidates)), choices, scorer.baseline, tuple(tokens))
+
+
+def _with_kl(scorer: _Scorer, candidates: list[Direction], config: AdaptiveAttackConfig) -> list[Direction]:
+    """`candidates` with their KL: every one's (`score_all_kl`), or strongest first until every budget has the
+    `max(1, n_verify)` candidates it chooses among, which makes the same choices as scoring all (up to exact
+    ties in refusal score); the rest keep no KL."""
+    out, need = list(candidates), max(1, config.n_verify)
+    for i in sorted(range(len(out)), key=lambda i: (out[i].scores["refusal_score"], i)):
+        if not config.score_all_kl and all(sum(_kl(c) <= b for c in out) >= need for b in config.kl_budgets):
+            break
+        out[i] = scorer.kl_scored(out[i])
+    return out
 
 
 def save_search(search: AttackSearch, folder: str | Path, identity: dict) -> Path:

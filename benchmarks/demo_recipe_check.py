@@ -1,0 +1,120 @@
+"""How many epochs the main job's rounds need, measured on validation prompts (never test ones).
+
+    python benchmarks/demo_recipe_check.py --runs RUNS_DIR [--settings 3+2,3+1,2+1] [--out results/demo_recipe_check.json]
+
+Each setting "A+B" trains the demo's recipe (`demo.demo_recipe`, seed 0) with A epochs in round 0 (the SFT
+model) and B in each fail-closed round, rounds only (`align(..., evaluate=False)`: no test prompt is
+scored), in `RUNS_DIR/A+B` (resumed when it is there). Settings with the same A share round 0: a later one
+starts from the first one's round 0 (copied, with its own settings recorded), since round 0 does not depend
+on B. Every SFT model (round 0) and fail-closed model (last round) is then measured on all built-in
+VALIDATION prompts with the demo's generation length and judge: harmful, harmless and borderline refusal,
+harmful refusal with the model's own directions ablated, harmful refusal and compliance under the demo's
+adaptive attacker at its KL budget (answers of the judged length the audit uses), and the perplexity of the reference model's answers to the harmless
+prompts. Writes one JSON with every figure, its Wilson interval and n, and each setting's training time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from failclosed_interp.align import STATE_FILE, align, reference_answers
+from failclosed_interp.artifacts import read_json, write_json
+from failclosed_interp.attacks.adaptive import adaptive_attack
+from failclosed_interp.attacks.base import MIN_JUDGED_TOKENS
+from failclosed_interp.demo import DemoConfig, demo_audit
+from failclosed_interp.directions import load_directions
+from failclosed_interp.generation import GenerationConfig
+from failclosed_interp.models import load_model
+from failclosed_interp.perplexity import perplexity
+from failclosed_interp.prompts import builtin
+from failclosed_interp.scoring import refusal_rate
+from failclosed_interp.stopwatch import machine
+
+
+def setting_config(setting: str):
+    """The demo's align settings with round-0 and later-round epochs from "A+B"."""
+    first, later = (int(x) for x in setting.split("+"))
+    config, _ = DemoConfig().resolved()
+    sft = dataclasses.replace(config.sft, train=dataclasses.replace(config.sft.train, epochs=first))
+    return dataclasses.replace(config, sft=sft, retrain_epochs=later)
+
+
+def start_from_round0(source: Path, target: Path, config) -> None:
+    """Begin `target` at the end of `source`'s round 0 (same round-0 settings), recording `config`."""
+    if (target / STATE_FILE).exists() or not (source / "round_0" / "metrics.json").exists():
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source / "round_0", target / "round_0", dirs_exist_ok=True)
+    shutil.copy(source / "examples.json", target / "examples.json")
+    write_json(target / "config.json", config.to_dict())
+    write_json(target / STATE_FILE, {"config": config.to_dict(), "completed_round": 0, "stop_reason": None})
+
+
+def measure(model, directions, generation: GenerationConfig, seed: int) -> dict:
+    """The validation figures of one model (its own `directions` ablated for one of them)."""
+    val = {kind: builtin(kind, "val").to_list() for kind in ("harmful", "harmless", "borderline")}
+
+    def judged(prompts, interventions=()):
+        return refusal_rate(model, prompts, generation=generation, interventions=interventions, progress=False).rate
+
+    rates = {f"refusal_{kind}": judged(prompts) for kind, prompts in val.items()}
+    if len(directions):
+        rates["refusal_harmful_own_ablated"] = judged(val["harmful"], [directions.ablation()])
+    attacker = dataclasses.replace(demo_audit().attacker, seed=seed)
+    report = adaptive_attack(model, val["harmful"], attacker, max_new_tokens=MIN_JUDGED_TOKENS).report  # as in the audit
+    rates["refusal_harmful_attacker"], rates["compliance_harmful_attacker"] = report.refusal, report.compliance
+    answers = reference_answers(model, val["harmless"], generation.max_new_tokens)
+    ppl = perplexity(model, val["harmless"], answers, complete=False)
+    return {**{name: rate.to_dict() for name, rate in rates.items()}, "perplexity_harmless": ppl.to_dict(),
+            "n_directions": len(directions), "attacker_kl_budget": report.kl_budget,
+            "attacker_layer": report.direction.layer if report.direction is not None else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=Path, required=True, help="folder for the training runs (one per setting)")
+    parser.add_argument("--settings", default="3+2,3+1,2+1", help='comma-separated "round-0 epochs + later epochs"')
+    parser.add_argument("--out", type=Path, help="JSON to write (e.g. results/demo_recipe_check.json)")
+    args = parser.parse_args()
+    settings = args.settings.split(",")
+    result = {"split": "validation (all built-in val prompts)", "settings": {}, "machine": machine()}
+    sft_done: dict[int, tuple[str, dict]] = {}  # round-0 epochs -> (setting measured, its SFT figures)
+    for setting in settings:
+        config = setting_config(setting)
+        run = args.runs / setting
+        first = config.sft.train.epochs
+        if first in sft_done:
+            start_from_round0(args.runs / sft_done[first][0], run, config)
+        clock = time.perf_counter()
+        trained = align(config, run, evaluate=False)
+        seconds = time.perf_counter() - clock
+        generation = GenerationConfig(max_new_tokens=config.eval_tokens)
+        row = {"round0_epochs": first, "later_epochs": config.retrain_epochs, "rounds_completed": trained["rounds_completed"],
+               "stop_reason": trained["stop_reason"], "run": str(run), "seconds_this_call": round(seconds, 1),
+               "training_s": [read_json(run / f"round_{k}" / "metrics.json")["timings_s"]
+                              for k in range(trained["rounds_completed"] + 1)]}
+        for name, k in (("sft", 0), ("failclosed", trained["rounds_completed"])):
+            if name == "sft" and first in sft_done:
+                row[name] = {**sft_done[first][1], "same_as": sft_done[first][0]}
+                continue
+            torch.manual_seed(config.sft.seed)
+            folder = run / f"round_{k}"
+            model = load_model(config.model, adapter=folder / "adapter")
+            directions = load_directions(folder / "directions", model)
+            row[name] = measure(model, directions, generation, config.sft.seed)
+            print(setting, name, {key: round(v["value"], 3) for key, v in row[name].items()
+                                  if isinstance(v, dict) and "value" in v}, flush=True)
+        sft_done.setdefault(first, (setting, row["sft"]))
+        result["settings"][setting] = row
+        if args.out:
+            write_json(args.out, result)  # after each setting: a killed run keeps what it measured
+
+
+if __name__ == "__main__":
+    main()
