@@ -59,9 +59,10 @@ def demo_recipe() -> AlignConfig:
 def demo_audit() -> AuditConfig:
     """The audit both models get: given directions, first-answer-token refusal rates (the verdict's
     baseline is generated), and the adaptive attacker at the one KL budget the demo reports (0.3, also the
-    audit's budget), with DIM candidates at the last prompt token of every second layer and no RDO."""
+    audit's budget), with DIM candidates at the last prompt token of every second layer and no RDO, choosing
+    by refusal score (`n_verify=0`: trying only the strongest candidate's answers would not change the choice)."""
     attacker = AdaptiveAttackConfig(kl_budgets=(0.3,), report_budget=0.3, positions=(-1,), layer_stride=2,
-                                    rdo_steps=0, n_verify=1)
+                                    rdo_steps=0, n_verify=0)
     return AuditConfig(measure=MeasureConfig(mode="logit"), kl_budget=0.3, sweep=False, unbounded=False,
                        adaptive=True, attacker=attacker)
 
@@ -120,7 +121,7 @@ def demo_job(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
         clock.lap(f"audit_{name}")
         columns[name] = _column(figures, audit, found)
     rounds = [read_json(run / f"round_{k}" / "metrics.json") for k in range(align_summary["rounds_completed"] + 1)]
-    summary = {"model": config.model, "columns": columns, "stop_reason": align_summary["stop_reason"],
+    summary = {"model": config.model, "seed": config.seed, "columns": columns, "stop_reason": align_summary["stop_reason"],
                "rounds_completed": align_summary["rounds_completed"], "rounds": rounds, "contrast": contrast(columns),
                "timings_s": clock.timings, "seconds_total": clock.total, "machine": machine()}
     save_figure(grouped_rate_bars({LABELS[n]: _bar_rates(c) for n, c in columns.items()},

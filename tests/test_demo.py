@@ -51,13 +51,31 @@ def test_the_results_page_shows_a_committed_demo_summary(tmp_path, spied_loop): 
     from failclosed_interp.reproduce.page import render_results
 
     summary = demo_job(tmp_path / "run", _tiny(rounds=1), progress=False, say=lambda _: None)
-    (tmp_path / "results").mkdir()
-    (tmp_path / "results" / "demo.json").write_text(json.dumps(summary))
+    (tmp_path / "results" / "demo").mkdir(parents=True)
+    (tmp_path / "results" / "demo" / "seed_0.json").write_text(json.dumps(summary))
     page = render_results(tmp_path / "results")
     section = page.split("## The main job")[1].split("\n## ")[0]
     assert "judged answers" in section
     assert format_summary(summary) in section and "torch threads" in section
     assert section.count("\n| 0 |") == 1 and section.count("\n| 1 |") == 1  # one row per round
+    seeds = page.split("## The main job across training seeds")[1].split("\n## ")[0]
+    assert "Not measured yet" in seeds and "--seed S" in seeds  # one seed is not a spread
+
+    other = json.loads(json.dumps(summary))
+    other["columns"]["failclosed"]["rates"]["refusal_harmful"]["value"] = 0.5
+    other["columns"]["failclosed"]["independent_pathways"] = 4
+    (tmp_path / "results" / "demo" / "seed_7.json").write_text(json.dumps(other))
+    page = render_results(tmp_path / "results")
+    assert page.split("## The main job")[1].split("\n## ")[0] == section  # the lowest seed stays the main job
+    seeds = page.split("## The main job across training seeds")[1].split("\n## ")[0]
+    closed = seeds.split("### fail-closed")[1]
+    first = summary["columns"]["failclosed"]
+    row = next(line for line in closed.splitlines() if line.startswith("| harmful refusal |"))
+    value = first["rates"]["refusal_harmful"]["value"]
+    mean, sd = (value + 0.5) / 2, abs(value - 0.5) / 2 ** 0.5
+    assert row.endswith(f"| {mean:.2f} ± {sd:.2f} |") and "seed 0 | seed 7" in seeds
+    pathways = next(line for line in closed.splitlines() if line.startswith("| audit: independent pathways |"))
+    assert f"| {first['independent_pathways']} | 4 |" in pathways
 
 
 def test_a_finished_demo_resumes_without_training_again(tmp_path, spied_loop):  # noqa: F811

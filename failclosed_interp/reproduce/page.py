@@ -44,7 +44,7 @@ BENCHMARK_FILE = "benchmarks.json"  # `python benchmarks/run_benchmarks.py --out
 GCG_FILE = "gcg_compare.json"  # `python benchmarks/gcg_compare.py --adapter DIR --out results/gcg_compare.json`
 LOGIT_MEASURE_FILE = "logit_measure.json"
 RDO_FILES = "rdo_timing*.json"  # `python benchmarks/rdo_timing.py --adapter DIR --out results/rdo_timing[_NAME].json`
-DEMO_FILE = "demo.json"  # `failclosed demo --out runs/demo`, then copy runs/demo/summary.json there
+DEMO_DIR = "demo"  # one `failclosed demo --seed S` summary per training seed: DEMO_DIR/seed_S.json
 # (benchmark, ratio key, what the ratio compares, target)
 SPEED_ROWS = (
     ("generation", "speedup", "KV-cached vs uncached greedy generation (x faster)", ">= 5"),
@@ -64,7 +64,7 @@ def _seed_mean(values: list[float | int | None]) -> str:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     if not finite:
         return "-"
-    summary = SeedSummary(tuple(finite))
+    summary = SeedSummary(tuple(float(v) for v in finite))
     return f"{summary.mean:.2f} ± {summary.std:.2f}"
 
 
@@ -324,15 +324,29 @@ def _rdo_table(root: Path, name: str, data: dict) -> list[str]:
     return lines
 
 
+def _demo_runs(root: Path) -> dict[int, dict]:
+    """The committed demo summaries by training seed (`DEMO_DIR/seed_S.json`)."""
+    folder = root / DEMO_DIR
+    runs = {int(path.stem.removeprefix("seed_")): read_json(path) for path in folder.glob("seed_*.json")}
+    return dict(sorted(runs.items()))
+
+
+def _demo_command(root: Path, seed: int | str = 0) -> str:
+    return (f"failclosed demo --seed {seed} --out runs/demo-s{seed} && "
+            f"cp runs/demo-s{seed}/summary.json {root.name}/{DEMO_DIR}/seed_{seed}.json")
+
+
 def _demo_section(root: Path) -> list[str]:
-    data = _results_file(root, DEMO_FILE)
-    if data is None:
-        return _not_measured(f"failclosed demo --out runs/demo && cp runs/demo/summary.json {root.name}/{DEMO_FILE}")
+    runs = _demo_runs(root)
+    if not runs:
+        return _not_measured(_demo_command(root))
     from failclosed_interp.demo import format_summary
 
+    seed, data = next(iter(runs.items()))
     m = data["machine"]
     timings = ", ".join(f"{k} {v:.0f} s" for k, v in data["timings_s"].items())
-    return [f"From `{root.name}/{DEMO_FILE}` (`failclosed demo`, the README's `make demo`), on {m['platform']}, "
+    return [f"From `{root.name}/{DEMO_DIR}/seed_{seed}.json` (`failclosed demo`, the README's `make demo`, training "
+            f"seed {seed}), on {m['platform']}, "
             f"{m['cpus']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']}, GPU: {m['cuda'] or 'none'}.",
             "", "```", format_summary(data), "```", "",
             "The rates in the table are judged answers (40 tokens, three-way judge). The audits behind the verdict "
@@ -347,6 +361,52 @@ def _demo_section(root: Path) -> list[str]:
             "mediation: harmful drop / harmless rise | train s | direction s | checks s |",
             "|---|---|---|---|---|---|---|---|---|",
             *(_demo_round(r) for r in data["rounds"])]
+
+
+DEMO_ROWS = (  # (column rate key, label)
+    ("refusal_harmful", "harmful refusal"),
+    ("refusal_harmless", "harmless refusal"),
+    ("refusal_borderline", "borderline refusal"),
+    ("refusal_harmful_all_ablated", "harmful, own directions ablated"),
+    ("refusal_harmful_adaptive_ablated", "harmful, attacker's direction ablated"),
+    ("compliance_harmful_adaptive_ablated", "compliance under that ablation"),
+)
+
+
+def _demo_seeds_section(root: Path) -> list[str]:
+    runs = _demo_runs(root)
+    if len(runs) < 2:
+        return _not_measured(_demo_command(root, "S") + " for a second and third seed S")
+    from failclosed_interp.demo import LABELS
+
+    seeds = list(runs)
+    lines = [f"From `{root.name}/{DEMO_DIR}/` (`failclosed demo --seed S`, one run per training seed, "
+             f"n = {_demo_n(runs)} held-out test prompts per set drawn per seed, 95% Wilson intervals; the last column is "
+             "the mean ± standard deviation over seeds).", ""]
+    for name, label in LABELS.items():
+        columns = [run["columns"][name] for run in runs.values()]
+        lines += [f"### {label}", "", "| measure | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |",
+                  "|---|" + "---|" * (len(seeds) + 1)]
+        for key, text in DEMO_ROWS:
+            rates = [c["rates"].get(key) for c in columns]
+            lines.append(f"| {text} | " + " | ".join(_rate(r) for r in rates) + " | "
+                         + _seed_mean([None if r is None else r["value"] for r in rates]) + " |")
+        ppl = [c["perplexity_harmless"] for c in columns]
+        lines.append("| perplexity of reference answers | " + " | ".join(f"{v:.2f}" for v in ppl) + " | "
+                     + _seed_mean(ppl) + " |")
+        pathways = [c["independent_pathways"] for c in columns]
+        lines.append("| audit: independent pathways | " + " | ".join(str(v) for v in pathways) + " | "
+                     + _seed_mean(pathways) + " |")
+        lines.append("| audit verdict | " + " | ".join(c["verdict_label"] for c in columns) + " | |")
+        lines.append("| directions found (layers) | " + " | ".join(str(c["direction_layers"]) for c in columns) + " | |")
+        lines.append("")
+    minutes = [f"seed {s}: {run['seconds_total'] / 60:.0f} min" for s, run in runs.items()]
+    lines.append("Wall time per run: " + ", ".join(minutes) + ".")
+    return lines
+
+
+def _demo_n(runs: dict[int, dict]) -> int:
+    return next(iter(runs.values()))["columns"]["sft"]["rates"]["refusal_harmful"]["n"]
 
 
 def _demo_round(r: dict) -> str:
@@ -372,6 +432,7 @@ def render_results(root: str | Path) -> str:
         "`failclosed reproduce` (the grid: docs/design.md and the `reproduce` API page say what it runs).", "",
         *_pending(folder, missing), "",
         "## The main job: the SFT model and the fail-closed model side by side", "", *_demo_section(root), "",
+        "## The main job across training seeds", "", *_demo_seeds_section(root), "",
         "## Choosing the default recipe (validation prompts)", "", *_validation_section(folder, results), "",
         "## Training: refusal, over-refusal, and ablation of the found directions", "", *_training_section(results), "",
         "## Public benchmark sets", "", *_public_section(results), "",
