@@ -2,15 +2,18 @@
 
     python benchmarks/demo_recipe_check.py --runs RUNS_DIR [--settings 3+2,3+1,2+1] [--out results/demo_recipe_check.json]
 
-Each setting "A+B" trains the demo's recipe (`demo.demo_recipe`, seed 0) with A epochs in round 0 (the SFT
+Each setting "A+B" (or "A+B:skip-prefix", which trains and measures ablations with the chat template's constant
+prefix left alone, `AlignConfig.skip_template_prefix`) trains the demo's recipe (`demo.demo_recipe`, seed 0) with A epochs in round 0 (the SFT
 model) and B in each fail-closed round, rounds only (`align(..., evaluate=False)`: no test prompt is
-scored), in `RUNS_DIR/A+B` (resumed when it is there). Settings with the same A share round 0: a later one
-starts from the first one's round 0 (copied, with its own settings recorded), since round 0 does not depend
-on B. Every SFT model (round 0) and fail-closed model (last round) is then measured on all built-in
+scored), in `RUNS_DIR/SETTING` (resumed when it is there). Settings with the same A share round 0: a later one
+starts from the first one's round 0 (copied, with its own settings recorded), since round 0's training and
+direction do not depend on B or the prefix option. Every SFT model (round 0) and fail-closed model (last round) is then measured on all built-in
 VALIDATION prompts with the demo's generation length and judge: harmful, harmless and borderline refusal,
-harmful refusal with the model's own directions ablated, harmful refusal and compliance under the demo's
+harmful refusal with the model's own directions ablated (as the audit and the attacker ablate: the chat
+template's constant prefix left alone, whatever the setting trains against), harmful refusal and compliance under the demo's
 adaptive attacker at its KL budget (answers of the judged length the audit uses), and the perplexity of the reference model's answers to the harmless
-prompts. Writes one JSON with every figure, its Wilson interval and n, and each setting's training time.
+prompts. Writes one JSON with every figure, its Wilson interval and n, and each setting's training time; an
+existing JSON keeps its other settings.
 """
 
 from __future__ import annotations
@@ -37,12 +40,18 @@ from failclosed_interp.scoring import refusal_rate
 from failclosed_interp.stopwatch import machine
 
 
+SKIP_PREFIX = "skip-prefix"
+
+
 def setting_config(setting: str):
-    """The demo's align settings with round-0 and later-round epochs from "A+B"."""
-    first, later = (int(x) for x in setting.split("+"))
+    """The demo's align settings with round-0 and later-round epochs from "A+B" (and ":skip-prefix")."""
+    epochs, _, option = setting.partition(":")
+    if option not in ("", SKIP_PREFIX):
+        raise ValueError(f"setting {setting!r}: the only option is {SKIP_PREFIX!r}")
+    first, later = (int(x) for x in epochs.split("+"))
     config, _ = DemoConfig().resolved()
     sft = dataclasses.replace(config.sft, train=dataclasses.replace(config.sft.train, epochs=first))
-    return dataclasses.replace(config, sft=sft, retrain_epochs=later)
+    return dataclasses.replace(config, sft=sft, retrain_epochs=later, skip_template_prefix=option == SKIP_PREFIX)
 
 
 def start_from_round0(source: Path, target: Path, config) -> None:
@@ -57,7 +66,8 @@ def start_from_round0(source: Path, target: Path, config) -> None:
 
 
 def measure(model, directions, generation: GenerationConfig, seed: int) -> dict:
-    """The validation figures of one model (its own `directions` ablated for one of them)."""
+    """The validation figures of one model (its own `directions` ablated as the audit and the attacker
+    ablate: `DirectionSet.ablation()`, the chat template's prefix left alone, whatever the training did)."""
     val = {kind: builtin(kind, "val").to_list() for kind in ("harmful", "harmless", "borderline")}
 
     def judged(prompts, interventions=()):
@@ -84,7 +94,10 @@ def main() -> None:
     args = parser.parse_args()
     settings = args.settings.split(",")
     result = {"split": "validation (all built-in val prompts)", "settings": {}, "machine": machine()}
-    sft_done: dict[int, tuple[str, dict]] = {}  # round-0 epochs -> (setting measured, its SFT figures)
+    if args.out and args.out.exists():
+        result["settings"] = read_json(args.out)["settings"]
+    sft_done: dict[int, tuple[str, dict]] = {  # round-0 epochs -> (setting measured, its SFT figures)
+        row["round0_epochs"]: (name, row["sft"]) for name, row in result["settings"].items() if "same_as" not in row["sft"]}
     for setting in settings:
         config = setting_config(setting)
         run = args.runs / setting
@@ -95,7 +108,8 @@ def main() -> None:
         trained = align(config, run, evaluate=False)
         seconds = time.perf_counter() - clock
         generation = GenerationConfig(max_new_tokens=config.eval_tokens)
-        row = {"round0_epochs": first, "later_epochs": config.retrain_epochs, "rounds_completed": trained["rounds_completed"],
+        row = {"round0_epochs": first, "later_epochs": config.retrain_epochs,
+               "skip_template_prefix": config.skip_template_prefix, "rounds_completed": trained["rounds_completed"],
                "stop_reason": trained["stop_reason"], "run": str(run), "seconds_this_call": round(seconds, 1),
                "training_s": [read_json(run / f"round_{k}" / "metrics.json")["timings_s"]
                               for k in range(trained["rounds_completed"] + 1)]}
