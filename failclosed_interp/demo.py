@@ -121,7 +121,8 @@ def demo_job(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
         clock.lap(f"audit_{name}")
         columns[name] = _column(figures, audit, found)
     rounds = [read_json(run / f"round_{k}" / "metrics.json") for k in range(align_summary["rounds_completed"] + 1)]
-    summary = {"model": config.model, "seed": config.seed, "columns": columns, "stop_reason": align_summary["stop_reason"],
+    summary = {"model": config.model, "seed": config.seed, "columns": columns,
+               "own_ablation": "every position" if not aligned.skip_template_prefix else "the chat template's prefix left alone", "stop_reason": align_summary["stop_reason"],
                "rounds_completed": align_summary["rounds_completed"], "rounds": rounds, "contrast": contrast(columns),
                "timings_s": clock.timings, "seconds_total": clock.total, "machine": machine()}
     save_figure(grouped_rate_bars({LABELS[n]: _bar_rates(c) for n, c in columns.items()},
@@ -208,6 +209,9 @@ def format_summary(summary: dict) -> str:
     lines.append("-" * (40 + width * len(columns)))
     lines.append(f"n = {n} held-out prompts per set; 95% Wilson intervals"
                  + (f"; attacker's KL budget {budget} on harmless prompts" if budget is not None else ""))
+    if "own_ablation" in summary:
+        lines.append(f"own directions are ablated as the loop trains against them ({summary['own_ablation']}); the "
+                     "audit and the attacker leave the chat template's constant prefix alone")
     for name, column in columns.items():
         lines.append(f"{LABELS[name]}: {column['verdict']}")
     if summary["stop_reason"]:
