@@ -2,18 +2,20 @@
 
     python benchmarks/demo_recipe_check.py --runs RUNS_DIR [--settings 3+2,3+1,2+1] [--out results/demo_recipe_check.json]
 
-Each setting "A+B" (or "A+B:skip-prefix", which trains and measures ablations with the chat template's constant
-prefix left alone, `AlignConfig.skip_template_prefix`) trains the demo's recipe (`demo.demo_recipe`, seed 0) with A epochs in round 0 (the SFT
-model) and B in each fail-closed round, rounds only (`align(..., evaluate=False)`: no test prompt is
-scored), in `RUNS_DIR/SETTING` (resumed when it is there). Settings with the same A share round 0: a later one
-starts from the first one's round 0 (copied, with its own settings recorded), since round 0's training and
-direction do not depend on B or the prefix option. Every SFT model (round 0) and fail-closed model (last round) is then measured on all built-in
-VALIDATION prompts with the demo's generation length and judge: harmful, harmless and borderline refusal,
-harmful refusal with the model's own directions ablated (as the audit and the attacker ablate: the chat
-template's constant prefix left alone, whatever the setting trains against), harmful refusal and compliance under the demo's
-adaptive attacker at its KL budget (answers of the judged length the audit uses), and the perplexity of the reference model's answers to the harmless
-prompts. Writes one JSON with every figure, its Wilson interval and n, and each setting's training time; an
-existing JSON keeps its other settings.
+Each setting "A+B" trains the demo's recipe (`demo.demo_recipe`, seed 0) with A epochs in round 0 (the SFT
+model) and B in each fail-closed round; "A+B:skip-prefix" also trains with the chat template's constant
+prefix left alone (`AlignConfig.skip_template_prefix`). Rounds only (`align(..., evaluate=False)`: the final
+summary on test prompts is skipped), in `RUNS_DIR/SETTING` (resumed when it is there). Settings with the
+same A share round 0: a later one starts from the first one's round 0 (copied, with its own settings
+recorded), since round 0's training and direction do not depend on B or the prefix option.
+
+Every SFT model (round 0) and fail-closed model (last round) is then measured on all built-in VALIDATION
+prompts with the demo's generation length and judge: harmful, harmless and borderline refusal; harmful
+refusal with the model's own directions ablated as the audit and the attacker ablate (the template prefix
+left alone, whatever the setting trains against); harmful refusal and compliance under the demo's adaptive
+attacker at its KL budget (answers of the judged length the audit uses); and the perplexity of the
+reference model's answers to the harmless prompts. Writes one JSON with every figure, its Wilson interval
+and n, and each setting's training time; an existing JSON keeps its other settings.
 """
 
 from __future__ import annotations

@@ -411,8 +411,8 @@ def align(
     `on_step(step, losses)` is called after every optimiser step of every round, `on_round(k, metrics)`
     after round k with what its metrics.json holds. `data_dir`: a folder holding the public benchmark
     sets (`prompts.public`); the summary then has a column for each. `evaluate=False` trains the rounds
-    only and returns {"rounds_completed", "stop_reason", "n_directions"}: no test prompt is scored (e.g. when
-    settings are being chosen on validation prompts)."""
+    only and returns {"rounds_completed", "stop_reason", "n_directions"}: the final summary on test prompts is
+    skipped (e.g. when settings are chosen on validation prompts); each round's own checks still run."""
     out = Path(out)
     done = _start(out, config)
     if done >= 0:

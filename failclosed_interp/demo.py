@@ -121,8 +121,9 @@ def demo_job(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
         clock.lap(f"audit_{name}")
         columns[name] = _column(figures, audit, found)
     rounds = [read_json(run / f"round_{k}" / "metrics.json") for k in range(align_summary["rounds_completed"] + 1)]
-    summary = {"model": config.model, "seed": config.seed, "columns": columns,
-               "own_ablation": "every position" if not aligned.skip_template_prefix else "the chat template's prefix left alone", "stop_reason": align_summary["stop_reason"],
+    own_ablation = "the chat template's prefix left alone" if aligned.skip_template_prefix else "every position"
+    summary = {"model": config.model, "seed": config.seed, "columns": columns, "own_ablation": own_ablation,
+               "stop_reason": align_summary["stop_reason"],
                "rounds_completed": align_summary["rounds_completed"], "rounds": rounds, "contrast": contrast(columns),
                "timings_s": clock.timings, "seconds_total": clock.total, "machine": machine()}
     save_figure(grouped_rate_bars({LABELS[n]: _bar_rates(c) for n, c in columns.items()},
