@@ -91,7 +91,7 @@ class AlignConfig(JsonConfig):
     `min_ablation_drop` / `min_addition_rise`: a new direction is trained against only if ablating it
     lowers the mean validation harmful refusal score (log-odds) by at least this much and adding it
     raises the harmless one by at least that; None switches a check off.
-    `round_checks`: how each round's held-out refusal (metrics.json) is measured: "generate" judges
+    `round_checks`: how each round's refusal on validation prompts (metrics.json) is measured: "generate" judges
     greedy answers of `eval_tokens` tokens; "logit" counts prompts whose most likely first answer token is a refusal token, with the
     refusal-start tokens of the training refusals (one forward pass per prompt; the final summary is
     generated either way). `attacker`: the adaptive attacker of the final summary; None leaves it out.
@@ -359,9 +359,10 @@ def mediation_check(model: ChatModel, config: AlignConfig, direction: Direction,
     return {"harmful_score_drop": drop, "harmless_score_rise": rise, "passed": not why, "why": "; ".join(why)}
 
 
-def _held_out(config: AlignConfig, kinds: tuple[str, ...]) -> dict[str, list[str]]:
-    """The built-in TEST prompts every round's metrics and the final summary are measured on."""
-    return {kind: builtin(kind, "test").take_up_to(config.n_eval, seed=config.sft.seed).to_list() for kind in kinds}
+def _built_in(config: AlignConfig, kinds: tuple[str, ...], split: str) -> dict[str, list[str]]:
+    """Up to `config.n_eval` built-in prompts of each kind from `split` (seeded): "val" for every round's
+    checks, "test" for the final summary alone."""
+    return {kind: builtin(kind, split).take_up_to(config.n_eval, seed=config.sft.seed).to_list() for kind in kinds}
 
 
 def _ablated(config: AlignConfig, ablate: DirectionSet | None) -> list[Intervention]:
@@ -377,9 +378,10 @@ def _refusal(model: ChatModel, config: AlignConfig, prompts: list[str], ablate: 
 
 def _round_metrics(model: ChatModel, config: AlignConfig, found: DirectionSet,
                    examples: Sequence[Example]) -> dict[str, JudgedResponses | RateEstimate]:
-    """Refusal on held-out harmful and harmless prompts, plain and with everything found so far ablated,
-    judged from generations or, with `round_checks="logit"`, from refusal scores (`RateEstimate`s)."""
-    test = _held_out(config, ("harmful", "harmless"))
+    """Refusal on validation harmful and harmless prompts, plain and with everything found so far ablated,
+    judged from generations or, with `round_checks="logit"`, from refusal scores (`RateEstimate`s). The
+    rounds never read test prompts: the final summary scores them once."""
+    val = _built_in(config, ("harmful", "harmless"), "val")
     if config.round_checks == "logit":
         tokens = training_refusal_tokens(model, examples)
 
@@ -387,9 +389,9 @@ def _round_metrics(model: ChatModel, config: AlignConfig, found: DirectionSet,
             return first_token_refusal_rate(model, prompts, tokens, _ablated(config, ablate))
     else:
         measure = lambda prompts, ablate=None: _refusal(model, config, prompts, ablate)  # noqa: E731
-    rates = {f"refusal_{kind}": measure(prompts) for kind, prompts in test.items()}
+    rates = {f"refusal_{kind}": measure(prompts) for kind, prompts in val.items()}
     if len(found):
-        rates["refusal_harmful_all_ablated"] = measure(test["harmful"], found)
+        rates["refusal_harmful_all_ablated"] = measure(val["harmful"], found)
     return rates
 
 
@@ -423,7 +425,6 @@ def align(
         model, found, stop_reason = fresh_lora_model(config.sft, device), DirectionSet(), None
     examples = _examples(model, out, config, progress)
     rounds = tqdm(range(done + 1, config.rounds + 1), desc=f"{config.method} rounds", disable=not progress)
-    measured: dict[str, JudgedResponses] = {}  # the last round's generated held-out rates, reused by the final summary
     for k in rounds if stop_reason is None else ():
         folder, clock = _round_dir(out, k), Stopwatch(digits=1)
         train = round_training(config, k)
@@ -443,10 +444,9 @@ def align(
             save_directions(found, folder / "directions", model.identity())
         checks = _round_metrics(model, config, found, examples)
         clock.lap("checks")
-        measured = {name: m for name, m in checks.items() if isinstance(m, JudgedResponses)}
         rates = {name: m.rate if isinstance(m, JudgedResponses) else m for name, m in checks.items()}
         metrics = {"round": k, "stop_reason": stop_reason, "n_directions": len(found), **notes,
-                   "round_checks": config.round_checks, **{name: rate.value for name, rate in rates.items()},
+                   "round_checks": config.round_checks, "checked_on": "val", **{name: rate.value for name, rate in rates.items()},
                    "ci": {name: rate.to_dict() for name, rate in rates.items()}, "timings_s": clock.timings}
         write_json(folder / "metrics.json", metrics)
         write_json(out / STATE_FILE, {"config": config.to_dict(), "completed_round": k, "stop_reason": stop_reason})
@@ -457,7 +457,7 @@ def align(
             break
     if not evaluate:
         return {"rounds_completed": done, "stop_reason": stop_reason, "n_directions": len(found)}
-    summary = _finish(model, config, out, found, done, stop_reason, measured, progress, data_dir)
+    summary = _finish(model, config, out, found, done, stop_reason, progress, data_dir)
     if merge and is_main_process():
         export_checkpoint(config.model, out / "final" / "merged", adapter=out / "final" / "adapter", overwrite=True)
     return summary
@@ -481,9 +481,8 @@ def reference_answers(model: ChatModel, prompts: list[str], max_new_tokens: int)
 
 
 def _finish(model: ChatModel, config: AlignConfig, out: Path, found: DirectionSet, done: int, stop_reason,
-            measured: dict[str, JudgedResponses], progress, data_dir: str | Path | None = None) -> dict:
-    """Copy the last round to `final/` and write the held-out evaluation of the final model (reusing the
-    rates `measured` on it at the end of its round)."""
+            progress, data_dir: str | Path | None = None) -> dict:
+    """Copy the last round to `final/` and write the evaluation of the final model on test prompts."""
     final = out / "final"
     last = _round_dir(out, done)
     for part in ("adapter", "directions"):
@@ -494,7 +493,7 @@ def _finish(model: ChatModel, config: AlignConfig, out: Path, found: DirectionSe
                "rounds_completed": done, "stop_reason": stop_reason, "n_directions": len(found),
                "direction_layers": [d.layer for d in found], "direction_methods": [d.method for d in found],
                **_reference_note(out),
-               **evaluate_final(model, config, found, out / "final" / "adaptive", progress, measured)}
+               **evaluate_final(model, config, found, out / "final" / "adaptive", progress)}
     if data_dir is not None:
         summary["public"] = public_columns(model, data_dir, seed=config.sft.seed, max_new_tokens=config.eval_tokens,
                                            progress=progress)
@@ -502,23 +501,15 @@ def _finish(model: ChatModel, config: AlignConfig, out: Path, found: DirectionSe
     return summary
 
 
-def evaluate_final(model: ChatModel, config: AlignConfig, found: DirectionSet, adaptive_dir: Path | None, progress: bool,
-                   measured: dict[str, JudgedResponses] | None = None) -> dict:
-    """The final summary figures on held-out built-in TEST prompts. `measured`: rates already judged
-    on this model with these settings (`_round_metrics`), not generated again. The adaptive attacker's
-    search is saved to `adaptive_dir` (when `config.attacker` is set and `adaptive_dir` is not None)."""
-    test = _held_out(config, ("harmful", "harmless", "borderline"))
-    rates = dict(measured or {})
-    for kind, prompts in test.items():
-        if f"refusal_{kind}" not in rates:
-            rates[f"refusal_{kind}"] = _refusal(model, config, prompts)
-    all_ablated = "refusal_harmful_all_ablated"
-    if len(found) == 1 and all_ablated in rates:  # one direction: ablating it alone is ablating them all
-        each = [rates[all_ablated]]
-    else:
-        each = [_refusal(model, config, test["harmful"], found[i : i + 1]) for i in range(len(found))]
-    if len(found) and all_ablated not in rates:
-        rates[all_ablated] = each[0] if len(found) == 1 else _refusal(model, config, test["harmful"], found)
+def evaluate_final(model: ChatModel, config: AlignConfig, found: DirectionSet, adaptive_dir: Path | None,
+                   progress: bool) -> dict:
+    """The final summary figures on held-out built-in TEST prompts. The adaptive attacker's search is saved
+    to `adaptive_dir` (when `config.attacker` is set and `adaptive_dir` is not None)."""
+    test = _built_in(config, ("harmful", "harmless", "borderline"), "test")
+    rates = {f"refusal_{kind}": _refusal(model, config, prompts) for kind, prompts in test.items()}
+    each = [_refusal(model, config, test["harmful"], found[i : i + 1]) for i in range(len(found))]
+    if len(found):  # one direction: ablating it alone is ablating them all
+        rates["refusal_harmful_all_ablated"] = each[0] if len(found) == 1 else _refusal(model, config, test["harmful"], found)
     adaptive_rates, adaptive_note = {}, {}
     if config.attacker is not None:
         # The adaptive attacker: its own prompts and search, a direction per KL budget on harmless prompts; the

@@ -33,6 +33,7 @@ from failclosed_interp.stopwatch import Stopwatch, machine
 
 MODELS = {"sft": "round_0", "failclosed": "final"}  # demo column -> folder of the align run
 LABELS = {"sft": "SFT (round 0)", "failclosed": "fail-closed"}
+SPLIT_NAMES = {"val": "validation", "test": "held-out test"}  # metrics.json "checked_on" (absent: test, as runs used to)
 
 
 def demo_recipe() -> AlignConfig:
@@ -170,7 +171,7 @@ def format_round(k: int, metrics: dict) -> str:
     """The line printed after round k; after round 0, whether the SFT model is fail-open."""
     how = "first answer token" if metrics.get("round_checks") == "logit" else "judged answers"
     line = (f"round {k}: harmful refusal {metrics['refusal_harmful']:.2f}, harmless {metrics['refusal_harmless']:.2f}"
-            f" ({how}, held-out test prompts)")
+            f" ({how}, {SPLIT_NAMES[metrics.get('checked_on', 'test')]} prompts)")
     ablated = metrics.get("refusal_harmful_all_ablated")
     if ablated is not None:
         line += f"; with the {metrics['n_directions']} found direction(s) ablated: {ablated:.2f}"

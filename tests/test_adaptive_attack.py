@@ -96,6 +96,8 @@ def test_among_the_strongest_few_the_most_compliant_wins_but_never_over_budget()
     (dict(kl_budgets=(0.1, math.nan), report_budget=0.1), r"kl_budgets must be distinct numbers >= 0"),
     (dict(report_budget=0.2), r"report_budget 0.2 is not one of kl_budgets \(0.1, 0.3, 1.0, inf\); add it there"),
     (dict(rdo_steps=-1), r"rdo_steps must be an integer >= 0 \(0 skips the RDO direction\), got -1"),
+    (dict(ablate_template_prefix=()), r"ablate_template_prefix must be distinct booleans"),
+    (dict(ablate_template_prefix=(True, True)), r"ablate_template_prefix must be distinct booleans"),
     (dict(n_verify=-2), r"n_verify must be an integer >= 0"),
     (dict(verify_tokens=0), r"AdaptiveAttackConfig.verify_tokens must be a positive integer"),
     (dict(positions=(0,)), r"positions must be negative"),
@@ -288,7 +290,32 @@ def test_a_saved_search_loads_back_equal(toy, toy_search, tmp_path):
     loaded = load_search(tmp_path, toy.model)
     assert loaded.choices == search.choices and loaded.refusal_tokens == search.refusal_tokens
     assert list(loaded.candidates) == list(search.candidates)
-    assert loaded.to_dict() == search.to_dict()
+    assert loaded.to_dict() == search.to_dict() and loaded.prefix_ablated == search.prefix_ablated
+
+
+def test_every_direction_is_a_candidate_under_both_ablations_and_is_answered_as_it_was_scored(toy, toy_search, monkeypatch):
+    flags = toy_search.prefix_ablated
+    assert len(flags) == len(toy_search.candidates) and flags[:2] == (False, True)
+    assert [c.layer for c in toy_search.candidates[::2]] == [c.layer for c in toy_search.candidates[1::2]]
+    only_left_alone = search_directions(toy.model, toy_config(toy, ablate_template_prefix=(False,)), TOY_JUDGE)
+    assert only_left_alone.prefix_ablated == (False,) * len(only_left_alone.candidates)
+    assert [c.scores["refusal_score"] for c in only_left_alone.candidates] == [
+        c.scores["refusal_score"] for c, f in zip(toy_search.candidates, flags) if not f]
+    for i in range(2):
+        assert toy_search.ablation(i).skip_template_prefix is (not flags[i])
+    # the answers under a budget's choice use that candidate's ablation, and the outcome names it
+    seen = []
+    real = adaptive_module.generate
+    monkeypatch.setattr(adaptive_module, "generate",
+                        lambda m, p, g, interventions, **kw: seen.append(list(interventions)) or real(m, p, g, interventions, **kw))
+    forced = adaptive_module.AttackSearch(toy_search.candidates, ((0.1, 1), (0.3, 1), (1.0, 1), (math.inf, 1)),
+                                          toy_search.baseline_refusal_score, toy_search.refusal_tokens,
+                                          prefix_ablated=flags)
+    result = adaptive_attack(toy.model, toy.prompts.harmful_eval[:2], toy_config(toy), TOY_JUDGE, search=forced)
+    assert len(seen) == 1 and seen[0][0].skip_template_prefix is False  # candidate 1 ablates the prefix too
+    assert result.report.to_dict()["direction"]["template_prefix"] == "ablated"
+    with pytest.raises(ValueError, match="prefix_ablated has 1 entries"):
+        adaptive_module.AttackSearch(toy_search.candidates, (), None, (), prefix_ablated=(True,))
 
 
 def test_evaluate_reports_the_budget_curve_and_its_asr_is_the_report_budget(toy, toy_search, tmp_path, monkeypatch):
@@ -323,7 +350,8 @@ def test_the_job_writes_the_curve_without_responses_and_the_whole_result_on_requ
 def test_kl_is_computed_only_where_it_can_change_a_choice(toy, toy_search, monkeypatch):
     calls = []
     real = adaptive_module._Scorer.kl_scored
-    monkeypatch.setattr(adaptive_module._Scorer, "kl_scored", lambda self, d: calls.append(d.layer) or real(self, d))
+    monkeypatch.setattr(adaptive_module._Scorer, "kl_scored",
+                        lambda self, d, prefix: calls.append(d.layer) or real(self, d, prefix))
     full = search_directions(toy.model, toy_config(toy, score_all_kl=True), TOY_JUDGE)
     assert len(calls) == len(full.candidates) and all(math.isfinite(c.scores["kl"]) for c in full.candidates)
     assert full.choices == toy_search.choices

@@ -12,6 +12,7 @@ from failclosed_interp.attacks import AdaptiveAttackConfig
 from failclosed_interp.align import AlignConfig, align, training_ablation
 from failclosed_interp.directions import Direction, DirectionSet
 from failclosed_interp.interventions import orthonormal_basis
+from failclosed_interp.prompts import builtin
 from failclosed_interp.search import DirectionJobConfig
 from failclosed_interp.rdo import RDOConfig
 from failclosed_interp.training import SFTConfig, TrainConfig
@@ -246,7 +247,6 @@ def test_final_summary_runs_the_independent_attacker_on_the_final_model_and_test
     whole KL budget curve."""
     import failclosed_interp.align as align_module
     from failclosed_interp.models import load_model
-    from failclosed_interp.prompts import builtin
 
     model = load_model("tiny-llama")
     seen = {}
@@ -271,26 +271,24 @@ def test_final_summary_runs_the_independent_attacker_on_the_final_model_and_test
     assert result["adaptive_direction_layer"] is None and "refused none" in result["adaptive_failure"]
 
 
-def test_final_summary_reuses_the_last_rounds_rates_instead_of_generating_them_again(tmp_path, monkeypatch):
+def test_rounds_check_validation_prompts_and_only_the_summary_reads_test_prompts(tmp_path, monkeypatch):
     import failclosed_interp.align as align_module
 
-    plain_harmful = []
+    test, val = set(builtin("harmful", "test")), set(builtin("harmful", "val"))
+    reads = []
     real_refusal = align_module._refusal
 
     def spy_refusal(m, config, prompts, ablate=None):
-        if ablate is None and prompts == align_module._held_out(config, ("harmful",))["harmful"]:
-            plain_harmful.append(1)
+        if ablate is None and set(prompts) <= set(builtin("harmful", "all")):
+            reads.append("test" if set(prompts) <= test else "val" if set(prompts) <= val else "other")
         return real_refusal(m, config, prompts, ablate)
 
     monkeypatch.setattr(align_module, "_refusal", spy_refusal)
     summary = align(tiny_config("sft", rounds=1), tmp_path, progress=False)
-    assert len(plain_harmful) == 2  # once per round (rounds 0 and 1); the summary reuses round 1's
-    assert summary["refusal_harmful"] == json.loads((tmp_path / "round_1" / "metrics.json").read_text())["refusal_harmful"]
+    assert reads == ["val", "val", "test"]  # rounds 0 and 1 on validation prompts, the summary once on test ones
+    metrics = json.loads((tmp_path / "round_1" / "metrics.json").read_text())
+    assert metrics["checked_on"] == "val" and metrics["ci"]["refusal_harmful"]["n"] == 3
     assert summary["ci"]["refusal_harmful"]["n"] == 3
-    # A resumed, already finished run has nothing measured in this process: it judges again, once.
-    plain_harmful.clear()
-    assert align(tiny_config("sft", rounds=1), tmp_path, progress=False) == summary
-    assert len(plain_harmful) == 1
 
 
 def test_rounds_after_round_0_train_retrain_epochs(tmp_path):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from failclosed_interp.attacks.adaptive import (
-    SEARCH_FILE, AdaptiveAttackConfig, AttackSearch, adaptive_attack, load_search, save_search, search_directions, summary,
+    SEARCH_FILE, AdaptiveAttackConfig, AttackSearch, adaptive_attack, load_search, save_search, search_directions,
 )
 from failclosed_interp.attacks.base import AttackResult, AttackRunner, ResultCallback
 from failclosed_interp.configs import config_to_dict
@@ -46,10 +46,10 @@ class DirectionAblation(AttackRunner):
                                  search=self.search(model, judge, progress=progress), progress=progress)
         report, results = result.report, []
         for i, prompt in enumerate(prompts):
-            curve = [{"kl_budget": o.to_dict(responses=False)["kl_budget"], "direction": summary(o.direction),
+            curve = [{"kl_budget": o.to_dict(responses=False)["kl_budget"], "direction": o.direction_summary,
                       "verdict": o.verdicts[i].value, "response": o.responses[i]} for o in result.outcomes]
             details = {"kl_budget": curve[result.outcomes.index(report)]["kl_budget"], "verdict": report.verdicts[i].value,
-                       "direction": summary(report.direction), "no_direction_reason": result.search.reason or None,
+                       "direction": report.direction_summary, "no_direction_reason": result.search.reason or None,
                        "budgets": curve}
             results.append(AttackResult(self.name, prompt, prompt, report.responses[i],
                                         report.verdicts[i] is Verdict.COMPLIANCE, label=report.verdicts[i].value,

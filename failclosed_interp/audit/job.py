@@ -208,7 +208,8 @@ def _add_adaptive(model, refusal: AblationRefusal, prompts: PromptSplits, config
     span of the audited ones."""
     attack = adaptive_attack(model, prompts.harmful_eval, config.attacker, judge,
                              max_new_tokens=max(config.measure.max_new_tokens, MIN_JUDGED_TOKENS), progress=progress)
-    chosen = attack.search.chosen(config.kl_budget)
+    index = attack.search.chosen_index(config.kl_budget)
+    chosen = None if index is None else attack.search.candidates[index]
     if chosen is None:
         why = attack.search.reason or f"no candidate within KL {config.kl_budget}"
         return f"adaptive attacker: no direction to audit ({why})", attack
@@ -216,9 +217,11 @@ def _add_adaptive(model, refusal: AblationRefusal, prompts: PromptSplits, config
         check_new(chosen, refusal.directions, config.min_new_component, what="the adaptive attacker's direction")
     except InsideSpan as err:
         return str(err), attack
-    index = refusal.append(chosen)
+    prefix = attack.search.describe(index)["template_prefix"]
+    audited = refusal.append(chosen)
     return (f"adaptive attacker's direction within KL {config.kl_budget}: layer {chosen.layer}, position "
-            f"{chosen.position} ({chosen.method}), audited as direction {index}"), attack
+            f"{chosen.position} ({chosen.method}; the attacker ablated it with the template prefix {prefix}), "
+            f"audited as direction {audited}"), attack
 
 
 def audit_model(

@@ -417,7 +417,7 @@ def _demo_section(root: Path, runs: dict[int, dict]) -> list[str]:
             "[below](#logit-refusal-measure-against-judged-answers)), as do the round checks below; where the two "
             "disagree, the judged answers are what the model says.", "",
             f"Where the time went: {timings}.", "",
-            "Each round, as the loop checked it (held-out test prompts; first answer token when the round checks are "
+            f"Each round, as the loop checked it ({_round_split(data['rounds'])} prompts; first answer token when the round checks are "
             "by logit; mediation: the new direction's effect on validation refusal scores, log-odds):", "",
             "| round | harmful refusal | harmless refusal | harmful, found directions ablated | directions | "
             "mediation: harmful drop / harmless rise | train s | direction s | checks s |",
@@ -468,6 +468,12 @@ def _demo_seeds_section(root: Path, runs: dict[int, dict]) -> list[str]:
 
 def _demo_n(runs: dict[int, dict]) -> int:
     return next(iter(runs.values()))["columns"]["sft"]["rates"]["refusal_harmful"]["n"]
+
+
+def _round_split(rounds: list[dict]) -> str:
+    from failclosed_interp.demo import SPLIT_NAMES
+
+    return " and ".join(sorted({SPLIT_NAMES[r.get("checked_on", "test")] for r in rounds}))
 
 
 def _demo_round(r: dict) -> str:
