@@ -148,6 +148,7 @@ def _column(figures: dict, audit: AuditResult, found: DirectionSet) -> dict:
     return {"rates": rates, "perplexity_harmless": figures["perplexity_harmless"],
             "n_directions": len(found), "direction_layers": [d.layer for d in found],
             "attack_kl_budget": report.kl_budget if report is not None else None,
+            "attack_template_prefix": report.direction_summary["template_prefix"] if report is not None else None,
             "verdict_label": audit.verdict_label, "verdict": audit.verdict,
             "independent_pathways": len(audit.pathways)}
 
@@ -213,7 +214,7 @@ def format_summary(summary: dict) -> str:
                  + (f"; attacker's KL budget {budget} on harmless prompts" if budget is not None else ""))
     if "own_ablation" in summary:
         lines.append(f"own directions are ablated as the loop trains against them ({summary['own_ablation']}); the "
-                     "audit and the attacker leave the chat template's constant prefix alone")
+                     "audit leaves the chat template's constant prefix alone" + _attacker_prefix(columns))
     for name, column in columns.items():
         lines.append(f"{LABELS[name]}: {column['verdict']}")
     if summary["stop_reason"]:
@@ -222,6 +223,14 @@ def format_summary(summary: dict) -> str:
         lines.append("no fail-closed round was trained: the fail-closed column is the round-0 model")
     lines += [f"result: {summary['contrast']}", f"time: {summary['seconds_total']} s"]
     return "\n".join(lines)
+
+
+def _attacker_prefix(columns: dict[str, dict]) -> str:
+    """How the attacker's chosen directions were ablated (summaries from before it tried both: prefix left alone)."""
+    if not any("attack_template_prefix" in c for c in columns.values()):
+        return ", as does the attacker"
+    chosen = "; ".join(f"{LABELS[n]}: prefix {c['attack_template_prefix'] or '-'}" for n, c in columns.items())
+    return f"; the attacker tries both and keeps the stronger ({chosen})"
 
 
 def _number(value: float | None) -> str:

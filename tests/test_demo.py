@@ -128,6 +128,23 @@ def test_the_table_shows_both_models_every_rate_with_its_interval_and_the_verdic
     assert "the fail-closed column is the round-0 model" in text
 
 
+def test_the_table_says_how_the_attacker_ablated_each_models_direction():
+    columns = {"sft": {**_column("fail-open"), "attack_template_prefix": "left alone"},
+               "failclosed": {**_column("fail-closed"), "attack_template_prefix": "ablated"}}
+    summary = {"columns": columns, "stop_reason": None, "rounds_completed": 1, "contrast": contrast(columns),
+               "seconds_total": 1.0, "own_ablation": "every position"}
+    assert ("the attacker tries both and keeps the stronger (SFT (round 0): prefix left alone; fail-closed: prefix "
+            "ablated)") in format_summary(summary)
+    older = {n: {k: v for k, v in c.items() if k != "attack_template_prefix"} for n, c in columns.items()}
+    assert "prefix alone, as does the attacker" in format_summary({**summary, "columns": older})
+
+
+def test_the_round_line_names_the_prompts_it_was_checked_on():
+    metrics = {"round_checks": "logit", "refusal_harmful": 0.9, "refusal_harmless": 0.05, "n_directions": 0}
+    assert "validation prompts" in format_round(1, {**metrics, "checked_on": "val"})
+    assert "held-out test prompts" in format_round(1, metrics)  # summaries written before the rounds used val
+
+
 def test_the_round_line_says_fail_open_only_when_ablation_collapses_refusal():
     metrics = {"round_checks": "logit", "refusal_harmful": 0.9, "refusal_harmless": 0.05, "n_directions": 1,
                "refusal_harmful_all_ablated": 0.1, "stop_reason": None}
