@@ -171,6 +171,15 @@ def test_a_flag_left_out_keeps_the_configs_default(monkeypatch):
     config = audit["kwargs"]["config"]
     assert (config.n_eval, config.n_harmless, config.k_max, config.measure.mode) == (6, 6, 2, "logit")
     assert config.directions.positions == (-1,) and config.directions.lazy  # the audit's own search default kept
+    audit = _config_of(monkeypatch, "failclosed_interp.audit", "audit_job",
+                       ["audit", "--out", "o", "--adaptive", "--kl-budget", "0.3", "--positions", "-2",
+                        "--attacker-positions", "-1", "--attacker-kl-budgets", "0.3", "--attacker-report-budget", "0.3",
+                        "--attacker-layer-stride", "2", "--attacker-n-verify", "0", "--attacker-template-prefix", "ablated"])
+    config = audit["kwargs"]["config"]
+    assert config.adaptive and config.directions.positions == (-2,)  # the search's and the attacker's apart
+    attacker = config.attacker
+    assert (attacker.positions, attacker.kl_budgets, attacker.layer_stride, attacker.n_verify) == ((-1,), (0.3,), 2, 0)
+    assert attacker.ablate_template_prefix == (True,) and attacker.n_fit == AuditConfig().attacker.n_fit
     jc = _config_of(monkeypatch, "failclosed_interp.jobs", "direction_job", ["directions", "--out", "d"])["args"][2]
     assert jc == DirectionJobConfig()
 
@@ -191,3 +200,4 @@ def test_evaluate_passes_its_options_to_the_ablation_attacker(tmp_path, monkeypa
     assert attacker.positions == (-1,) and attacker.kl_budgets == (0.05, math.inf) and attacker.report_budget == 0.05
     assert attacker.rdo_steps == 0 and attacker.n_fit == 10
     assert main(["evaluate", "--no-base", "--attacks", "ablation", "--kl-budgets", "0.1,lots", "--out", str(tmp_path)]) == 2
+    assert main(["evaluate", "--no-base", "--attacks", "ablation", "--template-prefix", "some", "--out", str(tmp_path)]) == 2

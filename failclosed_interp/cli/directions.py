@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from failclosed_interp.cli.options import apply, command, fallback_field, fields_of, given, model_flags, search_flags
+from failclosed_interp.cli.options import (
+    apply, attacker_flags, command, fallback_field, fields_of, given, model_flags, search_flags,
+)
 from failclosed_interp.judges import DEFAULT_JUDGE, JUDGE_NAMES
 
 
@@ -103,8 +105,11 @@ def add_parsers(sub) -> None:
                    help="skip the search for the strongest direction without the KL limit")
     p.add_argument("--n-eval", dest="n_eval", type=int, help="harmful prompts per refusal figure, harmless for steering")
     p.add_argument("--max-new-tokens", dest="measure.max_new_tokens", type=int, help="tokens generated and judged per response")
-    p.add_argument("--adaptive", action="store_true", help="with --directions: also audit the model's own DIM direction")
+    p.add_argument("--adaptive", action="store_true",
+                   help="also run the independent adaptive attacker (the --attacker-* flags) and audit the direction it "
+                        "picks within --kl-budget")
     search_flags(p, "directions.")
+    attacker_flags(p, "attacker.", "attacker-")  # after the search's: a library error's `positions` names --positions
     p.add_argument("--figures", action="store_true", default=False,
                    help="also write each figure to OUT/figures (HTML, PNG with Chromium)")
     p.add_argument("--out", type=Path, required=True)

@@ -169,14 +169,33 @@ def fields_of(args: argparse.Namespace, config) -> dict:
     return {key: value for key, value in vars(args).items() if key.split(".")[0] in fields}
 
 
-def attacker_flags(p: argparse.ArgumentParser, at: str) -> None:
-    """The adaptive ablation attacker's settings (AdaptiveAttackConfig at `at`); its prompts are the built-in attack split."""
-    p.add_argument("--kl-budgets", dest=f"{at}kl_budgets", type=numbers,
-                   help="attacker: KL budgets on harmless prompts, one chosen direction each ('inf' = no limit)")
-    p.add_argument("--report-budget", dest=f"{at}report_budget", type=float, help="attacker: the KL budget its ASR is quoted at")
-    p.add_argument("--n-fit", dest=f"{at}n_fit", type=int,
-                   help="attacker: prompts per kind for DIM means and RDO; the rest of its prompts score candidates")
-    p.add_argument("--rdo-steps", dest=f"{at}rdo_steps", type=int, help="attacker: RDO steps for its RDO direction (0: none)")
-    p.add_argument("--positions", dest=f"{at}positions", type=positions,
-                   help="attacker: token positions of DIM candidates: 'all' post-instruction positions, or negative "
-                        "indices such as -1,-2")
+PREFIX_CHOICES = {"both": (False, True), "left-alone": (False,), "ablated": (True,)}
+
+
+def prefix_choice(text: str) -> tuple[bool, ...]:
+    """An --template-prefix value: the AdaptiveAttackConfig.ablate_template_prefix it stands for."""
+    if text not in PREFIX_CHOICES:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose one of {', '.join(PREFIX_CHOICES)}")
+    return PREFIX_CHOICES[text]
+
+
+def attacker_flags(p: argparse.ArgumentParser, at: str, flag: str = "") -> None:
+    """The adaptive ablation attacker's settings (AdaptiveAttackConfig at `at`); its prompts are the built-in
+    attack split. `flag` starts every flag's name (e.g. "attacker-" where the command has flags of its own
+    with the same names)."""
+    def add(name: str, field: str, **kwargs) -> None:
+        p.add_argument(f"--{flag}{name}", dest=f"{at}{field}", **kwargs)
+
+    add("kl-budgets", "kl_budgets", type=numbers,
+        help="attacker: KL budgets on harmless prompts, one chosen direction each ('inf' = no limit)")
+    add("report-budget", "report_budget", type=float, help="attacker: the KL budget its ASR is quoted at")
+    add("n-fit", "n_fit", type=int,
+        help="attacker: prompts per kind for DIM means and RDO; the rest of its prompts score candidates")
+    add("rdo-steps", "rdo_steps", type=int, help="attacker: RDO steps for its RDO direction (0: none)")
+    add("positions", "positions", type=positions,
+        help="attacker: token positions of DIM candidates: 'all' post-instruction positions, or negative indices such as -1,-2")
+    add("layer-stride", "layer_stride", type=int, help="attacker: score the candidates of every k-th layer (1: all)")
+    add("n-verify", "n_verify", type=int,
+        help="attacker: candidates per budget tried by generating answers (0: choose by refusal score alone)")
+    add("template-prefix", "ablate_template_prefix", type=prefix_choice, metavar="{" + ",".join(PREFIX_CHOICES) + "}",
+        help="attacker: ablate each candidate with the chat template's prefix left alone, ablated too, or both ways (default)")
