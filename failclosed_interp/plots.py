@@ -134,7 +134,7 @@ def rate_curves(
 
 def grouped_rate_bars(groups: Mapping[str, Mapping[str, RateEstimate]], *, title: str, yaxis: str = "rate") -> go.Figure:
     """Rates side by side: `groups[series][column]`, one coloured bar per series (e.g. model) in each column
-    (e.g. attack), with bootstrap-CI error bars. Missing cells are left out."""
+    (e.g. attack), each with its 95% interval as error bars. Missing cells are left out."""
     columns = list(dict.fromkeys(c for rates in groups.values() for c in rates))
     fig = go.Figure()
     for series, rates in groups.items():

@@ -74,6 +74,15 @@ def test_a_demo_run_folder_reads_as_its_two_audits(folder, tmp_path):
     curves = {t.name: list(t.y) for t in drawn["joint"].figure.data}
     assert curves["fail-closed demo s0"] == [d["value"] for d in audits["project"]["joint_ablation_curve"]["found"]]
     assert drawn["adaptive"].models == ("fail-closed demo s0",) and drawn["attacks"].figure is None
+    # `failclosed evaluate --out DEMO/attacks` with the demo's models as rows: the attack figure draws it
+    (demo / "attacks").mkdir()
+    attacked = {"models": {"sft": {"asr": {"gcg": rate(0.4)}, "average_asr": rate(0.4)},
+                           "failclosed": {"asr": {"gcg": rate(0.1)}, "average_asr": rate(0.1)}}, "judge": "three-way"}
+    (demo / "attacks" / "results.json").write_text(json.dumps(attacked))
+    drawn = {f.id: f for f in mechanistic_figures(load_results(demo))}
+    assert drawn["attacks"].models == ("sft s0", "fail-closed demo s0")
+    bars = {t.name: list(t.y) for t in drawn["attacks"].figure.data}
+    assert bars == {"sft s0": [0.4, 0.4], "fail-closed demo s0": [0.1, 0.1]}  # gcg and the average
 
 
 @pytest.fixture(scope="module")

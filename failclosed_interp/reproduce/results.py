@@ -9,12 +9,13 @@ from pathlib import Path
 from failclosed_interp.artifacts import read_json
 from failclosed_interp.configs import config_from_dict
 from failclosed_interp.reproduce.grid import GRID_RECIPES, Experiment, GridConfig, build_grid
-from failclosed_interp.reproduce.runner import GRID_FILE, load_result, run_grid
+from failclosed_interp.reproduce.runner import GRID_FILE, evaluation_row, load_result, run_grid
 from failclosed_interp.reproduce.selection import Choice, SelectionRule, choose_recipe
 from failclosed_interp.stats import RateEstimate
 
 
 DEMO_MODELS = {"sft": "sft", "failclosed": "fail-closed demo"}  # the demo's audit folders -> recipe names in figures
+DEMO_ATTACKS = "attacks"  # `failclosed evaluate --out DEMO/attacks` with the demo's models as rows `sft` and `failclosed`
 
 
 def load_results(folder: str | Path) -> dict[str, dict]:
@@ -33,10 +34,14 @@ def load_results(folder: str | Path) -> dict[str, dict]:
 def demo_results(folder: str | Path) -> dict[str, dict]:
     """A finished `failclosed demo` run as results: per model (the SFT one and the fail-closed one) its audit,
     and the audit's adaptive attack (if it ran) as a training run's final evaluation records it. Attack runs
-    are not part of the demo, so the attack figure has nothing to draw from it."""
+    are not part of the demo; the attack figure draws them from `DEMO/attacks/results.json` when you run
+    them there: `failclosed evaluate --no-base --adapter sft=DEMO/align/round_0/adapter --adapter
+    failclosed=DEMO/align/final/adapter --out DEMO/attacks`."""
     folder = Path(folder)
     summary = read_json(folder / "summary.json")
     seed = read_json(folder / "config.json").get("seed", 0) if (folder / "config.json").exists() else 0
+    attacks_file = folder / DEMO_ATTACKS / "results.json"
+    attacked = read_json(attacks_file) if attacks_file.exists() else {"models": {}}
     out = {}
     for name, recipe in DEMO_MODELS.items():
         path = folder / "audit" / name / "audit.json"
@@ -46,6 +51,8 @@ def demo_results(folder: str | Path) -> dict[str, dict]:
         kinds = {"audit": audit}
         if audit.get("adaptive_attack"):
             kinds["align"] = {"adaptive_attack": audit["adaptive_attack"]}
+        if name in attacked["models"]:
+            kinds["attacks"] = evaluation_row(attacked, name)
         for kind, result in kinds.items():
             experiment = f"{kind}-{name}-s{seed}"
             out[experiment] = {"experiment": {"name": experiment, "kind": kind, "recipe": recipe, "seed": seed,

@@ -137,7 +137,12 @@ def _run(exp: Experiment, grid: list[Experiment], runs: Path, progress: bool, da
         return result.to_dict()
     spec = ModelSpec(trained.name.removeprefix("align-"), model, str(final / "adapter"))
     evaluated = evaluate([spec], folder, config_from_dict(EvalConfig, exp.config), progress=progress)
-    return {**evaluated["models"][spec.label], **{k: v for k, v in evaluated.items() if k != "models"}}
+    return evaluation_row(evaluated, spec.label)
+
+
+def evaluation_row(evaluated: dict, label: str) -> dict:
+    """One model's attack results from `evaluate`'s results (its row, with the run's shared settings)."""
+    return {**evaluated["models"][label], **{k: v for k, v in evaluated.items() if k != "models"}}
 
 
 def _hours(seconds: float) -> str:
