@@ -58,6 +58,23 @@ def check(model, direction, tokens, harmful, harmless, generation) -> dict:
     }
 
 
+def reference_direction(model, folder: Path, n_train: int, n_val: int):
+    """(job config, selection, seconds): the DIM direction at the last prompt token as the loop picks its
+    reference after round 0 (Arditi's rules, else KL <= 0.3), searched on `n_train` TRAIN prompts per kind
+    and selected on `n_val` VALIDATION ones."""
+    jc = DirectionJobConfig(n_train=n_train, n_val=n_val,
+                            search=DirectionConfig(positions=(-1,), fallback=FallbackRules(kl_threshold=0.3)))
+    start = time.perf_counter()
+    selection = direction_job(model, folder, jc, progress=False)
+    return jc, selection, time.perf_counter() - start
+
+
+def machine() -> dict:
+    """The machine a timing came from, and how busy it was at the start."""
+    return {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "load_average_at_start": os.getloadavg()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=EMBEDDED_MODEL)
@@ -69,18 +86,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/rdo_timing"), help="folder for the DIM search outputs")
     args = parser.parse_args()
     model = load_model(args.model, adapter=args.adapter)
-    jc = DirectionJobConfig(n_train=args.n_train, n_val=args.n_val,
-                            search=DirectionConfig(positions=(-1,), fallback=FallbackRules(kl_threshold=0.3)))
-    start = time.perf_counter()
-    selection = direction_job(model, args.work / "search", jc, progress=False)
-    reference, dim_s = selection.direction, time.perf_counter() - start
+    jc, selection, dim_s = reference_direction(model, args.work / "search", args.n_train, args.n_val)
+    reference = selection.direction
     harmful_val, harmless_val = jc.prompts("harmful", "val"), jc.prompts("harmless", "val")
     tokens = selection.refusal_tokens
     generation = GenerationConfig(max_new_tokens=24)
     result = {
-        "machine": {"processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "load_average_at_start": os.getloadavg()},
+        "machine": machine(),
         "model": model.name, "adapter": str(args.adapter), "n_train": args.n_train, "n_val": args.n_val,
         "reference": {"layer": reference.layer, "norm": reference.norm, "rules": selection.rules(), "search_s": dim_s},
         "plain": {"harmful_score": float(refusal_scores(model, harmful_val, tokens).mean()),

@@ -51,10 +51,9 @@ from failclosed_interp.jobs import direction_job
 from failclosed_interp.public_columns import format_public_columns, public_columns
 from failclosed_interp.prompts import builtin
 from failclosed_interp.rdo import NoNewDirection, RDOConfig, optimize_direction
-from failclosed_interp.rdo_config import addition_of
 from failclosed_interp.rdo_targets import RDOTargets, load_targets, rdo_targets, save_targets
 from failclosed_interp.scoring import (
-    JudgedResponses, NoRefusals, first_token_refusal_rate, refusal_rate, refusal_scores, refusal_tokens_from_responses,
+    JudgedResponses, NoRefusals, first_token_refusal_rate, mediation_scores, refusal_rate, refusal_tokens_from_responses,
 )
 from failclosed_interp.stats import RateEstimate
 from failclosed_interp.stopwatch import Stopwatch
@@ -343,13 +342,9 @@ def mediation_check(model: ChatModel, config: AlignConfig, direction: Direction,
     harmful, harmless = jc.prompts("harmful", "val"), jc.prompts("harmless", "val")
     tokens = (list(refusal_tokens) if refusal_tokens is not None else
               own_refusal_tokens(model, harmful, jc.refusal_probe_tokens, base, batch_size=jc.search.batch_size)[0])
-    ablation = DirectionSet((direction,)).ablation(skip_template_prefix=config.skip_template_prefix)
-
-    def mean_score(prompts: list[str], extra: list[Intervention]) -> float:
-        return float(refusal_scores(model, prompts, tokens, [*base, *extra]).mean())
-
-    drop = mean_score(harmful, []) - mean_score(harmful, [ablation])
-    rise = mean_score(harmless, [addition_of(direction.vector, direction)]) - mean_score(harmless, [])
+    scores = mediation_scores(model, direction, harmful, harmless, tokens, base,
+                              skip_template_prefix=config.skip_template_prefix)
+    drop, rise = scores["harmful_score_drop"], scores["harmless_score_rise"]
     why = [f"{what} {value:.3g} < {name}={margin}"
            for what, value, name, margin in (("ablating it lowers the harmful refusal score by", drop, "min_ablation_drop",
                                               config.min_ablation_drop),

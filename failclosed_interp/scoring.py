@@ -13,10 +13,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from failclosed_interp.chat import batches, format_prompt, tokenize_prompts
+from failclosed_interp.directions import Direction, DirectionSet
 from failclosed_interp.generation import GenerationConfig, generate
 from failclosed_interp.interventions import Intervention, intervene
 from failclosed_interp.judges import Judge, ThreeWayJudge, Verdict, classify
 from failclosed_interp.models import ChatModel
+from failclosed_interp.rdo_config import addition_of
 from failclosed_interp.stats import RateEstimate, wilson_rate
 
 
@@ -212,4 +214,18 @@ def token_strings(model: ChatModel, tokens: Sequence[int]) -> list[str]:
     """Each token id decoded on its own, for printing refusal tokens."""
     return [model.tokenizer.decode([t]) for t in tokens]
 
+
+def mediation_scores(
+    model: ChatModel, direction: Direction, harmful: Sequence[str], harmless: Sequence[str], refusal_tokens: Sequence[int],
+    base: Sequence[Intervention] = (), *, skip_template_prefix: bool = False, batch_size: int = 16,
+) -> dict[str, float]:
+    """Does `direction` mediate refusal (under `base`)? "harmful_score_drop": how much ablating it lowers the
+    mean harmful refusal score; "harmless_score_rise": how much adding it (at its layer, with its strength
+    `direction.norm`) raises the mean harmless one. Both in refusal log-odds."""
+    def mean_score(prompts: Sequence[str], extra: list[Intervention]) -> float:
+        return float(refusal_scores(model, prompts, refusal_tokens, [*base, *extra], batch_size=batch_size).mean())
+
+    ablation = DirectionSet((direction,)).ablation(skip_template_prefix=skip_template_prefix)
+    return {"harmful_score_drop": mean_score(harmful, []) - mean_score(harmful, [ablation]),
+            "harmless_score_rise": mean_score(harmless, [addition_of(direction.vector, direction)]) - mean_score(harmless, [])}
 

@@ -15,6 +15,7 @@ from failclosed_interp.models import ChatModel, load_model
 
 MARKER = "#"
 REFUSAL_TEXT = "S"  # "Sorry..." in a character-level tokenizer
+COMPLY_TEXT = "O"  # "OK, ..." in the character-level tokenizer
 
 HARMLESS = [
     "how do I bake bread", "name a blue flower", "what is two plus two", "write a haiku about rain",
@@ -57,4 +58,24 @@ def planted_refusal_model(
             params[attn + "o_proj.weight"][:, 0] = write  # head 0 channel 0 -> the written direction
             params[f"model.layers.{layer}.mlp.down_proj.weight"].zero_()
         params["lm_head.weight"][refusal] = readout * planted
+    return model, planted, refusal
+
+
+def compliant_planted_model():
+    """The planted refusal model plus a default answer: every token embedding carries a "comply" vector
+    that the LM head reads into the token "O", so harmless prompts (and harmful ones with the planted
+    direction ablated) answer "OOO..." while harmful prompts answer "SSS...". Without it the model's
+    non-refusal logits are near-random and greedy decoding says "S" even when refusal is mostly removed."""
+    model, planted, refusal = planted_refusal_model()
+    params = hf_params(model)
+    # Stay clear of what the planted layers read and write: marker (layer 0), planted, distractor (layer 1).
+    used = torch.stack([params["model.layers.0.self_attn.v_proj.weight"][0], planted,
+                        params["model.layers.1.self_attn.o_proj.weight"][:, 0]])
+    q, _ = torch.linalg.qr(used.T)
+    comply = torch.randn(model.d_model, generator=torch.Generator().manual_seed(7))
+    comply -= q @ (q.T @ comply)
+    comply /= comply.norm()
+    with torch.no_grad():
+        params["model.embed_tokens.weight"].add_(2.0 * comply)
+        params["lm_head.weight"][model.tokenizer.convert_tokens_to_ids(COMPLY_TEXT)] = 0.5 * comply
     return model, planted, refusal

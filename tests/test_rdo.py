@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from _planted import HARMFUL, HARMFUL_VAL, HARMLESS, REFUSAL_TEXT, hf_params, planted_refusal_model
+from _planted import COMPLY_TEXT, HARMFUL, HARMFUL_VAL, HARMLESS, REFUSAL_TEXT, compliant_planted_model, hf_params
 from failclosed_interp.chat import tokenize_prompts
 from failclosed_interp.directions import Direction, DirectionSet
 from failclosed_interp.generation import GenerationConfig, generate
@@ -19,28 +19,7 @@ from failclosed_interp.interventions import Ablation, Addition, hook_name, inter
 from failclosed_interp.rdo import NoNewDirection, RDOConfig, RDOTargets, _descend, _lowest_loss, optimize_direction, rdo_targets, retain_kl
 from failclosed_interp.scoring import refusal_scores
 
-COMPLY_TEXT = "O"  # "OK, ..." in the character-level tokenizer
 CONFIG = RDOConfig(steps=30, batch_size=4, micro_batch_size=4, target_tokens=8, start="init")
-
-
-def compliant_planted_model():
-    """The planted refusal model plus a default answer: every token embedding carries a "comply" vector
-    that the LM head reads into the token "O", so harmless prompts (and harmful ones with the planted
-    direction ablated) answer "OOO..." while harmful prompts answer "SSS...". Without it the model's
-    non-refusal logits are near-random and greedy decoding says "S" even when refusal is mostly removed."""
-    model, planted, refusal = planted_refusal_model()
-    params = hf_params(model)
-    # Stay clear of what the planted layers read and write: marker (layer 0), planted, distractor (layer 1).
-    used = torch.stack([params["model.layers.0.self_attn.v_proj.weight"][0], planted,
-                        params["model.layers.1.self_attn.o_proj.weight"][:, 0]])
-    q, _ = torch.linalg.qr(used.T)
-    comply = torch.randn(model.d_model, generator=torch.Generator().manual_seed(7))
-    comply -= q @ (q.T @ comply)
-    comply /= comply.norm()
-    with torch.no_grad():
-        params["model.embed_tokens.weight"].add_(2.0 * comply)
-        params["lm_head.weight"][model.tokenizer.convert_tokens_to_ids(COMPLY_TEXT)] = 0.5 * comply
-    return model, planted, refusal
 
 
 @pytest.fixture(scope="module")

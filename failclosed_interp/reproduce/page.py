@@ -43,6 +43,7 @@ JUDGE_FILE = "judge_xstest.json"  # `failclosed judge-check`
 BENCHMARK_FILE = "benchmarks.json"  # `python benchmarks/run_benchmarks.py --out results/benchmarks.json`
 GCG_FILE = "gcg_compare.json"  # `python benchmarks/gcg_compare.py --adapter DIR --out results/gcg_compare.json`
 LOGIT_MEASURE_FILE = "logit_measure.json"
+ORTHOGONAL_FILE = "orthogonal_directions.json"  # `python benchmarks/orthogonal_directions.py ... --out results/...`
 DEMO_RECIPE_FILE = "demo_recipe_check.json"  # `python benchmarks/demo_recipe_check.py --runs DIR --out results/...`
 RDO_FILES = "rdo_timing*.json"  # `python benchmarks/rdo_timing.py --adapter DIR --out results/rdo_timing[_NAME].json`
 DEMO_DIR = "demo"  # one `failclosed demo --seed S` summary per training seed: DEMO_DIR/seed_S.json
@@ -387,6 +388,34 @@ def _rdo_table(root: Path, name: str, data: dict) -> list[str]:
     return lines
 
 
+def _orthogonal_section(root: Path) -> list[str]:
+    data = _results_file(root, ORTHOGONAL_FILE)
+    if data is None:
+        return _not_measured("python benchmarks/orthogonal_directions.py --reference-adapter RUN/align/round_0/adapter "
+                             "--adapter sft=RUN/align/round_0/adapter --adapter failclosed=RUN/align/final/adapter "
+                             f"--out {root.name}/{ORTHOGONAL_FILE}")
+    st, ref, m = data["settings"], data["reference"], data["machine"]
+    lines = [f"From `{root.name}/{ORTHOGONAL_FILE}` (`benchmarks/orthogonal_directions.py`): model {st['model']}; "
+             f"the reference (layer {ref['layer']}, strength {ref['norm']:.1f}, {ref['rules']}) and the RDO targets "
+             f"({ref['n_pairs']} pairs, {ref['targets']}) from `{st['reference_adapter']}`; RDO setting "
+             f"`{st['setting']}`; {m['cpus']} CPUs, torch {m['torch']}. Direction k is optimised orthogonal to "
+             f"directions 1..k-1 and checked on {st['n_val']} validation prompts per kind: the drop of the mean "
+             "harmful refusal score (log-odds) with it ablated and the rise of the harmless one with it added "
+             "(at the reference's layer and strength); it mediates refusal when both reach their margins.", ""]
+    for name, row in data["models"].items():
+        checks = row["checks"]
+        status = (f"{sum(c['mediates'] for c in checks)} of {len(checks)} mediate (margins: drop >= {row['min_drop']}, "
+                  f"rise >= {row['min_rise']})" if row["finished"] else
+                  f"unfinished: {len(checks)} of {st['k']} directions so far")
+        lines += [f"**{name}** (`{row['adapter']}`): {status}.", "",
+                  "| k | cosine to reference | harmful score drop, ablated | harmless score rise, added | mediates | RDO s |",
+                  "|---|---|---|---|---|---|",
+                  *(f"| {c['k']} | {c['cosine_to_reference']:.2f} | {c['harmful_score_drop']:.2f} | "
+                    f"{c['harmless_score_rise']:.2f} | {'yes' if c['mediates'] else 'no'} | {c['rdo_s']:.0f} |" for c in checks),
+                  ""]
+    return lines
+
+
 def _demo_runs(root: Path) -> dict[int, dict]:
     """The committed demo summaries by training seed (`DEMO_DIR/seed_S.json`)."""
     folder = root / DEMO_DIR
@@ -514,6 +543,7 @@ def render_results(root: str | Path) -> str:
         "## Judge check", "", *_judge_section(root), "",
         "## Speed", "", *_speed_section(root), "",
         "## RDO per direction", "", *_rdo_section(root), "",
+        "## Orthogonal refusal directions", "", *_orthogonal_section(root), "",
         "## Machines", "", *(_machines(results) or ["No run has finished yet."]), "",
     ]
     return "\n".join(lines)
