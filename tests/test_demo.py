@@ -76,6 +76,14 @@ def test_the_results_page_shows_a_committed_demo_summary(tmp_path, spied_loop): 
     assert row.endswith(f"| {mean:.2f} ± {sd:.2f} |") and "seed 0 | seed 7" in seeds
     pathways = next(line for line in closed.splitlines() if line.startswith("| audit: independent pathways |"))
     assert f"| {first['independent_pathways']} | 4 |" in pathways
+    assert "summaries from before the attacker tried both" not in seeds
+    older = json.loads(json.dumps(other))  # a summary written before the attacker tried both ablations
+    for column in older["columns"].values():
+        del column["attack_template_prefix"]
+    (tmp_path / "results" / "demo" / "seed_8.json").write_text(json.dumps(older))
+    seeds = render_results(tmp_path / "results").split("## The main job across training seeds")[1].split("\n## ")[0]
+    assert "Seed(s) 8: summaries from before the attacker tried both ablations" in seeds
+    assert "| left alone (only way tried) |" in seeds
 
 
 def test_a_finished_demo_resumes_without_training_again(tmp_path, spied_loop):  # noqa: F811

@@ -489,9 +489,17 @@ def _demo_seeds_section(root: Path, runs: dict[int, dict]) -> list[str]:
                      + _seed_mean(pathways) + " |")
         lines.append("| audit verdict | " + " | ".join(c["verdict_label"] for c in columns) + " | |")
         lines.append("| directions found (layers) | " + " | ".join(str(c["direction_layers"]) for c in columns) + " | |")
+        lines.append("| attacker's ablation: template prefix | "
+                     + " | ".join(c.get("attack_template_prefix") or "left alone (only way tried)" for c in columns) + " | |")
         lines.append("")
     minutes = [f"seed {s}: {run['seconds_total'] / 60:.0f} min" for s, run in runs.items()]
     lines.append("Wall time per run: " + ", ".join(minutes) + ".")
+    older = [s for s, run in runs.items() if not any("attack_template_prefix" in c for c in run["columns"].values())]
+    if older and len(older) < len(runs):
+        lines += ["", f"Seed(s) {', '.join(map(str, older))}: summaries from before the attacker tried both ablations "
+                      "(it ablated with the template prefix left alone only) and before the rounds were checked on "
+                      "validation prompts; their attacker rows measure a weaker attacker than the other seeds'. "
+                      f"To bring them in line: {_demo_command(root, 'S')}."]
     return lines
 
 
