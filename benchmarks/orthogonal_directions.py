@@ -8,8 +8,9 @@ each run orthogonal to the directions before it (`failclosed_interp.orthogonal_r
 The reference (addition layer and strength, and the RDO targets) comes from the reference adapter (the SFT
 model) as the loop makes it after round 0 (`rdo_timing.reference_direction`); every model is searched toward
 those same targets, on built-in TRAIN prompts, and each direction is checked on built-in VALIDATION prompts
-(mean refusal score with it ablated, and with it added). The JSON is written after every direction; a run
-started again with the same settings skips the models it has finished.
+(mean refusal score with it ablated, and with it added). The JSON is written after every direction and the
+directions so far are kept in WORK/NAME/; a run started again with the same settings skips the models it has
+finished and continues an unfinished one from its last direction.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from pathlib import Path
 from rdo_timing import SETTINGS, machine, reference_direction
 
 from failclosed_interp.artifacts import read_json, write_json
+from failclosed_interp.directions import DirectionSet, load_directions, save_directions
 from failclosed_interp.models import EMBEDDED_MODEL, load_model
-from failclosed_interp.orthogonal_rdo import orthogonal_directions
+from failclosed_interp.orthogonal_rdo import OrthogonalDirections, orthogonal_directions
 from failclosed_interp.rdo import rdo_targets
 
 
@@ -62,15 +64,26 @@ def main() -> None:
         if result["models"].get(name, {}).get("finished"):
             continue
         model = load_model(args.model, adapter=adapter)
-        row = result["models"][name] = {"adapter": str(adapter), "checks": [], "finished": False}
+        row = result["models"].setdefault(name, {"adapter": str(adapter), "checks": [], "finished": False})
+        saved = args.work / name / "directions"
+        resume = None
+        if row["checks"] and row["adapter"] == str(adapter) and saved.exists():
+            earlier = load_directions(saved, model)
+            if len(earlier) == len(row["checks"]):
+                resume = OrthogonalDirections(earlier, tuple(row["checks"]), 0.0, 0.0)
+        if resume is None:
+            row.update({"adapter": str(adapter), "checks": []})
+        found_so_far = list(resume.directions) if resume is not None else []
 
-        def save(i: int, check: dict) -> None:
+        def save(i: int, check: dict, direction) -> None:
+            found_so_far.append(direction)
+            save_directions(DirectionSet(tuple(found_so_far)), saved, model.identity())
             row["checks"].append(check)
             write_json(args.out, result)
             print(name, check, flush=True)
 
         found = orthogonal_directions(model, reference, targets, tokens, harmful, harmless, k=args.k, config=config,
-                                      on_direction=save)
+                                      on_direction=save, resume=resume)
         row.update({**found.to_dict(), "adapter": str(adapter), "finished": True})
         write_json(args.out, result)
 

@@ -25,7 +25,7 @@ def planted_run():
     targets = rdo_targets(model, HARMFUL, HARMLESS, reference, CONFIG, progress=False)
     seen = []
     run = orthogonal_directions(model, reference, targets, [refusal], HARMFUL_VAL, HARMLESS_VAL, k=3, config=CONFIG,
-                                on_direction=lambda i, check: seen.append((i, check["k"])), progress=False)
+                                on_direction=lambda i, check, direction: seen.append((i, check["k"])), progress=False)
     return run, planted, seen, (model, reference, targets, refusal)
 
 
@@ -45,6 +45,18 @@ def test_each_direction_is_orthogonal_to_the_earlier_ones_and_checked_once(plant
     assert seen == [(0, 1), (1, 2), (2, 3)] and [c["k"] for c in run.checks] == [1, 2, 3]
     data = json.loads(json.dumps(run.to_dict()))
     assert data["n_mediating"] == 1 and data["k"] == 3 and data["min_rise"] == 1.0
+
+
+def test_a_resumed_run_ends_as_an_uninterrupted_one(planted_run):
+    from failclosed_interp.directions import DirectionSet
+    from failclosed_interp.orthogonal_rdo import OrthogonalDirections
+
+    run, _, _, (model, reference, targets, refusal) = planted_run
+    first = OrthogonalDirections(DirectionSet(tuple(run.directions)[:1]), run.checks[:1], 1.0, 1.0)
+    resumed = orthogonal_directions(model, reference, targets, [refusal], HARMFUL_VAL, HARMLESS_VAL, k=2, config=CONFIG,
+                                    resume=first, progress=False)
+    assert torch.equal(resumed.directions.matrix(), run.directions.matrix()[:2])
+    assert [c["harmless_score_rise"] for c in resumed.checks] == [c["harmless_score_rise"] for c in run.checks[:2]]
 
 
 def test_bad_settings_are_refused(planted_run):
