@@ -78,7 +78,7 @@ def test_the_results_page_shows_every_models_directions_and_says_which_are_unfin
     models = {"sft": {**run.to_dict(), "adapter": "a", "finished": True},
               "failclosed": {"adapter": "b", "checks": list(run.checks[:1]), "finished": False}}
     (root / ORTHOGONAL_FILE).write_text(json.dumps({
-        "settings": settings, "machine": {"cpus": 2, "torch": "2"}, "models": models,
+        "settings": settings, "machine": {"cpus": 2, "torch": "2", "load_average_at_start": [1.0, 1.0, 1.0]}, "models": models,
         "reference": {"layer": 1, "norm": 4.0, "rules": "fallback", "n_pairs": 8, "targets": "no filter"}}))
     page = render_results(root)
     assert "**sft** (`a`): 1 of 3 mediate (margins: drop >= 1.0, rise >= 1.0)" in page

@@ -237,15 +237,18 @@ def _attacker_section(root: Path) -> list[str]:
         data = read_json(path)
         lines += [f"From `{root.name}/{path.name}`: model {data['model']}, adapter `{data['adapter']}`, "
                   f"{data['n_prompts']} harmful test prompts, judge `{data['judge']}`.", "",
-                  "| KL budget | direction (method, layer, position) | its KL | harmful refusal | compliance | non-answers |",
-                  "|---|---|---|---|---|---|"]
+                  "| KL budget | direction (method, layer, position) | template prefix | its KL | harmful refusal | "
+                  "compliance | non-answers |",
+                  "|---|---|---|---|---|---|---|"]
         for b in data["budgets"]:
             d = b["direction"]
             none = d is None or d["layer"] is None
             where = "none fits" if none else f"{d['method']}, {d['layer']}, {d['position']}"
             kl = "-" if none else f"{d['kl']:.3f}"
-            lines.append(f"| {b['kl_budget']} | {where} | {kl} | {_rate(b['refusal'])} | {_rate(b['compliance'])} | "
-                         f"{b['non_answer']} |")
+            # files from before the attacker tried both ablations name none: it left the prefix alone then
+            prefix = "-" if none else d.get("template_prefix") or "left alone"
+            lines.append(f"| {b['kl_budget']} | {where} | {prefix} | {kl} | {_rate(b['refusal'])} | "
+                         f"{_rate(b['compliance'])} | {b['non_answer']} |")
         lines.append("")
     return lines
 
@@ -398,7 +401,8 @@ def _orthogonal_section(root: Path) -> list[str]:
     lines = [f"From `{root.name}/{ORTHOGONAL_FILE}` (`benchmarks/orthogonal_directions.py`): model {st['model']}; "
              f"the reference (layer {ref['layer']}, strength {ref['norm']:.1f}, {ref['rules']}) and the RDO targets "
              f"({ref['n_pairs']} pairs, {ref['targets']}) from `{st['reference_adapter']}`; RDO setting "
-             f"`{st['setting']}`; {m['cpus']} CPUs, torch {m['torch']}. Direction k is optimised orthogonal to "
+             f"`{st['setting']}`; {m['cpus']} CPUs, torch {m['torch']}, load average {m['load_average_at_start'][0]:.1f} at "
+             "the start (other work on the machine lengthens the seconds). Direction k is optimised orthogonal to "
              f"directions 1..k-1 and checked on {st['n_val']} validation prompts per kind: the drop of the mean "
              "harmful refusal score (log-odds) with it ablated and the rise of the harmless one with it added "
              "(at the reference's layer and strength); it mediates refusal when both reach their margins.", ""]
