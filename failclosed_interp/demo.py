@@ -225,9 +225,15 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def attacker_tried_both(columns: dict[str, dict]) -> bool:
+    """Whether a summary's attacker tried both ablations (summaries from before it did name neither: it left
+    the template prefix alone)."""
+    return any("attack_template_prefix" in c for c in columns.values())
+
+
 def _attacker_prefix(columns: dict[str, dict]) -> str:
-    """How the attacker's chosen directions were ablated (summaries from before it tried both: prefix left alone)."""
-    if not any("attack_template_prefix" in c for c in columns.values()):
+    """How the attacker's chosen directions were ablated."""
+    if not attacker_tried_both(columns):
         return ", as does the attacker"
     chosen = "; ".join(f"{LABELS[n]}: prefix {c['attack_template_prefix'] or '-'}" for n, c in columns.items())
     return f"; the attacker tries both and keeps the stronger ({chosen})"
@@ -237,4 +243,4 @@ def _number(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.2f}"
 
 
-__all__ = ["DemoConfig", "contrast", "demo_audit", "demo_job", "demo_recipe", "format_round", "format_summary"]
+__all__ = ["DemoConfig", "attacker_tried_both", "contrast", "demo_audit", "demo_job", "demo_recipe", "format_round", "format_summary"]

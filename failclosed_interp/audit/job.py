@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from failclosed_interp.attacks.adaptive import AdaptiveAttackResult, adaptive_attack
+from failclosed_interp.attacks.adaptive import PREFIX_NAMES, AdaptiveAttackResult, adaptive_attack
 from failclosed_interp.attacks.base import MIN_JUDGED_TOKENS
 from failclosed_interp.audit.analyses import (
     ablation_kl, common_additions, common_site, common_steering, independent_pathways, induce_scores, joint_curves,
@@ -209,15 +209,15 @@ def _add_adaptive(model, refusal: AblationRefusal, prompts: PromptSplits, config
     attack = adaptive_attack(model, prompts.harmful_eval, config.attacker, judge,
                              max_new_tokens=max(config.measure.max_new_tokens, MIN_JUDGED_TOKENS), progress=progress)
     index = attack.search.chosen_index(config.kl_budget)
-    chosen = None if index is None else attack.search.candidates[index]
-    if chosen is None:
+    if index is None:
         why = attack.search.reason or f"no candidate within KL {config.kl_budget}"
         return f"adaptive attacker: no direction to audit ({why})", attack
+    chosen = attack.search.candidates[index]
     try:
         check_new(chosen, refusal.directions, config.min_new_component, what="the adaptive attacker's direction")
     except InsideSpan as err:
         return str(err), attack
-    prefix = attack.search.describe(index)["template_prefix"]
+    prefix = PREFIX_NAMES[attack.search.prefix_ablated[index]]
     audited = refusal.append(chosen)
     return (f"adaptive attacker's direction within KL {config.kl_budget}: layer {chosen.layer}, position "
             f"{chosen.position} ({chosen.method}; the attacker ablated it with the template prefix {prefix}), "

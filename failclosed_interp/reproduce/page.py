@@ -471,7 +471,7 @@ DEMO_ROWS = (  # (column rate key, label)
 def _demo_seeds_section(root: Path, runs: dict[int, dict]) -> list[str]:
     if len(runs) < 2:
         return _not_measured(_demo_command(root, "S") + " for a second and third seed S")
-    from failclosed_interp.demo import LABELS
+    from failclosed_interp.demo import LABELS, attacker_tried_both
 
     seeds = list(runs)
     lines = [f"From `{root.name}/{DEMO_DIR}/` (`failclosed demo --seed S`, one run per training seed, "
@@ -498,7 +498,7 @@ def _demo_seeds_section(root: Path, runs: dict[int, dict]) -> list[str]:
         lines.append("")
     minutes = [f"seed {s}: {run['seconds_total'] / 60:.0f} min" for s, run in runs.items()]
     lines.append("Wall time per run: " + ", ".join(minutes) + ".")
-    older = [s for s, run in runs.items() if not any("attack_template_prefix" in c for c in run["columns"].values())]
+    older = [s for s, run in runs.items() if not attacker_tried_both(run["columns"])]
     if older and len(older) < len(runs):
         lines += ["", f"Seed(s) {', '.join(map(str, older))}: summaries from before the attacker tried both ablations "
                       "(it ablated with the template prefix left alone only) and before the rounds were checked on "
