@@ -23,7 +23,7 @@ from rdo_timing import SETTINGS, machine, reference_direction
 from failclosed_interp.artifacts import read_json, write_json
 from failclosed_interp.directions import DirectionSet, load_directions, save_directions
 from failclosed_interp.models import EMBEDDED_MODEL, load_model
-from failclosed_interp.orthogonal_rdo import OrthogonalDirections, orthogonal_directions
+from failclosed_interp.orthogonal_rdo import orthogonal_directions
 from failclosed_interp.rdo import rdo_targets
 
 
@@ -70,10 +70,10 @@ def main() -> None:
         if row["checks"] and row["adapter"] == str(adapter) and saved.exists():
             earlier = load_directions(saved, model)
             if len(earlier) == len(row["checks"]):
-                resume = OrthogonalDirections(earlier, tuple(row["checks"]), 0.0, 0.0)
+                resume = (earlier, tuple(row["checks"]))
         if resume is None:
             row.update({"adapter": str(adapter), "checks": []})
-        found_so_far = list(resume.directions) if resume is not None else []
+        found_so_far = list(resume[0]) if resume is not None else []
 
         def save(i: int, check: dict, direction) -> None:
             found_so_far.append(direction)

@@ -51,20 +51,20 @@ def orthogonal_directions(
     model: ChatModel, reference: Direction, targets: RDOTargets, refusal_tokens: Sequence[int],
     harmful: Sequence[str], harmless: Sequence[str], *, k: int = 10, config: RDOConfig = RDOConfig(),
     min_drop: float = 1.0, min_rise: float = 1.0, on_direction: Callable[[int, dict, Direction], None] | None = None,
-    resume: OrthogonalDirections | None = None, progress: bool = True,
+    resume: tuple[DirectionSet, Sequence[dict]] | None = None, progress: bool = True,
 ) -> OrthogonalDirections:
     """`k` RDO directions toward `targets` (made with `reference`, which also sets the layer and strength of
     every addition), the i-th constrained orthogonal to the first i-1, each checked on `harmful` and
     `harmless` prompts with `refusal_tokens` (use prompts the targets were not made from). `on_direction(i,
-    check, direction)` is called after each (e.g. to save progress); `resume`: the directions and checks of
-    an interrupted run with the same settings, continued from where it stopped (RDO is seeded, so the result
+    check, direction)` is called after each (e.g. to save progress); `resume`: the (directions, checks) of an
+    interrupted run with the same settings, continued from where it stopped (RDO is seeded, so the result
     equals an uninterrupted run's)."""
     if k < 1:
         raise ValueError(f"k must be >= 1 directions, got {k}")
     if not harmful or not harmless:
         raise ValueError(f"the checks need harmful and harmless prompts, got {len(harmful)} and {len(harmless)}")
-    found: list[Direction] = list(resume.directions) if resume is not None else []
-    checks: list[dict] = list(resume.checks) if resume is not None else []
+    found: list[Direction] = list(resume[0]) if resume is not None else []
+    checks: list[dict] = list(resume[1]) if resume is not None else []
     if len(found) != len(checks) or len(found) > k:
         raise ValueError(f"cannot resume from {len(found)} directions with {len(checks)} checks toward k={k}")
     for i in tqdm(range(len(found), k), desc="orthogonal RDO directions", disable=not progress):

@@ -49,10 +49,9 @@ def test_each_direction_is_orthogonal_to_the_earlier_ones_and_checked_once(plant
 
 def test_a_resumed_run_ends_as_an_uninterrupted_one(planted_run):
     from failclosed_interp.directions import DirectionSet
-    from failclosed_interp.orthogonal_rdo import OrthogonalDirections
 
     run, _, _, (model, reference, targets, refusal) = planted_run
-    first = OrthogonalDirections(DirectionSet(tuple(run.directions)[:1]), run.checks[:1], 1.0, 1.0)
+    first = (DirectionSet(tuple(run.directions)[:1]), run.checks[:1])
     resumed = orthogonal_directions(model, reference, targets, [refusal], HARMFUL_VAL, HARMLESS_VAL, k=2, config=CONFIG,
                                     resume=first, progress=False)
     assert torch.equal(resumed.directions.matrix(), run.directions.matrix()[:2])
