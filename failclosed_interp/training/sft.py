@@ -31,8 +31,8 @@ class SFTConfig(JsonConfig):
     are (`answer_tokens`), and the training settings. `seed` picks the prompt subsets and the LoRA init."""
 
     model: str = EMBEDDED_MODEL
-    # Chosen on the embedded model (docs/benchmarks.md): utility held to the untrained model by KL
-    # over-refuses least, and this learning rate gets the refusal loss down within the default steps.
+    # Utility held to the untrained model by KL (weight 10) keeps answers to harmless prompts, and so
+    # over-refusal, close to the untrained model's; this learning rate gets the refusal loss down in 3 epochs.
     n_harmful: int = 64
     n_harmless: int = 64
     n_borderline: int = 32
