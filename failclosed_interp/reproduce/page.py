@@ -281,10 +281,12 @@ DEMO_RECIPE_ROWS = (  # (figure key, label)
     ("refusal_harmful_own_ablated", "harmful, own directions ablated"),
     ("refusal_harmful_attacker", "harmful, attacker's direction ablated"),
     ("compliance_harmful_attacker", "compliance under that ablation"),
+    ("refusal_xstest_safe", "XSTest-safe refusal (validation half)"),
 )
 
 
 DEMO_RECIPE_REFERENCE = "3+2"  # the demo's epochs before the check
+DEMO_RECIPE_MODELS = {"sft": "SFT", "failclosed": "fail-closed"}  # each setting's two models, as the table heads them
 
 
 def _demo_recipe_section(root: Path) -> list[str]:
@@ -292,18 +294,19 @@ def _demo_recipe_section(root: Path) -> list[str]:
     if data is None:
         return _not_measured(f"python benchmarks/demo_recipe_check.py --runs runs/recipe_check --out {root.name}/{DEMO_RECIPE_FILE}")
     settings = data["settings"]
-    head = [f"{name}: {model}" for name in settings for model in ("SFT", "fail-closed")]
+    head = [f"{name}: {model}" for name in settings for model in DEMO_RECIPE_MODELS.values()]
     lines = [f"From `{root.name}/{DEMO_RECIPE_FILE}` (`benchmarks/demo_recipe_check.py`): the demo's recipe with "
              "\"A+B\" epochs (A in round 0, the SFT model; B in each fail-closed round), training seed 0, measured on "
              f"{data['split']}; {data['machine']['cpus']} CPUs. Settings with the same A share their SFT model.", "",
              "| measure | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
-    models = [row[model] for row in settings.values() for model in ("sft", "failclosed")]
+    models = [row[model] for row in settings.values() for model in DEMO_RECIPE_MODELS]
     for key, label in DEMO_RECIPE_ROWS:
-        lines.append(f"| {label} | " + " | ".join(_rate(m.get(key)) for m in models) + " |")
+        if any(key in m for m in models):  # a figure measured for some setting (e.g. XSTest-safe needs the data folder)
+            lines.append(f"| {label} | " + " | ".join(_rate(m.get(key)) for m in models) + " |")
     lines.append("| perplexity of reference answers | "
                  + " | ".join(f"{m['perplexity_harmless']['perplexity']:.2f}" for m in models) + " |")
     lines.append("| training + direction search, s | "
-                 + " | ".join(f"{_round_seconds(row, model):.0f}" for row in settings.values() for model in ("sft", "failclosed"))
+                 + " | ".join(f"{_round_seconds(row, model):.0f}" for row in settings.values() for model in DEMO_RECIPE_MODELS)
                  + " |")
     reference = settings.get(DEMO_RECIPE_REFERENCE)
     if reference is not None:
@@ -316,9 +319,12 @@ def _demo_recipe_section(root: Path) -> list[str]:
     for name, row in settings.items():
         base, _, option = name.partition(":")
         if option and base in settings:
-            changes = ", ".join(f"{label} {settings[base]['failclosed'][key]['value']:.2f} -> {row['failclosed'][key]['value']:.2f}"
-                                for key, label in DEMO_RECIPE_ROWS if key in row["failclosed"])
-            lines += ["", f"{name} against {base} (the fail-closed model): {changes}."]
+            compared = tuple(DEMO_RECIPE_MODELS) if "same_as" not in row["sft"] else ("failclosed",)
+            for model in compared:
+                mine, theirs = row[model], settings[base][model]
+                changes = ", ".join(f"{label} {theirs[key]['value']:.2f} -> {mine[key]['value']:.2f}"
+                                    for key, label in DEMO_RECIPE_ROWS if key in mine and key in theirs)
+                lines += ["", f"{name} against {base} (the {DEMO_RECIPE_MODELS[model]} model): {changes}."]
     return lines
 
 
