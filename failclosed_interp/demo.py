@@ -123,7 +123,8 @@ def demo_job(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
         columns[name] = _column(figures, audit, found)
     rounds = [read_json(run / f"round_{k}" / "metrics.json") for k in range(align_summary["rounds_completed"] + 1)]
     own_ablation = "the chat template's prefix left alone" if aligned.skip_template_prefix else "every position"
-    summary = {"model": config.model, "seed": config.seed, "columns": columns, "own_ablation": own_ablation,
+    summary = {"model": config.model, "seed": config.seed, "config": config.to_dict(), "columns": columns,
+               "own_ablation": own_ablation,
                "stop_reason": align_summary["stop_reason"],
                "rounds_completed": align_summary["rounds_completed"], "rounds": rounds, "contrast": contrast(columns),
                "timings_s": clock.timings, "seconds_total": clock.total, "machine": machine()}
@@ -223,6 +224,13 @@ def format_summary(summary: dict) -> str:
         lines.append("no fail-closed round was trained: the fail-closed column is the round-0 model")
     lines += [f"result: {summary['contrast']}", f"time: {summary['seconds_total']} s"]
     return "\n".join(lines)
+
+
+def ran_current_settings(summary: dict) -> bool:
+    """Whether a demo summary was run with the current `DemoConfig` for its seed (settings added since take
+    their defaults); False for summaries that do not record their settings."""
+    saved = summary.get("config")
+    return saved is not None and DemoConfig.from_dict(saved).to_dict() == DemoConfig(seed=summary["seed"]).to_dict()
 
 
 def attacker_tried_both(columns: dict[str, dict]) -> bool:

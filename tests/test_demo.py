@@ -8,7 +8,16 @@ import json
 import pytest
 
 from failclosed_interp.cli import main
-from failclosed_interp.demo import DemoConfig, contrast, demo_audit, demo_job, demo_recipe, format_round, format_summary
+from failclosed_interp.demo import (
+    DemoConfig,
+    contrast,
+    demo_audit,
+    demo_job,
+    demo_recipe,
+    format_round,
+    format_summary,
+    ran_current_settings,
+)
 from test_align import TINY_ATTACKER, tiny_config
 from test_align_rdo import spied_loop  # noqa: F401 (fixture)
 
@@ -84,6 +93,14 @@ def test_the_results_page_shows_a_committed_demo_summary(tmp_path, spied_loop): 
     seeds = render_results(tmp_path / "results").split("## The main job across training seeds")[1].split("\n## ")[0]
     assert "Seed(s) 8: summaries from before the attacker tried both ablations" in seeds
     assert "| left alone (only way tried) |" in seeds
+    assert "Seed(s) 0, 7, 8: not run with the current demo settings" in seeds  # a tiny model's settings
+
+
+def test_a_summary_says_whether_it_ran_the_current_demo_settings():
+    assert ran_current_settings({"seed": 1, "config": DemoConfig(seed=1).to_dict()})
+    assert not ran_current_settings({"seed": 1, "config": DemoConfig(seed=1, n_eval=10).to_dict()})
+    assert not ran_current_settings({"seed": 2, "config": DemoConfig(seed=1).to_dict()})
+    assert not ran_current_settings({"seed": 1})  # written before summaries recorded their settings
 
 
 def test_a_finished_demo_resumes_without_training_again(tmp_path, spied_loop):  # noqa: F811

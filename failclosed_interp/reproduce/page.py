@@ -477,7 +477,7 @@ DEMO_ROWS = (  # (column rate key, label)
 def _demo_seeds_section(root: Path, runs: dict[int, dict]) -> list[str]:
     if len(runs) < 2:
         return _not_measured(_demo_command(root, "S") + " for a second and third seed S")
-    from failclosed_interp.demo import LABELS, attacker_tried_both
+    from failclosed_interp.demo import LABELS, attacker_tried_both, ran_current_settings
 
     seeds = list(runs)
     lines = [f"From `{root.name}/{DEMO_DIR}/` (`failclosed demo --seed S`, one run per training seed, "
@@ -510,6 +510,11 @@ def _demo_seeds_section(root: Path, runs: dict[int, dict]) -> list[str]:
                       "(it ablated with the template prefix left alone only) and before the rounds were checked on "
                       "validation prompts; their attacker rows measure a weaker attacker than the other seeds'. "
                       f"To bring them in line: {_demo_command(root, 'S')}."]
+    other = [s for s, run in runs.items() if not ran_current_settings(run)]
+    if other:
+        lines += ["", f"Seed(s) {', '.join(map(str, other))}: not run with the current demo settings (`demo.DemoConfig`), "
+                      "or from before summaries recorded their settings; rerun them to compare like with like: "
+                      f"{_demo_command(root, 'S')}."]
     return lines
 
 
