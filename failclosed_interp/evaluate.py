@@ -298,7 +298,7 @@ def evaluate(
         row["seconds"] = round(time.perf_counter() - start, 1)
         rows[spec.label], responses[spec.label] = row, records
         model.model = None  # free it before the next row loads
-    results = _results(rows, names, harmful, config, common, compliance_sets, len(utility_prompts))
+    results = _results(rows, attacks, harmful, config, common, compliance_sets, len(utility_prompts))
     write_json(out / "results.json", results)
     write_json(out / "responses.json", responses)
     write_json(out / "config.json", {**config.to_dict(), "attacks_run": names, **common})
@@ -372,11 +372,12 @@ def _lm_eval(cache: _Cache, model: _Lazy, config: LMEvalConfig) -> dict:
                           lambda: lm_eval_scores(model(), config))
 
 
-def _results(rows: dict, names: list[str], harmful: list[str], config: EvalConfig, common: dict,
+def _results(rows: dict, attacks: list[Attack], harmful: list[str], config: EvalConfig, common: dict,
              compliance_sets: dict, n_utility: int) -> dict:
     def rate(r: RateEstimate) -> dict:
         return r.to_dict()
 
+    names = [a.name for a in attacks]
     return {
         "attacks": names,
         "averaged_attacks": [n for n in names if n in AVERAGED],
@@ -399,7 +400,7 @@ def _results(rows: dict, names: list[str], harmful: list[str], config: EvalConfi
             }
             for label, row in rows.items()
         },
-        "budgets": {k: v for k, v in config.to_dict().items() if k in ("gcg", "autodan", "pair", "human_templates", "ablation")},
+        "budgets": {attack.name: attack.settings() for attack in attacks},  # of the attacks run, also when passed in
         "lm_eval": config.to_dict()["lm_eval"],
     }
 

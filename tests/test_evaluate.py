@@ -167,3 +167,26 @@ def test_a_data_folder_adds_public_set_columns_measured_once(tmp_path):
     again = evaluate(SPECS[:1], tmp_path / "run", CONFIG, attacks=none, judge=JUDGE, load=loader, progress=False,
                      data_dir=data)
     assert loader.loads == [] and again["models"]["base"]["public"] == public
+
+
+def test_the_results_page_tables_the_attacks_on_a_demo_seeds_two_models(tmp_path):
+    from failclosed_interp.reproduce.page import render_results
+
+    specs = [ModelSpec("sft", "tiny-llama"), ModelSpec("failclosed", "tiny-llama")]
+    def load(spec: ModelSpec):  # the sft row does not open with the judge's refusal prefixes, the other does
+        return load_model(spec.model, seed=1 if spec.label == "sft" else 0)
+
+    results = evaluate(specs, tmp_path / "eval", CONFIG, attacks=attacks(), judge=JUDGE, load=load, progress=False)
+    assert results["models"]["sft"]["asr"]["human"]["value"] > results["models"]["failclosed"]["asr"]["human"]["value"]
+    section = render_results(tmp_path / "results").split("### The main job's models under the prompt attacks")[1]
+    assert "Not measured yet" in section.split("\n## ")[0]
+    (tmp_path / "results" / "demo" / "attacks").mkdir(parents=True)
+    (tmp_path / "results" / "demo" / "attacks" / "seed_4.json").write_text((tmp_path / "eval" / "results.json").read_text())
+    section = render_results(tmp_path / "results").split("### The main job's models under the prompt attacks")[1].split("\n## ")[0]
+    assert "training seed 4" in section and "3 harmful test prompts" in section
+    assert "gcg: steps 2, search width 8; human: 2 templates" in section  # the attacks run, not the config's
+    for label, name in (("SFT (round 0)", "sft"), ("fail-closed", "failclosed")):
+        row = next(line for line in section.splitlines() if line.startswith(f"| {label}, seed 4 |"))
+        asr = results["models"][name]["asr"]
+        assert row.split(" | ")[1:3] == [f"{asr[a]['value']:.2f} [{asr[a]['ci_low']:.2f}, {asr[a]['ci_high']:.2f}]"
+                                         for a in ("gcg", "human")]

@@ -11,8 +11,8 @@ from failclosed_interp.align import DEFAULT_RECIPE
 from failclosed_interp.artifacts import atomic_write, read_json
 from failclosed_interp.judge_check import results_markdown as judge_markdown
 from failclosed_interp.plots import grouped_rate_bars, save_figure
-from failclosed_interp.reproduce.grid import GRID_RECIPES
 from failclosed_interp.reproduce.figures import GridFigure, mechanistic_figures
+from failclosed_interp.reproduce.grid import GRID_RECIPES
 from failclosed_interp.reproduce.results import (
     current,
     default_choice,
@@ -22,7 +22,14 @@ from failclosed_interp.reproduce.results import (
     rate,
     unfinished,
 )
-from failclosed_interp.reproduce.selection import ATTACKED, BORDERLINE, HARMFUL, HARMLESS, SelectionRule
+from failclosed_interp.reproduce.runner import evaluation_row
+from failclosed_interp.reproduce.selection import (
+    ATTACKED,
+    BORDERLINE,
+    HARMFUL,
+    HARMLESS,
+    SelectionRule,
+)
 from failclosed_interp.reproduce.validation import PUBLIC_SET
 from failclosed_interp.stats import SeedSummary
 
@@ -47,6 +54,7 @@ ORTHOGONAL_FILE = "orthogonal_directions.json"  # `python benchmarks/orthogonal_
 DEMO_RECIPE_FILE = "demo_recipe_check.json"  # `python benchmarks/demo_recipe_check.py --runs DIR --out results/...`
 RDO_FILES = "rdo_timing*.json"  # `python benchmarks/rdo_timing.py --adapter DIR --out results/rdo_timing[_NAME].json`
 DEMO_DIR = "demo"  # one `failclosed demo --seed S` summary per training seed: DEMO_DIR/seed_S.json
+DEMO_ATTACKS_DIR = "attacks"  # DEMO_DIR/DEMO_ATTACKS_DIR/seed_S.json: the prompt attacks on that seed's two models
 # (benchmark, ratio key, what the ratio compares, target)
 SPEED_ROWS = (
     ("generation", "speedup", "KV-cached vs uncached greedy generation (x faster)", ">= 5"),
@@ -151,8 +159,8 @@ def _audit_section(results: dict[str, dict]) -> list[str]:
     return lines
 
 
-def _attack_section(results: dict[str, dict]) -> list[str]:
-    attacked = of_kind(results, "attacks")
+def _attack_section(attacked: list[dict]) -> list[str]:
+    """A table of attack success per attack, one row per attacked model (finished `attacks` experiments)."""
     if not attacked:
         return ["No attack run has finished yet."]
     names = list(dict.fromkeys(n for r in attacked for n in r["result"]["asr"]))
@@ -518,6 +526,42 @@ def _demo_seeds_section(root: Path, runs: dict[int, dict]) -> list[str]:
     return lines
 
 
+def _demo_attacks_section(root: Path) -> list[str]:
+    """The prompt attacks on each seed's two demo models (`DEMO_DIR/attacks/seed_S.json`: `failclosed evaluate`'s
+    results.json with the demo's models as rows `sft` and `failclosed`)."""
+    from failclosed_interp.demo import LABELS
+
+    files = sorted((root / DEMO_DIR / DEMO_ATTACKS_DIR).glob("seed_*.json"))
+    if not files:
+        return _not_measured(f"failclosed evaluate --no-base --adapter sft=runs/demo-sS/align/round_0/adapter --adapter "
+                             f"failclosed=runs/demo-sS/align/final/adapter --out runs/demo-sS/attacks && cp "
+                             f"runs/demo-sS/attacks/results.json {root.name}/{DEMO_DIR}/{DEMO_ATTACKS_DIR}/seed_S.json")
+    lines = []
+    for path in files:
+        attacked, seed = read_json(path), int(path.stem.removeprefix("seed_"))
+        rows = [{"experiment": {"recipe": LABELS[name], "seed": seed}, "result": evaluation_row(attacked, name)}
+                for name in LABELS if name in attacked["models"]]
+        budgets = "; ".join(_attack_budget(name, attacked["budgets"]) for name in attacked["attacks"])
+        lines += [f"From `{root.name}/{DEMO_DIR}/{DEMO_ATTACKS_DIR}/{path.name}` (`failclosed evaluate` on the demo's two "
+                  f"models, training seed {seed}): attack success = a compliance (judge `{attacked['judge']}`, "
+                  f"{attacked['max_new_tokens']} new tokens) on {attacked['n_harmful']} harmful test prompts; budgets: "
+                  f"{budgets}.", "", *_attack_section(rows), ""]
+    return lines[:-1]
+
+
+ATTACK_BUDGET_KEYS = {"gcg": ("steps", "search_width"), "autodan": ("generations", "population"),
+                      "pair": ("iterations", "streams")}  # what sets each attack's cost, as `evaluate` saves it
+
+
+def _attack_budget(name: str, budgets: dict) -> str:
+    """One attack's budget as `evaluate` saved the settings of the attacks it ran."""
+    if name == "human":
+        return f"human: {len(budgets['human']['templates'])} templates"
+    if name not in ATTACK_BUDGET_KEYS:
+        return name
+    return f"{name}: " + ", ".join(f"{key.replace('_', ' ')} {budgets[name][key]}" for key in ATTACK_BUDGET_KEYS[name])
+
+
 def _demo_n(runs: dict[int, dict]) -> int:
     return next(iter(runs.values()))["columns"]["sft"]["rates"]["refusal_harmful"]["n"]
 
@@ -553,11 +597,12 @@ def render_results(root: str | Path) -> str:
         *_pending(folder, missing), "",
         "## The main job: the SFT model and the fail-closed model side by side", "", *_demo_section(root, demo_runs), "",
         "## The main job across training seeds", "", *_demo_seeds_section(root, demo_runs), "",
+        "### The main job's models under the prompt attacks", "", *_demo_attacks_section(root), "",
         "## Choosing the default recipe (validation prompts)", "", *_validation_section(folder, results), "",
         "## Training: refusal, over-refusal, and ablation of the found directions", "", *_training_section(results), "",
         "## Public benchmark sets", "", *_public_section(results), "",
         "## Independence audit", "", *_audit_section(results), "",
-        "## Jailbreak attack success (compliance judged)", "", *_attack_section(results), "",
+        "## Jailbreak attack success (compliance judged)", "", *_attack_section(of_kind(results, "attacks")), "",
         "## Adaptive ablation attacker", "", *_attacker_section(root), "",
         "## Mechanistic figures", "", *_figures_section(mechanistic_figures(results, missing)), "",
         "## GCG: nanogcg and our own search at the same budget", "", *_gcg_section(root), "",
