@@ -305,7 +305,8 @@ def _demo_recipe_section(root: Path) -> list[str]:
     head = [f"{name}: {model}" for name in settings for model in DEMO_RECIPE_MODELS.values()]
     lines = [f"From `{root.name}/{DEMO_RECIPE_FILE}` (`benchmarks/demo_recipe_check.py`): the demo's recipe with "
              "\"A+B\" epochs (A in round 0, the SFT model; B in each fail-closed round), training seed 0, measured on "
-             f"{data['split']}; {data['machine']['cpus']} CPUs. Settings with the same A share their SFT model.", "",
+             f"{data['split']}; {data['machine']['cpus']} CPUs. Settings with the same round 0 (A, and N in "
+             "\":borderline=N\": the borderline-safe TRAIN prompts, else the recipe's number) share their SFT model.", "",
              "| measure | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
     models = [row[model] for row in settings.values() for model in DEMO_RECIPE_MODELS]
     for key, label in DEMO_RECIPE_ROWS:
