@@ -626,7 +626,7 @@ def render_results(root: str | Path) -> str:
         "## Mechanistic figures", "", *_figures_section(mechanistic_figures(results, missing)), "",
         "## GCG: nanogcg and our own search at the same budget", "", *_gcg_section(root), "",
         "## Logit refusal measure against judged answers", "", *_logit_measure_section(root), "",
-        "## The demo's round epochs (validation prompts)", "", *_demo_recipe_section(root), "",
+        "## The demo's recipe: epochs, prefix and borderline prompts (validation prompts)", "", *_demo_recipe_section(root), "",
         "## Judge check", "", *_judge_section(root), "",
         "## Speed", "", *_speed_section(root), "",
         "## RDO per direction", "", *_rdo_section(root), "",
