@@ -251,4 +251,5 @@ def _number(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.2f}"
 
 
-__all__ = ["DemoConfig", "attacker_tried_both", "contrast", "demo_audit", "demo_job", "demo_recipe", "format_round", "format_summary"]
+__all__ = ["DemoConfig", "attacker_tried_both", "contrast", "demo_audit", "demo_job", "demo_recipe", "format_round",
+           "format_summary", "ran_current_settings"]
