@@ -206,6 +206,27 @@ def _start(out: Path, config: AlignConfig) -> int:
     return done
 
 
+def adopt_round0(source: Path, out: Path, config: AlignConfig) -> bool:
+    """Begin the new run in `out` with the round-0 model of the run in `source`: its adapter, training record
+    and training examples are copied. Round 0 is plain refusal SFT whatever the method, so runs with the same
+    `sft` settings train the same round-0 model; `out`'s round 0 then runs only its own direction search and
+    checks. False (nothing copied) while `source` has not finished its round 0; an error when its `sft`
+    settings differ."""
+    if not (source / STATE_FILE).exists():
+        return False
+    theirs = AlignConfig.from_dict(read_json(source / STATE_FILE)["config"]).sft
+    if theirs != config.sft:
+        raise ValueError(f"{source} trained its round 0 with other sft settings than this run's; start from a run "
+                         f"with the same sft settings (see {source / 'config.json'}) or leave round0_from out")
+    if not is_main_process():
+        return True
+    with atomic_folder(_round_dir(out, 0) / "adapter") as tmp:
+        shutil.copytree(_round_dir(source, 0) / "adapter", tmp, dirs_exist_ok=True)
+    shutil.copy(_round_dir(source, 0) / "training.json", _round_dir(out, 0) / "training.json")
+    shutil.copy(source / EXAMPLES_FILE, out / EXAMPLES_FILE)
+    return True
+
+
 def _examples(model: ChatModel, out: Path, config: AlignConfig, progress: bool) -> list[Example]:
     """Training examples, generated once by the untrained model and kept in the run folder."""
     path = out / EXAMPLES_FILE
@@ -400,7 +421,7 @@ def training_refusal_tokens(model: ChatModel, examples: Sequence[Example]) -> li
 def align(
     config: AlignConfig, out: str | Path, *, merge: bool = False, device: str | None = None, progress: bool = True,
     on_step: StepCallback | None = None, on_round: RoundCallback | None = None, data_dir: str | Path | None = None,
-    evaluate: bool = True,
+    evaluate: bool = True, round0_from: str | Path | None = None,
 ) -> dict:
     """Run (or resume) the progressive loop in `out`; returns the summary (also `out/summary.json`).
 
@@ -409,28 +430,37 @@ def align(
     after round k with what its metrics.json holds. `data_dir`: a folder holding the public benchmark
     sets (`prompts.public`); the summary then has a column for each. `evaluate=False` trains the rounds
     only and returns {"rounds_completed", "stop_reason", "n_directions"}: the final summary on test prompts is
-    skipped (e.g. when settings are chosen on validation prompts); each round's own checks still run."""
+    skipped (e.g. when settings are chosen on validation prompts); each round's own checks still run.
+    `round0_from`: another run folder with the same `sft` settings whose round 0 has finished; a new run
+    starts from its round-0 model instead of training its own (`adopt_round0`)."""
     out = Path(out)
     done = _start(out, config)
+    adopted = done < 0 and round0_from is not None and adopt_round0(Path(round0_from), out, config)
     if done >= 0:
         model = load_model(config.model, adapter=_round_dir(out, done) / "adapter", device=device)
         found = _load_found(out, done, model)
         stop_reason = read_json(out / STATE_FILE).get("stop_reason")
+    elif adopted:  # read from the source: under a multi-process launch only rank 0 copies it
+        model = load_model(config.model, adapter=_round_dir(Path(round0_from), 0) / "adapter", device=device)
+        found, stop_reason = DirectionSet(), None
     else:
         model, found, stop_reason = fresh_lora_model(config.sft, device), DirectionSet(), None
     examples = _examples(model, out, config, progress)
     rounds = tqdm(range(done + 1, config.rounds + 1), desc=f"{config.method} rounds", disable=not progress)
     for k in rounds if stop_reason is None else ():
         folder, clock = _round_dir(out, k), Stopwatch(digits=1)
-        train = round_training(config, k)
-        result = train_lora(model, examples, train, safety_interventions=safety_interventions(config, found, train.seed),
-                            progress=progress, on_step=on_step)
-        save_adapter(model, folder / "adapter", train.lora)
-        write_json(folder / "training.json", result.to_dict())
+        trained_elsewhere = k == 0 and adopted
+        notes = {"round0_from": str(round0_from)} if trained_elsewhere else {}
+        if not trained_elsewhere:
+            train = round_training(config, k)
+            result = train_lora(model, examples, train, safety_interventions=safety_interventions(config, found, train.seed),
+                                progress=progress, on_step=on_step)
+            save_adapter(model, folder / "adapter", train.lora)
+            write_json(folder / "training.json", result.to_dict())
         clock.lap("train")
-        notes = {}
         if config.method != "sft":
-            direction, stop_reason, notes = _next_direction(model, config, found, out, k, progress)
+            direction, stop_reason, found_notes = _next_direction(model, config, found, out, k, progress)
+            notes.update(found_notes)
             clock.lap("direction")
             if direction is not None:
                 direction = dataclasses.replace(direction, round=k)  # found at the end of round k

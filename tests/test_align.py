@@ -82,6 +82,34 @@ def test_a_killed_run_resumes_from_the_last_completed_round_with_the_same_result
         torch.testing.assert_close(resumed[key], whole[key], rtol=0, atol=0)
 
 
+def test_a_run_started_from_another_runs_round_0_equals_a_run_that_trained_it(tmp_path):
+    config = tiny_config("sft", rounds=2)
+    align(config, tmp_path / "whole", progress=False)
+    steps = []
+    summary = align(config, tmp_path / "adopted", progress=False, round0_from=tmp_path / "whole",
+                    on_step=lambda s, _: steps.append(s))
+    assert steps == [0, 1, 0, 1]  # rounds 1 and 2 only: round 0's model came from "whole"
+    round0 = json.loads((tmp_path / "adopted/round_0/metrics.json").read_text())
+    assert round0["round0_from"] == str(tmp_path / "whole") and summary["rounds_completed"] == 2
+    assert (tmp_path / "whole/final/adapter/adapter_model.safetensors").read_bytes() == \
+        (tmp_path / "adopted/final/adapter/adapter_model.safetensors").read_bytes()
+    # a source that has not finished its round 0 leaves the run to train its own
+    (tmp_path / "unfinished").mkdir()
+    steps.clear()
+    align(tiny_config("sft", rounds=1), tmp_path / "own", progress=False, round0_from=tmp_path / "unfinished",
+          on_step=lambda s, _: steps.append(s))
+    assert steps == [0, 1, 0, 1]
+
+
+def test_a_round_0_trained_with_other_sft_settings_is_refused(tmp_path):
+    align(tiny_config("sft", rounds=1), tmp_path / "source", progress=False)
+    other = tiny_config("sft", rounds=1)
+    other = dataclasses.replace(other, sft=dataclasses.replace(other.sft, seed=7))
+    with pytest.raises(ValueError, match="other sft settings"):
+        align(other, tmp_path / "new", progress=False, round0_from=tmp_path / "source")
+    assert not (tmp_path / "new" / "state.json").exists() and not (tmp_path / "new" / "round_0").exists()
+
+
 def test_a_folder_of_another_run_is_refused_and_left_alone(tmp_path):
     align(tiny_config("sft", rounds=2), tmp_path, progress=False)
     before = (tmp_path / "state.json").read_text()
@@ -222,6 +250,10 @@ def test_cli_align_runs_the_baseline_and_prints_the_table(tmp_path, capsys):
     assert "method sft: 1 round(s) completed" in out and "perplexity" in out
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["rounds_completed"] == 1
     assert main(["align", "--model", "tiny-llama", "--rounds", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert main(["align", "--model", "tiny-llama", "--method", "sft", "--rounds", "1", "--epochs", "1", "--n-eval", "2",
+                 "--n-harmful", "4", "--n-harmless", "4", "--n-borderline", "0", "--round0-from", str(tmp_path / "run"),
+                 "--out", str(tmp_path / "adopted")]) == 0
+    assert json.loads((tmp_path / "adopted/round_0/metrics.json").read_text())["round0_from"] == str(tmp_path / "run")
 
 
 

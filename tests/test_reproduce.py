@@ -12,6 +12,7 @@ import pytest
 from failclosed_interp.align import AlignConfig, recipe
 from failclosed_interp.cli import main
 from failclosed_interp.reproduce import GridConfig, build_grid, render_results, run_grid
+from failclosed_interp.reproduce.runner import run_folder
 from failclosed_interp.reproduce.runner import ResultsMismatch
 from tests._public_data import write_public_data
 
@@ -45,6 +46,20 @@ def test_the_grid_has_three_seeds_for_sft_method_and_project_and_every_model_is_
     assert AlignConfig.from_dict(default.config) == dataclasses.replace(recipe("method"), method="sft")
 
 
+def test_the_grid_runs_what_the_recipe_choice_needs_first_seed_by_seed_and_the_attacks_last():
+    grid = build_grid(GridConfig())
+    kinds = [e.kind for e in grid]
+    last_choice = max(i for i, k in enumerate(kinds) if k in ("align", "validation"))
+    first_attack = kinds.index("attacks")
+    assert all(k in ("align", "validation") for k in kinds[: last_choice + 1])
+    assert all(k in ("audit", "public") for k in kinds[last_choice + 1 : first_attack])
+    assert all(k == "attacks" for k in kinds[first_attack:])
+    trained_seeds = [e.seed for e in grid if e.kind == "align"]
+    assert trained_seeds == sorted(trained_seeds) and trained_seeds[:5] == [0] * 5  # every recipe's seed 0 first
+    position = {e.name: i for i, e in enumerate(grid)}
+    assert all(position[e.model_of] < position[e.name] for e in grid if e.model_of)
+
+
 def test_quick_grid_runs_resumes_and_renders(tmp_path):
     config = GridConfig(quick=True, seeds=(0, 1), recipes=("sft", "project"))
     logged: list[str] = []
@@ -54,6 +69,9 @@ def test_quick_grid_runs_resumes_and_renders(tmp_path):
     assert "public-set columns are skipped" in logged[0] and "expected" in logged[1]
     validated = json.loads((results / "validation-project-s1.json").read_text())["result"]
     assert validated["xstest_safe"] is None and validated["adaptive_search"] == "reused"  # align's own search
+    grid = {e.name: e for e in build_grid(config)}
+    round0 = json.loads((run_folder(grid["align-project-s1"], tmp_path / "runs") / "round_0/metrics.json").read_text())
+    assert round0["round0_from"] == str(run_folder(grid["align-sft-s1"], tmp_path / "runs"))  # one SFT model per seed
     data = write_public_data(tmp_path / "data")
     ran = run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append, data_dir=data)
     # with the data folder: the public columns, and the validation experiments' XSTest column alone

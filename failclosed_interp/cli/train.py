@@ -36,7 +36,8 @@ def cmd_align(args) -> None:
     config = apply(base, {**fields, **fallback_field(args, "directions.search."), "sft": sft_config(args, base.sft)})
     if hasattr(args, "rdo_steps"):
         config = with_rdo_steps(config, args.rdo_steps)
-    summary = align(config, args.out, merge=args.merge, device=args.device, data_dir=args.data_dir)
+    summary = align(config, args.out, merge=args.merge, device=args.device, data_dir=args.data_dir,
+                    round0_from=args.round0_from)
     print(format_align_summary(summary))
     print(f"\nrun folder: {args.out} (summary.json, final/adapter, final/directions, round_*/)")
 
@@ -75,4 +76,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--n-eval", dest="n_eval", type=int, help="held-out test prompts per set in the summary (default: all)")
     p.add_argument("--merge", action="store_true", default=False,
                    help="also write final/merged, a HF checkpoint with the adapter merged")
+    p.add_argument("--round0-from", dest="round0_from", type=Path, default=None,
+                   help="another align run folder with the same sft settings: a new run starts from its round-0 "
+                        "(plain SFT) model instead of training its own")
     p.add_argument("--out", type=Path, required=True, help="run folder; an interrupted run resumes from it")

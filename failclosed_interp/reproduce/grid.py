@@ -163,26 +163,27 @@ def validation_config(align_config: AlignConfig, seed: int, quick: bool) -> Vali
 
 
 def build_grid(config: GridConfig = GridConfig()) -> list[Experiment]:
-    """Every experiment in run order: each model is trained, then measured on validation prompts (the
-    candidates for the default recipe and the sft baseline), audited, measured on the public sets (when the
-    runner is given their folder), then attacked."""
+    """Every experiment, in run order. What the default recipe's choice needs comes first: every model is
+    trained and measured on validation prompts (the candidates for the default recipe and the sft baseline),
+    seed by seed, so that every recipe's first seed is in before any recipe's second. Then every model is
+    audited and measured on the public sets (when the runner is given their folder), seed by seed; the
+    attacks, the longest and last, close the grid."""
     model = QUICK_MODEL if config.quick else config.model
-    grid: list[Experiment] = []
-    for recipe in config.recipes:
-        seeds = config.seeds if recipe in SEEDED_RECIPES else config.seeds[:1]
-        for seed in seeds:
-            name = f"{recipe}-s{seed}"
-            align_config = recipe_config(recipe, seed, model, quick=config.quick)
-            grid.append(Experiment(f"align-{name}", "align", recipe, seed, align_config.to_dict()))
-            if recipe in VALIDATED_RECIPES:
-                grid.append(Experiment(f"validation-{name}", "validation", recipe, seed,
-                                       validation_config(align_config, seed, config.quick).to_dict(),
-                                       model_of=f"align-{name}"))
-            grid.append(Experiment(f"audit-{name}", "audit", recipe, seed,
-                                   config_to_dict(audit_config(config.quick)), model_of=f"align-{name}"))
-            grid.append(Experiment(f"public-{name}", "public", recipe, seed, public_config(config.quick, seed),
-                                   model_of=f"align-{name}"))
-            if seed in config.attack_seeds:
-                grid.append(Experiment(f"attacks-{name}", "attacks", recipe, seed,
-                                       config_to_dict(attacks_config(config.quick)), model_of=f"align-{name}"))
-    return grid
+    trained = [(recipe, seed) for seed in config.seeds for recipe in config.recipes
+               if recipe in SEEDED_RECIPES or seed == config.seeds[0]]
+    chosen, measured, attacked = [], [], []
+    for recipe, seed in trained:
+        name, align_config = f"{recipe}-s{seed}", recipe_config(recipe, seed, model, quick=config.quick)
+        align = Experiment(f"align-{name}", "align", recipe, seed, align_config.to_dict())
+        chosen.append(align)
+        if recipe in VALIDATED_RECIPES:
+            chosen.append(Experiment(f"validation-{name}", "validation", recipe, seed,
+                                     validation_config(align_config, seed, config.quick).to_dict(), model_of=align.name))
+        measured.append(Experiment(f"audit-{name}", "audit", recipe, seed, config_to_dict(audit_config(config.quick)),
+                                   model_of=align.name))
+        measured.append(Experiment(f"public-{name}", "public", recipe, seed, public_config(config.quick, seed),
+                                   model_of=align.name))
+        if seed in config.attack_seeds:
+            attacked.append(Experiment(f"attacks-{name}", "attacks", recipe, seed,
+                                       config_to_dict(attacks_config(config.quick)), model_of=align.name))
+    return chosen + measured + attacked

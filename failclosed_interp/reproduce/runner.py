@@ -8,8 +8,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-
-from failclosed_interp.align import AlignConfig, align
+from failclosed_interp.align import STATE_FILE, AlignConfig, align
 from failclosed_interp.attacks.adaptive import SEARCH_FILE, load_search
 from failclosed_interp.artifacts import read_json, write_json
 from failclosed_interp.audit import AuditConfig, audit_job
@@ -117,7 +116,8 @@ def _check_grid_file(results: Path, config: GridConfig) -> None:
 def _run(exp: Experiment, grid: list[Experiment], runs: Path, progress: bool, data_dir: str | Path | None) -> dict:
     folder = run_folder(exp, runs)
     if exp.kind == "align":
-        return align(AlignConfig.from_dict(exp.config), folder, progress=progress)
+        config = AlignConfig.from_dict(exp.config)
+        return align(config, folder, progress=progress, round0_from=round0_source(exp, config, grid, runs))
     trained = next(e for e in grid if e.name == exp.model_of)
     final = run_folder(trained, runs) / "final"
     model = AlignConfig.from_dict(trained.config).model
@@ -138,6 +138,19 @@ def _run(exp: Experiment, grid: list[Experiment], runs: Path, progress: bool, da
     spec = ModelSpec(trained.name.removeprefix("align-"), model, str(final / "adapter"))
     evaluated = evaluate([spec], folder, config_from_dict(EvalConfig, exp.config), progress=progress)
     return evaluation_row(evaluated, spec.label)
+
+
+def round0_source(exp: Experiment, config: AlignConfig, grid: list[Experiment], runs: Path) -> Path | None:
+    """The run folder of an earlier align experiment of the grid whose round 0 (plain SFT) has finished with
+    the same sft settings: every recipe of one training seed then starts from the same SFT model."""
+    for other in grid:
+        if other.name == exp.name:
+            return None
+        folder = run_folder(other, runs)
+        if (other.kind == "align" and (folder / STATE_FILE).exists()
+                and AlignConfig.from_dict(other.config).sft == config.sft):
+            return folder
+    return None
 
 
 def evaluation_row(evaluated: dict, label: str) -> dict:
