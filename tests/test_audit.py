@@ -319,6 +319,20 @@ def test_adaptive_adds_the_independent_attackers_direction_to_irrelevant_given_o
     assert [b["kl_budget"] for b in curve["budgets"]] == [0.1, 0.3, 1.0, "inf"]
     assert curve["budgets"][0]["refusal"]["value"] < FAST.threshold  # the pathway collapses refusal within KL 0.1
     assert "adaptive attacker (own prompts and search" in format_audit(r)
+    # a search made before on this model is reused, not made again, and gives the same audit
+    import failclosed_interp.attacks.adaptive as adaptive_module
+
+    def no_new_search(*args, **kwargs):
+        raise AssertionError("the given search must be reused")
+
+    real, adaptive_module.search_directions = adaptive_module.search_directions, no_new_search
+    try:
+        again = run_audit(one.model, prompts_of(one), config, one.decoys(2), judge=SubstringJudge(),
+                          adaptive_search=r.adaptive_attack.search)
+    finally:
+        adaptive_module.search_directions = real
+    assert torch.equal(again.directions[2].vector, chosen.vector) and again.verdict == r.verdict
+    assert any(note.endswith("made before and reused)") for note in again.notes)
     # without it, the strongest direction found with no KL limit is the pathway, within the budget: still fail-open
     without = run_audit(one.model, prompts_of(one), dataclasses.replace(config, adaptive=False), one.decoys(2))
     assert without.verdict_label == "fail-open" and "strongest DIM direction" in without.verdict

@@ -60,6 +60,20 @@ def test_the_grid_runs_what_the_recipe_choice_needs_first_seed_by_seed_and_the_a
     assert all(position[e.model_of] < position[e.name] for e in grid if e.model_of)
 
 
+def test_audits_and_validation_reuse_aligns_attacker_search_only_when_it_searched_the_same_way(tmp_path):
+    from failclosed_interp.attacks.adaptive import SEARCH_FILE
+    from failclosed_interp.reproduce.runner import align_search
+
+    trained = next(e for e in build_grid(GridConfig(quick=True)) if e.kind == "align")
+    attacker = AlignConfig.from_dict(trained.config).attacker
+    final = tmp_path / "final"
+    assert align_search(trained, final, attacker) is None  # align has not saved a search
+    (final / "adaptive").mkdir(parents=True)
+    (final / "adaptive" / SEARCH_FILE).write_text("{}")
+    assert align_search(trained, final, attacker) == final / "adaptive"
+    assert align_search(trained, final, dataclasses.replace(attacker, n_fit=attacker.n_fit + 1)) is None
+
+
 def test_quick_grid_runs_resumes_and_renders(tmp_path):
     config = GridConfig(quick=True, seeds=(0, 1), recipes=("sft", "project"))
     logged: list[str] = []

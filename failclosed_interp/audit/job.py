@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from failclosed_interp.attacks.adaptive import PREFIX_NAMES, AdaptiveAttackResult, adaptive_attack
+from failclosed_interp.attacks.adaptive import PREFIX_NAMES, AdaptiveAttackResult, AttackSearch, adaptive_attack, load_search
 from failclosed_interp.attacks.base import MIN_JUDGED_TOKENS
 from failclosed_interp.audit.analyses import (
     ablation_kl, common_additions, common_site, common_steering, independent_pathways, induce_scores, joint_curves,
@@ -66,9 +66,11 @@ def run_audit(
     directions: DirectionSet | None = None,
     *,
     judge: Judge = ThreeWayJudge(),
+    adaptive_search: AttackSearch | None = None,
     progress: bool = False,
 ) -> AuditResult:
-    """Audit `model`'s refusal pathways along `directions` (discovered when None)."""
+    """Audit `model`'s refusal pathways along `directions` (discovered when None). `adaptive_search`: the
+    adaptive attacker's search made before on this model with `config.attacker` (searched here when None)."""
     clock = Stopwatch(digits=2)
     if directions is not None:
         _check_directions(model, directions)
@@ -113,8 +115,8 @@ def run_audit(
         refusal.directions = directions
     attack = None
     if config.adaptive:
-        note, attack = _add_adaptive(model, refusal, prompts, config, judge, progress)
-        notes.append(note)
+        note, attack = _add_adaptive(model, refusal, prompts, config, judge, adaptive_search, progress)
+        notes.append(note if adaptive_search is None else f"{note} (its search on this model was made before and reused)")
         source = f"{source}+adaptive"
         clock.lap("adaptive")
     dirs = harmless_ablated.directions = refusal.directions
@@ -202,12 +204,13 @@ def _check_directions(model: ChatModel, directions: DirectionSet) -> None:
 
 
 def _add_adaptive(model, refusal: AblationRefusal, prompts: PromptSplits, config: AuditConfig, judge: Judge,
-                  progress) -> tuple[str, AdaptiveAttackResult]:
+                  search: AttackSearch | None, progress) -> tuple[str, AdaptiveAttackResult]:
     """Run the independent adaptive attacker (its own prompts and search, `attacks.adaptive`) on the audit's
     harmful prompts and append the direction it chose within the audit's KL budget, unless it lies in the
     span of the audited ones."""
     attack = adaptive_attack(model, prompts.harmful_eval, config.attacker, judge,
-                             max_new_tokens=max(config.measure.max_new_tokens, MIN_JUDGED_TOKENS), progress=progress)
+                             max_new_tokens=max(config.measure.max_new_tokens, MIN_JUDGED_TOKENS), search=search,
+                             progress=progress)
     index = attack.search.chosen_index(config.kl_budget)
     if index is None:
         why = attack.search.reason or f"no candidate within KL {config.kl_budget}"
@@ -232,15 +235,19 @@ def audit_model(
     config: AuditConfig = AuditConfig(),
     judge: Judge | str = DEFAULT_JUDGE,
     device: str | None = None,
+    adaptive_search: str | Path | None = None,
     progress: bool = False,
 ) -> AuditResult:
     """Load `model` (+ `adapter`) and its prompts and audit it along the directions saved in `directions`
-    (discovered when None). `judge` is a Judge or a built-in one's name (see `judges.JUDGE_NAMES`)."""
+    (discovered when None). `judge` is a Judge or a built-in one's name (see `judges.JUDGE_NAMES`).
+    `adaptive_search`: a folder where the adaptive attacker's search on this same model was saved
+    (`attacks.adaptive.save_search`, e.g. align's `final/adaptive`), reused instead of searching again."""
     if isinstance(judge, str):
         judge = judge_by_name(judge)
     chat_model, prompts = load_subject(model, adapter, device=device, config=config)
     given = load_directions(directions, chat_model) if directions is not None else None
-    return run_audit(chat_model, prompts, config, given, judge=judge, progress=progress)
+    search = load_search(adaptive_search, chat_model) if adaptive_search is not None else None
+    return run_audit(chat_model, prompts, config, given, judge=judge, adaptive_search=search, progress=progress)
 
 
 def audit_job(
@@ -253,11 +260,13 @@ def audit_job(
     judge: Judge | str = DEFAULT_JUDGE,
     device: str | None = None,
     figures: bool = False,
+    adaptive_search: str | Path | None = None,
     progress: bool = True,
 ) -> AuditResult:
     """`audit_model`, then write `out/audit.json`, `out/report.html`, `out/directions/` (and `out/figures/`
     when `figures`)."""
-    result = audit_model(model, adapter, directions, config=config, judge=judge, device=device, progress=progress)
+    result = audit_model(model, adapter, directions, config=config, judge=judge, device=device,
+                         adaptive_search=adaptive_search, progress=progress)
     write_audit(result, out, extra={"adapter": str(adapter) if adapter else None,
                                     "directions_from": str(directions) if directions else None}, figures=figures)
     return result

@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from failclosed_interp.align import STATE_FILE, AlignConfig, align
-from failclosed_interp.attacks.adaptive import SEARCH_FILE, load_search
+from failclosed_interp.attacks.adaptive import SEARCH_FILE, AdaptiveAttackConfig, load_search
 from failclosed_interp.artifacts import read_json, write_json
 from failclosed_interp.audit import AuditConfig, audit_job
 from failclosed_interp.configs import config_from_dict
@@ -127,17 +127,25 @@ def _run(exp: Experiment, grid: list[Experiment], runs: Path, progress: bool, da
     if exp.kind == "validation":
         config = ValidationConfig.from_dict(exp.config)
         loaded = load_model(model, adapter=final / "adapter")
-        # align's summary already ran this attacker's search on the same final model: reuse it.
-        same = AlignConfig.from_dict(trained.config).attacker == config.attacker and (final / "adaptive" / SEARCH_FILE).exists()
-        search = load_search(final / "adaptive", loaded) if same else None
-        return validate(loaded, config, folder, data_dir, search=search, progress=progress)
+        searched = align_search(trained, final, config.attacker)
+        return validate(loaded, config, folder, data_dir, search=load_search(searched, loaded) if searched else None,
+                        progress=progress)
     if exp.kind == "audit":
-        result = audit_job(folder, model, adapter=final / "adapter", directions=directions,
-                           config=AuditConfig.from_dict(exp.config), progress=progress)
+        config = AuditConfig.from_dict(exp.config)
+        searched = align_search(trained, final, config.attacker) if config.adaptive else None
+        result = audit_job(folder, model, adapter=final / "adapter", directions=directions, config=config,
+                           adaptive_search=searched, progress=progress)
         return result.to_dict()
     spec = ModelSpec(trained.name.removeprefix("align-"), model, str(final / "adapter"))
     evaluated = evaluate([spec], folder, config_from_dict(EvalConfig, exp.config), progress=progress)
     return evaluation_row(evaluated, spec.label)
+
+
+def align_search(trained: Experiment, final: Path, attacker: AdaptiveAttackConfig) -> Path | None:
+    """The folder of the adaptive attacker's search that align's summary made on the final model, when it
+    searched with the same settings as `attacker` (then it is reused, not searched again), else None."""
+    same = AlignConfig.from_dict(trained.config).attacker == attacker
+    return final / "adaptive" if same and (final / "adaptive" / SEARCH_FILE).exists() else None
 
 
 def round0_source(exp: Experiment, config: AlignConfig, grid: list[Experiment], runs: Path) -> Path | None:
