@@ -30,7 +30,7 @@ KINDS = ("align", "validation", "audit", "attacks", "public")
 QUICK_MODEL = "tiny-llama"
 # Rough first-run estimates (seconds on 2 CPU cores) before any result of the same kind exists; once one
 # has finished, the runner estimates from measured wall times instead.
-FIRST_ESTIMATE_S = {"align": 45 * 60, "validation": 10 * 60, "audit": 8 * 60, "attacks": 50 * 60, "public": 6 * 60}
+FIRST_ESTIMATE_S = {"align": 70 * 60, "validation": 10 * 60, "audit": 15 * 60, "attacks": 50 * 60, "public": 6 * 60}
 QUICK_ESTIMATE_S = {"align": 20, "validation": 10, "audit": 20, "attacks": 20, "public": 5}
 
 
