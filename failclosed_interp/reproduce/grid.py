@@ -44,7 +44,9 @@ class GridConfig:
     model: str = EMBEDDED_MODEL
     seeds: tuple[int, ...] = (0, 1, 2)
     attack_seeds: tuple[int, ...] = (0,)
-    recipes: tuple[str, ...] = ("sft", "refat", "method", "paper", "project")
+    # Run order within a seed: the baseline and the candidates for the default recipe first, the paper's
+    # (up to 10 rounds, the longest) after them, refat (a baseline no choice waits for) last.
+    recipes: tuple[str, ...] = ("sft", "method", "project", "paper", "refat")
     quick: bool = False
 
     def __post_init__(self):
