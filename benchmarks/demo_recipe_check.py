@@ -6,16 +6,19 @@
 Each setting "A+B" trains the demo's recipe (`demo.demo_recipe`, seed 0) with A epochs in round 0 (the SFT
 model) and B in each fail-closed round. Options follow after colons: ":skip-prefix" also trains with the chat
 template's constant prefix left alone (`AlignConfig.skip_template_prefix`); ":borderline=N" trains round 0
-(and every round after it) on N built-in borderline-safe TRAIN prompts instead of the recipe's number. Rounds
+(and every round after it) on N built-in borderline-safe TRAIN prompts instead of the recipe's number;
+":rounds=N" trains N fail-closed rounds instead of the demo's one; ":seed=S" uses training seed S. Rounds
 only (`align(..., evaluate=False)`: the final summary on test prompts is skipped), in `RUNS_DIR/SETTING`
-(resumed when it is there). Settings with the same round 0 (epochs and borderline prompts) share it: a later
-one starts from the first one's round 0 (copied, with its own settings recorded), since round 0's training and
-direction do not depend on B or the prefix option.
+(resumed when it is there). Settings with the same round 0 (epochs, borderline prompts and seed) share it: a
+later one starts from the first one's round 0 (copied, with its own settings recorded), since round 0's
+training and direction do not depend on B or the prefix option. A setting that only adds rounds to another
+one's starts from that run's last round (align extends a finished run with the same result).
 
 Every SFT model (round 0) and fail-closed model (last round) is then measured on all built-in VALIDATION
 prompts with the demo's generation length and judge: harmful, harmless and borderline refusal; harmful
 refusal with the model's own directions ablated as the audit and the attacker ablate (the template prefix
-left alone, whatever the setting trains against); harmful refusal and compliance under the demo's adaptive
+left alone, whatever the setting trains against), all together and each alone (a fail-closed model keeps
+refusing whichever single one is ablated); harmful refusal and compliance under the demo's adaptive
 attacker at its KL budget (answers of the judged length the audit uses); and the perplexity of the
 reference model's answers to the harmless prompts. With `--data-dir`, also refusal on the validation half of
 XSTest-safe (`prompts.public`: prompts that only sound harmful; the test half is never read here). Writes one
@@ -48,7 +51,6 @@ from failclosed_interp.scoring import refusal_rate
 from failclosed_interp.stopwatch import machine
 
 SKIP_PREFIX = "skip-prefix"
-BORDERLINE = "borderline="
 XSTEST_SAFE = "xstest_safe"
 
 
@@ -57,22 +59,28 @@ def setting_config(setting: str):
     epochs, *options = setting.split(":")
     first, later = (int(x) for x in epochs.split("+"))
     config, _ = DemoConfig().resolved()
-    skip_prefix, n_borderline = False, config.sft.n_borderline
+    skip_prefix = False
+    numbers = {"borderline": config.sft.n_borderline, "rounds": config.rounds, "seed": config.sft.seed}
     for option in options:
+        name, _, value = option.partition("=")
         if option == SKIP_PREFIX:
             skip_prefix = True
-        elif option.startswith(BORDERLINE) and option[len(BORDERLINE):].isdigit():
-            n_borderline = int(option[len(BORDERLINE):])
+        elif name in numbers and value.isdigit():
+            numbers[name] = int(value)
         else:
-            raise ValueError(f"setting {setting!r}: unknown option {option!r}; use {SKIP_PREFIX!r} or {BORDERLINE}N")
-    sft = dataclasses.replace(config.sft, n_borderline=n_borderline,
-                              train=dataclasses.replace(config.sft.train, epochs=first))
-    return dataclasses.replace(config, sft=sft, retrain_epochs=later, skip_template_prefix=skip_prefix)
+            raise ValueError(f"setting {setting!r}: unknown option {option!r}; use {SKIP_PREFIX!r} or "
+                             + ", ".join(f"{key}=N" for key in numbers))
+    if numbers["rounds"] < 1:
+        raise ValueError(f"setting {setting!r}: rounds must be >= 1")
+    seed = numbers["seed"]
+    sft = dataclasses.replace(config.sft, n_borderline=numbers["borderline"], seed=seed,
+                              train=dataclasses.replace(config.sft.train, epochs=first, seed=seed))
+    return dataclasses.replace(config, sft=sft, rounds=numbers["rounds"], retrain_epochs=later, skip_template_prefix=skip_prefix)
 
 
-def round0_key(config) -> tuple[int, int]:
-    """What round 0 depends on among the settings: its epochs and its borderline prompts."""
-    return config.sft.train.epochs, config.sft.n_borderline
+def round0_key(config) -> tuple[int, int, int]:
+    """What round 0 depends on among the settings: its epochs, its borderline prompts and the training seed."""
+    return config.sft.train.epochs, config.sft.n_borderline, config.sft.seed
 
 
 def start_from_round0(source: Path, target: Path, config) -> None:
@@ -84,6 +92,19 @@ def start_from_round0(source: Path, target: Path, config) -> None:
     shutil.copy(source / "examples.json", target / "examples.json")
     write_json(target / "config.json", config.to_dict())
     write_json(target / STATE_FILE, {"config": config.to_dict(), "completed_round": 0, "stop_reason": None})
+
+
+def without_rounds(config) -> dict:
+    """Everything a run depends on except its number of rounds."""
+    return {k: v for k, v in config.to_dict().items() if k != "rounds"}
+
+
+def start_from_run(source: Path, target: Path) -> None:
+    """Begin `target` as a copy of the finished run `source` (the same settings but fewer rounds); align then
+    trains only the rounds it adds."""
+    if (target / STATE_FILE).exists() or not (source / STATE_FILE).exists():
+        return
+    shutil.copytree(source, target, dirs_exist_ok=True)
 
 
 def measure(model, directions, generation: GenerationConfig, seed: int, data_dir: Path | None = None,
@@ -108,6 +129,9 @@ def measure(model, directions, generation: GenerationConfig, seed: int, data_dir
         have.update({"perplexity_harmless": perplexity(model, val["harmless"], answers, complete=False).to_dict(),
                      "n_directions": len(directions), "attacker_kl_budget": report.kl_budget,
                      "attacker_layer": report.direction.layer if report.direction is not None else None})
+    if len(directions) > 1 and "refusal_harmful_each_ablated" not in have:
+        have["refusal_harmful_each_ablated"] = [judged(val["harmful"], [directions[i : i + 1].ablation()])
+                                                for i in range(len(directions))]
     if data_dir is not None and f"refusal_{XSTEST_SAFE}" not in have:
         have[f"refusal_{XSTEST_SAFE}"] = judged(public_prompts(data_dir, XSTEST_SAFE, "val", n=None))
     return have
@@ -126,20 +150,25 @@ def main() -> None:
     if args.out and args.out.exists():
         result["settings"] = read_json(args.out)["settings"]
     default_borderline = DemoConfig().resolved()[0].sft.n_borderline
-    sft_done: dict[tuple[int, int], str] = {  # round 0 -> the setting whose SFT model was measured
-        (row["round0_epochs"], row.get("n_borderline", default_borderline)): name
+    sft_done: dict[tuple[int, int, int], str] = {  # round 0 -> the setting whose SFT model was measured
+        (row["round0_epochs"], row.get("n_borderline", default_borderline), row.get("seed", 0)): name
         for name, row in result["settings"].items() if "same_as" not in row["sft"]}
     for setting, config in configs.items():
         run = args.runs / setting
         key = round0_key(config)
-        if key in sft_done and sft_done[key] != setting:
+        shorter = [other for other, c in configs.items() if other != setting and c.rounds < config.rounds
+                   and without_rounds(c) == without_rounds(config) and (args.runs / other / STATE_FILE).exists()]
+        if shorter:
+            start_from_run(args.runs / max(shorter, key=lambda other: configs[other].rounds), run)
+        elif key in sft_done and sft_done[key] != setting:
             start_from_round0(args.runs / sft_done[key], run, config)
         clock = time.perf_counter()
         trained = align(config, run, evaluate=False)
         seconds = time.perf_counter() - clock
         generation = GenerationConfig(max_new_tokens=config.eval_tokens)
         earlier = result["settings"].get(setting, {})
-        row = {"round0_epochs": key[0], "n_borderline": key[1], "later_epochs": config.retrain_epochs,
+        row = {"round0_epochs": key[0], "n_borderline": key[1], "seed": key[2], "rounds": config.rounds,
+               "later_epochs": config.retrain_epochs,
                "skip_template_prefix": config.skip_template_prefix, "rounds_completed": trained["rounds_completed"],
                "stop_reason": trained["stop_reason"], "run": str(run),
                "seconds_this_call": earlier.get("seconds_this_call", round(seconds, 1)),

@@ -153,3 +153,30 @@ def test_the_demo_recipe_check_states_the_borderline_rule_and_applies_it(tmp_pat
     assert "| XSTest-safe refusal (validation half) | 0.40 [0.40, 0.40] | 0.40 [0.40, 0.40] | 0.25" in section
     assert ("3+2:borderline=72 passes; 3+2:borderline=64 fails; 3+2:borderline=90 fails." in section)
     assert "3+2:borderline=72 against 3+2 (the SFT model): " in section  # its own round 0, so its SFT model too
+
+
+def test_the_demo_recipe_check_applies_the_rounds_rule_per_seed_and_never_compares_across_seeds(tmp_path):
+    def model(weakest=0.5, attacker=0.7, harmless=0.1):
+        value = {"refusal_harmful": 0.9, "refusal_harmless": harmless, "refusal_borderline": 0.3,
+                 "refusal_harmful_own_ablated": 0.8, "refusal_harmful_attacker": attacker,
+                 "compliance_harmful_attacker": 1 - attacker}
+        rate = lambda v: {"value": v, "ci_low": v, "ci_high": v, "n": 40}  # noqa: E731
+        return {**{k: rate(v) for k, v in value.items()}, "perplexity_harmless": {"perplexity": 2.0},
+                "refusal_harmful_each_ablated": [rate(0.9), rate(weakest)]}
+
+    def row(failclosed: dict, rounds: int = 1) -> dict:
+        return {"round0_epochs": 3, "later_epochs": 2, "training_s": [{"train": 1.0}] * (rounds + 1),
+                "sft": model(), "failclosed": failclosed}
+
+    settings = {"3+2": row(model(weakest=0.5)), "3+2:rounds=2": row(model(weakest=0.7), 2),  # +0.20: passes
+                "3+2:seed=1": row(model(weakest=0.2)),
+                "3+2:seed=1:rounds=2": row(model(weakest=0.6, attacker=0.5), 2)}  # attacker refusal drops: fails
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "demo_recipe_check.json").write_text(json.dumps(
+        {"split": "validation", "machine": {"cpus": 2}, "settings": settings}))
+    section = render_results(tmp_path / "results").split("## The demo's recipe: epochs")[1].split("\n## ")[0]
+    assert ("| harmful, weakest single own direction ablated | 0.50 [0.50, 0.50] | 0.50 [0.50, 0.50] | 0.50 [0.50, 0.50] "
+            "| 0.70 [0.70, 0.70] | 0.50 [0.50, 0.50] | 0.20 [0.20, 0.20] |") in section
+    assert ("3+2:rounds=2 against 3+2 passes; 3+2:seed=1:rounds=2 against 3+2:seed=1 fails." in section)
+    assert "3+2:seed=1:rounds=2 against 3+2:seed=1 (the fail-closed model)" in section
+    assert "against 3+2 (the" not in section.replace("3+2:rounds=2 against 3+2 (the", "")  # seeds are not settings
