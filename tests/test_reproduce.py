@@ -151,7 +151,8 @@ def test_the_demo_recipe_check_states_the_borderline_rule_and_applies_it(tmp_pat
         {"split": "validation", "machine": {"cpus": 2}, "settings": settings}))
     section = render_results(tmp_path / "results").split("## The demo's recipe: epochs")[1].split("\n## ")[0]
     assert "| XSTest-safe refusal (validation half) | 0.40 [0.40, 0.40] | 0.40 [0.40, 0.40] | 0.25" in section
-    assert ("3+2:borderline=72 passes; 3+2:borderline=64 fails; 3+2:borderline=90 fails." in section)
+    assert ("3+2:borderline=72 against 3+2 passes; 3+2:borderline=64 against 3+2 fails; "
+            "3+2:borderline=90 against 3+2 fails." in section)
     assert "3+2:borderline=72 against 3+2 (the SFT model): " in section  # its own round 0, so its SFT model too
 
 
