@@ -181,3 +181,8 @@ def test_the_demo_recipe_check_applies_the_rounds_rule_per_seed_and_never_compar
     assert ("3+2:rounds=2 against 3+2 passes; 3+2:seed=1:rounds=2 against 3+2:seed=1 fails." in section)
     assert "3+2:seed=1:rounds=2 against 3+2:seed=1 (the fail-closed model)" in section
     assert "against 3+2 (the" not in section.replace("3+2:rounds=2 against 3+2 (the", "")  # seeds are not settings
+    assert "Runs whose direction search" not in section
+    settings["3+2:rounds=2"].update(rounds_completed=1, stop_reason="the new direction does not mediate refusal")
+    (tmp_path / "results" / "demo_recipe_check.json").write_text(json.dumps(
+        {"split": "validation", "machine": {"cpus": 2}, "settings": settings}))
+    assert "3+2:rounds=2 after round 1: the new direction does not mediate refusal." in render_results(tmp_path / "results")

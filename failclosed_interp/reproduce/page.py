@@ -323,6 +323,11 @@ def _demo_recipe_section(root: Path) -> list[str]:
     lines.append("| training + direction search, s | "
                  + " | ".join(f"{_round_seconds(row, model):.0f}" for row in settings.values() for model in DEMO_RECIPE_MODELS)
                  + " |")
+    stopped = [f"{name} after round {row['rounds_completed']}: {row['stop_reason']}"
+               for name, row in settings.items() if row.get("stop_reason")]
+    if stopped:
+        lines += ["", "Runs whose direction search after a round found no direction that mediates refusal now (the "
+                      "loop keeps no such direction, and trains no round after it): " + "; ".join(stopped) + "."]
     reference = settings.get(DEMO_RECIPE_REFERENCE)
     if reference is not None:
         verdicts = [f"{name} {'passes' if _as_good(row, reference) else 'fails'}" for name, row in settings.items()
