@@ -7,7 +7,9 @@ Each setting "A+B" trains the demo's recipe (`demo.demo_recipe`, seed 0) with A 
 model) and B in each fail-closed round. Options follow after colons: ":skip-prefix" also trains with the chat
 template's constant prefix left alone (`AlignConfig.skip_template_prefix`); ":borderline=N" trains round 0
 (and every round after it) on N built-in borderline-safe TRAIN prompts instead of the recipe's number;
-":rounds=N" trains N fail-closed rounds instead of the demo's one; ":seed=S" uses training seed S. Rounds
+":rounds=N" trains N fail-closed rounds instead of the demo's one; ":seed=S" uses training seed S;
+":necessary-only" keeps a new direction that is necessary for refusal (ablating it lowers the harmful score
+by the margin) even when adding it does not raise harmless refusal (`AlignConfig.min_addition_rise=None`). Rounds
 only (`align(..., evaluate=False)`: the final summary on test prompts is skipped), in `RUNS_DIR/SETTING`
 (resumed when it is there). Settings with the same round 0 (epochs, borderline prompts and seed) share it: a
 later one starts from the first one's round 0 (copied, with its own settings recorded), since round 0's
@@ -51,6 +53,7 @@ from failclosed_interp.scoring import refusal_rate
 from failclosed_interp.stopwatch import machine
 
 SKIP_PREFIX = "skip-prefix"
+NECESSARY_ONLY = "necessary-only"
 XSTEST_SAFE = "xstest_safe"
 
 
@@ -59,23 +62,27 @@ def setting_config(setting: str):
     epochs, *options = setting.split(":")
     first, later = (int(x) for x in epochs.split("+"))
     config, _ = DemoConfig().resolved()
-    skip_prefix = False
+    skip_prefix, necessary_only = False, False
     numbers = {"borderline": config.sft.n_borderline, "rounds": config.rounds, "seed": config.sft.seed}
     for option in options:
         name, _, value = option.partition("=")
         if option == SKIP_PREFIX:
             skip_prefix = True
+        elif option == NECESSARY_ONLY:
+            necessary_only = True
         elif name in numbers and value.isdigit():
             numbers[name] = int(value)
         else:
-            raise ValueError(f"setting {setting!r}: unknown option {option!r}; use {SKIP_PREFIX!r} or "
+            raise ValueError(f"setting {setting!r}: unknown option {option!r}; use {SKIP_PREFIX!r}, {NECESSARY_ONLY!r} or "
                              + ", ".join(f"{key}=N" for key in numbers))
     if numbers["rounds"] < 1:
         raise ValueError(f"setting {setting!r}: rounds must be >= 1")
     seed = numbers["seed"]
     sft = dataclasses.replace(config.sft, n_borderline=numbers["borderline"], seed=seed,
                               train=dataclasses.replace(config.sft.train, epochs=first, seed=seed))
-    return dataclasses.replace(config, sft=sft, rounds=numbers["rounds"], retrain_epochs=later, skip_template_prefix=skip_prefix)
+    return dataclasses.replace(config, sft=sft, rounds=numbers["rounds"], retrain_epochs=later,
+                               skip_template_prefix=skip_prefix,
+                               min_addition_rise=None if necessary_only else config.min_addition_rise)
 
 
 def round0_key(config) -> tuple[int, int, int]:
