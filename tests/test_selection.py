@@ -122,6 +122,6 @@ def test_the_page_names_what_the_choice_waits_for(tmp_path):
                   validation("method", 0, harmless=0.0, borderline=0.2, attacked=0.1)])  # stale: another fingerprint
     page = render_results(tmp_path / "results")
     assert "| sft, seed 0 |" in page and "| method, seed 0 |" not in page
-    assert ("Not chosen yet: waiting for `validation-method-s0`, `validation-paper-s0`, `validation-project-s0`."
+    assert ("Not chosen yet: waiting for `validation-method-s0`, `validation-project-s0`, `validation-paper-s0`."
             in page)
     assert f"is `{align.DEFAULT_RECIPE}`; validation has not chosen yet." in page
