@@ -304,7 +304,7 @@ def test_cli_discovers_at_the_given_positions(tmp_path, capsys):
     assert "verdict: fail-open" in capsys.readouterr().out
 
 
-def test_adaptive_adds_the_independent_attackers_direction_to_irrelevant_given_ones(one):
+def test_adaptive_adds_the_independent_attackers_direction_to_irrelevant_given_ones(one, monkeypatch):
     p = one.prompts  # the attacker's own prompts: none of them is an audit evaluation prompt
     attacker = AdaptiveAttackConfig(harmful=p.harmful_train + p.harmful_val, harmless=p.harmless_train + p.harmless_val,
                                     n_fit=12, rdo_steps=0)
@@ -320,17 +320,13 @@ def test_adaptive_adds_the_independent_attackers_direction_to_irrelevant_given_o
     assert curve["budgets"][0]["refusal"]["value"] < FAST.threshold  # the pathway collapses refusal within KL 0.1
     assert "adaptive attacker (own prompts and search" in format_audit(r)
     # a search made before on this model is reused, not made again, and gives the same audit
-    import failclosed_interp.attacks.adaptive as adaptive_module
-
     def no_new_search(*args, **kwargs):
         raise AssertionError("the given search must be reused")
 
-    real, adaptive_module.search_directions = adaptive_module.search_directions, no_new_search
-    try:
+    with monkeypatch.context() as patched:
+        patched.setattr("failclosed_interp.attacks.adaptive.search_directions", no_new_search)
         again = run_audit(one.model, prompts_of(one), config, one.decoys(2), judge=SubstringJudge(),
                           adaptive_search=r.adaptive_attack.search)
-    finally:
-        adaptive_module.search_directions = real
     assert torch.equal(again.directions[2].vector, chosen.vector) and again.verdict == r.verdict
     assert any(note.endswith("made before and reused)") for note in again.notes)
     # without it, the strongest direction found with no KL limit is the pathway, within the budget: still fail-open

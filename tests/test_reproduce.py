@@ -12,8 +12,7 @@ import pytest
 from failclosed_interp.align import AlignConfig, recipe
 from failclosed_interp.cli import main
 from failclosed_interp.reproduce import GridConfig, build_grid, render_results, run_grid
-from failclosed_interp.reproduce.runner import run_folder
-from failclosed_interp.reproduce.runner import ResultsMismatch
+from failclosed_interp.reproduce.runner import ResultsMismatch, run_folder
 from tests._public_data import write_public_data
 
 REPO = Path(__file__).resolve().parents[1]
