@@ -11,7 +11,7 @@ import pytest
 
 from failclosed_interp.align import AlignConfig, recipe
 from failclosed_interp.cli import main
-from failclosed_interp.reproduce import GridConfig, build_grid, render_results, run_grid
+from failclosed_interp.reproduce import GridConfig, build_grid, grid_status, render_results, run_grid
 from failclosed_interp.reproduce.runner import ResultsMismatch, run_folder
 from tests._public_data import write_public_data
 
@@ -80,6 +80,9 @@ def test_quick_grid_runs_resumes_and_renders(tmp_path):
     ran = run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append)
     assert [e.name for e in ran] == [e.name for e in build_grid(config) if e.kind != "public"]
     assert "public-set columns are skipped" in logged[0] and "expected" in logged[1]
+    states = {r["name"]: r["state"] for r in grid_status(config, tmp_path / "runs", results)}
+    assert {n for n, s in states.items() if s != "finished"} == {e.name for e in build_grid(config) if e.kind == "public"}
+    assert all(s == "skipped" for n, s in states.items() if n.startswith("public-"))
     validated = json.loads((results / "validation-project-s1.json").read_text())["result"]
     assert validated["xstest_safe"] is None and validated["adaptive_search"] == "reused"  # align's own search
     grid = {e.name: e for e in build_grid(config)}
@@ -110,6 +113,26 @@ def test_quick_grid_runs_resumes_and_renders(tmp_path):
     assert f"| sft, seed 1 | {public['advbench']['refusal_rate']['value']:.2f} [" in page
     assert f"| project, seed 1 | {validated['ci']['refusal_harmful']['value']:.2f} [" in page
     assert "Not chosen yet: waiting for `validation-method (not in the grid)`" in page
+
+
+def test_status_says_what_is_finished_started_and_left_without_running_anything(tmp_path, capsys):
+    config = GridConfig(quick=True, seeds=(0,), recipes=("sft", "project"))
+    grid = build_grid(config)
+    rows = grid_status(config, tmp_path / "runs", tmp_path / "results", data_dir=tmp_path / "data")
+    assert [r["name"] for r in rows] == [e.name for e in grid] and {r["state"] for r in rows} == {"to run"}
+    project = next(e for e in grid if e.name == "align-project-s0")
+    folder = run_folder(project, tmp_path / "runs")
+    folder.mkdir(parents=True)
+    (folder / "state.json").write_text(json.dumps({"completed_round": 0, "config": project.config}))
+    row = next(r for r in grid_status(config, tmp_path / "runs", tmp_path / "results") if r["name"] == project.name)
+    assert row["state"] == "started" and row["detail"].startswith("round 0 of 1 completed")
+    assert not (tmp_path / "results").exists()  # nothing written
+    assert main(["reproduce", "--quick", "--status", "--runs", str(tmp_path / "runs"),
+                 "--results", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    total, public = len(build_grid(GridConfig(quick=True))), sum(e.kind == "public" for e in build_grid(GridConfig(quick=True)))
+    assert "align-refat-s0" in out and f"0 of {total} finished; {total - public} to run" in out  # public: --data-dir
+    assert not (tmp_path / "results").exists()
 
 
 def test_a_results_folder_of_another_version_is_refused(tmp_path):

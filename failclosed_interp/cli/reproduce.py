@@ -10,12 +10,16 @@ from failclosed_interp.cli.options import command, data_dir_flag, device_flags
 
 def cmd_reproduce(args) -> None:
     """`failclosed reproduce`."""
-    from failclosed_interp.reproduce import GridConfig, run_grid, write_results_page
+    from failclosed_interp.reproduce import GridConfig, format_status, grid_status, run_grid, write_results_page
     from failclosed_interp.reproduce.page import GRID_DIR
 
+    seeds = {"seeds": args.seeds, "attack_seeds": args.seeds[:1]} if hasattr(args, "seeds") else {}
+    config = GridConfig(quick=args.quick, **seeds)
+    if args.status:
+        print(format_status(grid_status(config, args.runs, args.results / GRID_DIR, data_dir=args.data_dir)))
+        return
     if not args.page_only:
-        seeds = {"seeds": args.seeds, "attack_seeds": args.seeds[:1]} if hasattr(args, "seeds") else {}
-        run_grid(GridConfig(quick=args.quick, **seeds), args.runs, args.results / GRID_DIR, data_dir=args.data_dir)
+        run_grid(config, args.runs, args.results / GRID_DIR, data_dir=args.data_dir)
     for path in write_results_page(args.results, args.page):
         print(f"wrote {path}")
 
@@ -39,5 +43,7 @@ def add_parsers(sub) -> None:
                    help="results root: one small JSON per finished experiment in RESULTS/grid/")
     p.add_argument("--page", type=Path, default=Path("docs/results.md"), help="the results page written from --results")
     p.add_argument("--page-only", action="store_true", default=False, help="only regenerate the page from the results files")
+    p.add_argument("--status", action="store_true", default=False,
+                   help="print what has finished, what is started and what is left, with the expected time; run nothing")
     data_dir_flag(p)
     device_flags(p)

@@ -4,6 +4,6 @@ and attacks), run resumably into small JSON results files, and the results page 
 
 from failclosed_interp.reproduce.grid import Experiment, GridConfig, build_grid
 from failclosed_interp.reproduce.page import render_results, write_results_page
-from failclosed_interp.reproduce.runner import run_grid
+from failclosed_interp.reproduce.runner import format_status, grid_status, run_grid
 
-__all__ = ["Experiment", "GridConfig", "build_grid", "render_results", "run_grid", "write_results_page"]
+__all__ = ["Experiment", "GridConfig", "build_grid", "format_status", "grid_status", "render_results", "run_grid", "write_results_page"]

@@ -75,10 +75,9 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
     runs, results = Path(runs), Path(results)
     grid = build_grid(config)
     _check_grid_file(results, config)
-    todo = [e for e in grid if not is_done(e, results) or (data_dir is not None and _lacks_public(e, results))]
-    if data_dir is None and any(e.kind == "public" for e in todo):
+    todo = _to_run(grid, results, data_dir)
+    if data_dir is None and any(e.kind == "public" for e in grid if not is_done(e, results)):
         log("grid: no data folder given, so the public-set columns are skipped (pass --data-dir to measure them)")
-        todo = [e for e in todo if e.kind != "public"]
     expected = estimates_s(results, config.quick)
     log(f"grid: {len(grid)} experiments, {len(grid) - len(todo)} finished, {len(todo)} to run "
         f"(expected {_hours(sum((expected[e.kind] for e in todo), 0.0))})")
@@ -95,6 +94,60 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         ran.append(exp)
     return ran
+
+
+def _to_run(grid: list[Experiment], results: Path, data_dir: str | Path | None) -> list[Experiment]:
+    """The experiments a run of the grid runs, in order: the unfinished ones (the public sets' only with
+    `data_dir`) and, with `data_dir`, finished validation experiments that still lack their XSTest column."""
+    todo = [e for e in grid if not is_done(e, results) or (data_dir is not None and _lacks_public(e, results))]
+    return todo if data_dir is not None else [e for e in todo if e.kind != "public"]
+
+
+def grid_status(config: GridConfig, runs: str | Path, results: str | Path, *,
+                data_dir: str | Path | None = None) -> list[dict]:
+    """Where a grid stands, computing nothing: per experiment, in run order, its `name`, `kind`, `state`
+    ("finished", "started": a training run with completed rounds or a folder of partial artifacts,
+    "to run", or "skipped": public sets without `data_dir`), `seconds` (measured when finished, else
+    expected) and `detail`."""
+    runs, results = Path(runs), Path(results)
+    grid = build_grid(config)
+    todo = {e.name for e in _to_run(grid, results, data_dir)}
+    expected = estimates_s(results, config.quick)
+    rows = []
+    for exp in grid:
+        row = {"name": exp.name, "kind": exp.kind, "seconds": expected[exp.kind], "detail": ""}
+        folder = run_folder(exp, runs)
+        if exp.name not in todo:
+            saved = load_result(results / f"{exp.name}.json")
+            if saved is None or saved["experiment"]["fingerprint"] != exp.fingerprint:
+                row.update(state="skipped", detail="needs --data-dir (the public sets' folder)")
+            else:
+                row.update(state="finished", seconds=saved["wall_s"], detail=saved["finished"])
+        elif is_done(exp, results):
+            row.update(state="to run", detail="finished without the public sets: measures its XSTest column alone")
+        elif exp.kind == "align" and (folder / STATE_FILE).exists():
+            done = int(read_json(folder / STATE_FILE)["completed_round"])
+            rounds = AlignConfig.from_dict(exp.config).rounds
+            row.update(state="started", detail=f"round {done} of {rounds} completed (round 0: SFT); resumes after it")
+        elif folder.exists():
+            row.update(state="started", detail=f"partial artifacts in {folder}")
+        else:
+            row["state"] = "to run"
+        rows.append(row)
+    return rows
+
+
+def format_status(rows: list[dict]) -> str:
+    """`grid_status` as a table, with the time the unfinished experiments are expected to take."""
+    lines = [f"{'experiment':<26}{'state':<10}{'time':>9}  detail"]
+    for r in rows:
+        lines.append(f"{r['name']:<26}{r['state']:<10}{_hours(r['seconds']):>9}  {r['detail']}".rstrip())
+    left = [r for r in rows if r["state"] in ("started", "to run")]
+    finished = sum(r["state"] == "finished" for r in rows)
+    lines.append(f"{finished} of {len(rows)} finished; {len(left)} to run, expected {_hours(sum(r['seconds'] for r in left))} "
+                 "(estimates: the mean wall time of finished experiments of the same kind, else a first guess; a "
+                 "started training run counts in full)")
+    return "\n".join(lines)
 
 
 def _check_grid_file(results: Path, config: GridConfig) -> None:
