@@ -135,6 +135,48 @@ def test_status_says_what_is_finished_started_and_left_without_running_anything(
     assert not (tmp_path / "results").exists()
 
 
+def test_a_failing_experiment_does_not_hold_up_the_others_and_is_tried_again(tmp_path, monkeypatch):
+    from failclosed_interp.reproduce import runner
+
+    config = GridConfig(quick=True, seeds=(0,), recipes=("sft", "project"))
+    grid, results = build_grid(config), tmp_path / "results"
+
+    def run_or_fail(exp, *args):
+        if exp.name == "align-project-s0":
+            raise RuntimeError("out of memory")
+        return {"ran": exp.name}
+
+    monkeypatch.setattr(runner, "_run", run_or_fail)
+    logged: list[str] = []
+    with pytest.raises(runner.GridFailures, match="align-project-s0: RuntimeError: out of memory") as failure:
+        run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append)
+    needs_project = {e.name for e in grid if e.model_of == "align-project-s0" and e.kind != "public"}  # no --data-dir
+    assert set(failure.value.failed) == {"align-project-s0"} | needs_project
+    assert [e.name for e in failure.value.ran] == [e.name for e in grid if e.kind != "public" and e.name not in failure.value.failed]
+    error = run_folder(next(e for e in grid if e.name == "align-project-s0"), tmp_path / "runs") / runner.ERROR_FILE
+    assert "out of memory" in error.read_text() and any("FAILED" in line for line in logged)
+    states = {r["name"]: r["state"] for r in grid_status(config, tmp_path / "runs", results)}
+    assert states["align-project-s0"] == "failed" and states["align-sft-s0"] == "finished"
+
+    monkeypatch.setattr(runner, "_run", lambda exp, *args: {"ran": exp.name})  # the cause fixed
+    again = run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append)
+    assert [e.name for e in again] == [e.name for e in grid if e.name in failure.value.failed]
+
+
+def test_cli_writes_the_page_of_what_finished_then_exits_1_naming_the_failures(tmp_path, monkeypatch, capsys):
+    import failclosed_interp.reproduce as reproduce
+    from failclosed_interp.reproduce.runner import GridFailures
+
+    def failing(*args, **kwargs):
+        raise GridFailures({"attacks-sft-s0": "RuntimeError: out of memory"}, [])
+
+    monkeypatch.setattr(reproduce, "run_grid", failing)
+    with pytest.raises(SystemExit) as stop:
+        main(["reproduce", "--results", str(tmp_path / "r"), "--page", str(tmp_path / "p.md")])
+    assert stop.value.code == 1 and (tmp_path / "p.md").read_text().startswith("# Results")
+    assert "attacks-sft-s0: RuntimeError: out of memory" in capsys.readouterr().err
+
+
 def test_a_results_folder_of_another_version_is_refused(tmp_path):
     results = tmp_path / "results" / "grid"
     results.mkdir(parents=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from failclosed_interp.cli.options import command, data_dir_flag, device_flags
@@ -12,16 +13,24 @@ def cmd_reproduce(args) -> None:
     """`failclosed reproduce`."""
     from failclosed_interp.reproduce import GridConfig, format_status, grid_status, run_grid, write_results_page
     from failclosed_interp.reproduce.page import GRID_DIR
+    from failclosed_interp.reproduce.runner import GridFailures
 
     seeds = {"seeds": args.seeds, "attack_seeds": args.seeds[:1]} if hasattr(args, "seeds") else {}
     config = GridConfig(quick=args.quick, **seeds)
     if args.status:
         print(format_status(grid_status(config, args.runs, args.results / GRID_DIR, data_dir=args.data_dir)))
         return
+    failures = None
     if not args.page_only:
-        run_grid(config, args.runs, args.results / GRID_DIR, data_dir=args.data_dir)
-    for path in write_results_page(args.results, args.page):
+        try:
+            run_grid(config, args.runs, args.results / GRID_DIR, data_dir=args.data_dir)
+        except GridFailures as err:
+            failures = err
+    for path in write_results_page(args.results, args.page):  # what did finish is on the page either way
         print(f"wrote {path}")
+    if failures is not None:
+        print(f"failclosed reproduce: {failures}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def _seeds(text: str) -> tuple[int, ...]:

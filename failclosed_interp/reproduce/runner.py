@@ -5,12 +5,13 @@ results file records the same fingerprint, and an interrupted training run resum
 from __future__ import annotations
 
 import time
+import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
 from failclosed_interp.align import STATE_FILE, AlignConfig, align
 from failclosed_interp.attacks.adaptive import SEARCH_FILE, AdaptiveAttackConfig, load_search
-from failclosed_interp.artifacts import read_json, write_json
+from failclosed_interp.artifacts import atomic_write, read_json, write_json
 from failclosed_interp.audit import AuditConfig, audit_job
 from failclosed_interp.configs import config_from_dict
 from failclosed_interp.evaluate import EvalConfig, ModelSpec, evaluate
@@ -22,6 +23,7 @@ from failclosed_interp.reproduce.validation import ValidationConfig, needs_publi
 
 SCHEMA = 1  # the results-file format; files of another schema are refused, not misread
 GRID_FILE = "grid.json"
+ERROR_FILE = "error.txt"  # in a failed experiment's run folder: its traceback
 
 
 class ResultsMismatch(ValueError):
@@ -81,19 +83,44 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
     expected = estimates_s(results, config.quick)
     log(f"grid: {len(grid)} experiments, {len(grid) - len(todo)} finished, {len(todo)} to run "
         f"(expected {_hours(sum((expected[e.kind] for e in todo), 0.0))})")
-    ran = []
+    ran, failed = [], {}
     for i, exp in enumerate(todo):
         expected = estimates_s(results, config.quick)  # refined by every experiment that finished
         left = sum((expected[e.kind] for e in todo[i:]), 0.0)
+        if exp.model_of in failed:
+            failed[exp.name] = f"its model's experiment {exp.model_of} failed"
+            log(f"[{i + 1}/{len(todo)}] {exp.name}: skipped, {failed[exp.name]}")
+            continue
         log(f"[{i + 1}/{len(todo)}] {exp.name}: expected {_hours(expected[exp.kind])}, {_hours(left)} left in all")
         start = time.perf_counter()
-        outcome = _run(exp, grid, runs, progress, data_dir)
+        try:
+            outcome = _run(exp, grid, runs, progress, data_dir)
+        except Exception as err:  # noqa: BLE001 - one broken experiment must not hold up the rest of a day-long grid
+            failed[exp.name] = f"{type(err).__name__}: {err}"
+            error = traceback.format_exc()
+            atomic_write(run_folder(exp, runs) / ERROR_FILE, lambda tmp: Path(tmp).write_text(error))
+            log(f"[{i + 1}/{len(todo)}] {exp.name}: FAILED ({failed[exp.name]}); the traceback is in "
+                f"{run_folder(exp, runs) / ERROR_FILE}; going on with the experiments that do not need it")
+            continue
         write_json(results / f"{exp.name}.json", {
             "schema": SCHEMA, "experiment": exp.to_dict(), "config": exp.config, "result": outcome,
             "wall_s": round(time.perf_counter() - start, 1), "machine": machine(),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         ran.append(exp)
+    if failed:
+        raise GridFailures(failed, ran)
     return ran
+
+
+class GridFailures(RuntimeError):
+    """Experiments of a grid run that failed (`failed`: name -> why), after every other one ran (`ran`).
+    Their results files are not written, so the next run tries them again."""
+
+    def __init__(self, failed: dict[str, str], ran: list[Experiment]):
+        self.failed, self.ran = failed, ran
+        lines = "\n".join(f"  {name}: {why}" for name, why in failed.items())
+        super().__init__(f"{len(failed)} experiment(s) of the grid did not finish ({len(ran)} others did):\n{lines}\n"
+                         "fix the cause and run the same command again: finished experiments are kept")
 
 
 def _to_run(grid: list[Experiment], results: Path, data_dir: str | Path | None) -> list[Experiment]:
@@ -106,9 +133,9 @@ def _to_run(grid: list[Experiment], results: Path, data_dir: str | Path | None) 
 def grid_status(config: GridConfig, runs: str | Path, results: str | Path, *,
                 data_dir: str | Path | None = None) -> list[dict]:
     """Where a grid stands, computing nothing: per experiment, in run order, its `name`, `kind`, `state`
-    ("finished", "started": a training run with completed rounds or a folder of partial artifacts,
-    "to run", or "skipped": public sets without `data_dir`), `seconds` (measured when finished, else
-    expected) and `detail`."""
+    ("finished"; "failed": its last try raised; "started": a training run with completed rounds or a folder
+    of partial artifacts; "to run"; or "skipped": public sets without `data_dir`), `seconds` (measured when
+    finished, else expected) and `detail`."""
     runs, results = Path(runs), Path(results)
     grid = build_grid(config)
     todo = {e.name for e in _to_run(grid, results, data_dir)}
@@ -125,6 +152,8 @@ def grid_status(config: GridConfig, runs: str | Path, results: str | Path, *,
                 row.update(state="finished", seconds=saved["wall_s"], detail=saved["finished"])
         elif is_done(exp, results):
             row.update(state="to run", detail="finished without the public sets: measures its XSTest column alone")
+        elif (folder / ERROR_FILE).exists():
+            row.update(state="failed", detail=f"the last try failed ({folder / ERROR_FILE}); the next run tries again")
         elif exp.kind == "align" and (folder / STATE_FILE).exists():
             done = int(read_json(folder / STATE_FILE)["completed_round"])
             rounds = AlignConfig.from_dict(exp.config).rounds
@@ -142,7 +171,7 @@ def format_status(rows: list[dict]) -> str:
     lines = [f"{'experiment':<26}{'state':<10}{'time':>9}  detail"]
     for r in rows:
         lines.append(f"{r['name']:<26}{r['state']:<10}{_hours(r['seconds']):>9}  {r['detail']}".rstrip())
-    left = [r for r in rows if r["state"] in ("started", "to run")]
+    left = [r for r in rows if r["state"] in ("failed", "started", "to run")]
     finished = sum(r["state"] == "finished" for r in rows)
     lines.append(f"{finished} of {len(rows)} finished; {len(left)} to run, expected {_hours(sum(r['seconds'] for r in left))} "
                  "(estimates: the mean wall time of finished experiments of the same kind, else a first guess; a "
