@@ -67,7 +67,8 @@ def test_bad_settings_are_refused(planted_run):
 
 
 def test_the_results_page_shows_every_models_directions_and_says_which_are_unfinished(tmp_path, planted_run):
-    from failclosed_interp.reproduce.page import ORTHOGONAL_FILE, render_results
+    from failclosed_interp.reproduce.measurement_sections import ORTHOGONAL_FILE
+    from failclosed_interp.reproduce.page import render_results
 
     run = planted_run[0]
     root = tmp_path / "results"
