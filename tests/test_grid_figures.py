@@ -18,7 +18,7 @@ from failclosed_interp.reproduce.figures import (
     save_grid_figures,
 )
 from failclosed_interp.reproduce.results import load_results, of_kind, unfinished
-from failclosed_interp.reproduce.runner import GRID_FILE, SCHEMA
+from failclosed_interp.reproduce.records import GRID_FILE, SCHEMA
 
 
 def rate(value: float, n: int = 10) -> dict:

@@ -12,7 +12,7 @@ import pytest
 from failclosed_interp.align import AlignConfig, recipe
 from failclosed_interp.cli import main
 from failclosed_interp.reproduce import GridConfig, build_grid, grid_status, render_results, run_grid
-from failclosed_interp.reproduce.runner import ResultsMismatch, run_folder
+from failclosed_interp.reproduce.records import ResultsMismatch, run_folder
 from tests._public_data import write_public_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,7 +141,7 @@ def test_a_failing_experiment_does_not_hold_up_the_others_and_is_tried_again(tmp
     config = GridConfig(quick=True, seeds=(0,), recipes=("sft", "project"))
     grid, results = build_grid(config), tmp_path / "results"
 
-    def run_or_fail(exp, *args):
+    def run_or_fail(exp, folder, *args):
         if exp.name == "align-project-s0":
             raise RuntimeError("out of memory")
         return {"ran": exp.name}
@@ -158,9 +158,58 @@ def test_a_failing_experiment_does_not_hold_up_the_others_and_is_tried_again(tmp
     states = {r["name"]: r["state"] for r in grid_status(config, tmp_path / "runs", results)}
     assert states["align-project-s0"] == "failed" and states["align-sft-s0"] == "finished"
 
-    monkeypatch.setattr(runner, "_run", lambda exp, *args: {"ran": exp.name})  # the cause fixed
+    monkeypatch.setattr(runner, "_run", lambda exp, folder, *args: {"ran": exp.name})  # the cause fixed
     again = run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append)
     assert [e.name for e in again] == [e.name for e in grid if e.name in failure.value.failed]
+
+
+def test_results_of_an_earlier_version_count_unless_a_setting_they_record_changed(tmp_path, monkeypatch):
+    from failclosed_interp.reproduce import runner
+    from failclosed_interp.reproduce.results import unfinished
+
+    config = GridConfig(quick=True, seeds=(0,), recipes=("sft",))
+    grid, results, runs = build_grid(config), tmp_path / "results" / "grid", tmp_path / "runs"
+    monkeypatch.setattr(runner, "_run", lambda exp, folder, *args: {"ran": exp.name})
+    run_grid(config, runs, results, progress=False, log=lambda _: None)
+    trained = next(e for e in grid if e.kind == "align")
+    assert AlignConfig.from_dict(trained.config).min_new_component == AlignConfig().min_new_component
+
+    def saved_by_an_earlier_version(**config_changes):
+        """Rewrite the results as a version without `min_new_component` (added since, at its default) wrote them."""
+        for path in results.glob("*-sft-s0.json"):
+            data = json.loads(path.read_text())
+            if data["experiment"]["kind"] == "align":
+                data["config"].pop("min_new_component", None)
+                data["config"].update(config_changes)
+                data["experiment"].update(fingerprint="0ld", run_folder="align-sft-s0-0ld")
+            else:
+                data["experiment"]["model_fingerprint"] = "0ld"
+            path.write_text(json.dumps(data))
+
+    saved_by_an_earlier_version()
+    assert run_grid(config, runs, results, progress=False, log=lambda _: None) == []  # nothing is redone
+    assert unfinished(results, json_records(results)) == ["public-sft-s0"]  # not run: no --data-dir
+    record = json.loads((results / "align-sft-s0.json").read_text())
+    assert run_folder(trained, runs, record) == runs / "align-sft-s0-0ld"  # its measurements read that model
+
+    saved_by_an_earlier_version(n_eval=trained.config["n_eval"] + 1)  # a setting it records differs: other work
+    redone = run_grid(config, runs, results, progress=False, log=lambda _: None)
+    assert [e.name for e in redone] == [e.name for e in grid if e.kind != "public"]  # the model and all measured on it
+
+
+def test_a_started_training_run_of_an_earlier_version_resumes_in_its_folder(tmp_path):
+    trained = next(e for e in build_grid(GridConfig(quick=True, seeds=(0,), recipes=("sft",))) if e.kind == "align")
+    older = {k: v for k, v in trained.config.items() if k != "min_new_component"}
+    started = tmp_path / "align-sft-s0-0ld"
+    started.mkdir()
+    (started / "state.json").write_text(json.dumps({"completed_round": 0, "config": older}))
+    assert run_folder(trained, tmp_path) == started
+    (started / "state.json").write_text(json.dumps({"completed_round": 0, "config": {**older, "rounds": 7}}))
+    assert run_folder(trained, tmp_path) == tmp_path / f"align-sft-s0-{trained.fingerprint}"  # other settings
+
+
+def json_records(folder: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json") if p.name != "grid.json"}
 
 
 def test_cli_writes_the_page_of_what_finished_then_exits_1_naming_the_failures(tmp_path, monkeypatch, capsys):

@@ -12,7 +12,7 @@ import pytest
 from failclosed_interp import align
 from failclosed_interp.reproduce import render_results
 from failclosed_interp.reproduce.grid import GridConfig, build_grid
-from failclosed_interp.reproduce.runner import GRID_FILE, SCHEMA
+from failclosed_interp.reproduce.records import GRID_FILE, SCHEMA
 from failclosed_interp.reproduce.selection import SelectionRule, choose_recipe
 
 
@@ -21,11 +21,12 @@ def rate(value: float) -> dict:
 
 
 def validation(recipe: str, seed: int, *, harmless: float, borderline: float, attacked: float, harmful: float = 0.9,
-               fingerprint: str = "planted") -> dict:
+               fingerprint: str = "planted", model_fingerprint: str | None = None) -> dict:
     figures = {"refusal_harmful": harmful, "refusal_harmless": harmless, "refusal_borderline": borderline,
                "refusal_harmful_adaptive_ablated": attacked}
     return {"schema": SCHEMA, "experiment": {"name": f"validation-{recipe}-s{seed}", "kind": "validation", "recipe": recipe,
-                                             "seed": seed, "model_of": f"align-{recipe}-s{seed}", "fingerprint": fingerprint},
+                                             "seed": seed, "model_of": f"align-{recipe}-s{seed}", "fingerprint": fingerprint,
+                                             "model_fingerprint": model_fingerprint},
             "config": {}, "result": {**figures, "ci": {k: rate(v) for k, v in figures.items()}, "xstest_safe": None},
             "wall_s": 1.0, "machine": {"platform": "test", "cpus": 1, "torch_threads": 1, "cuda": None}}
 
@@ -117,11 +118,18 @@ def test_the_page_names_what_the_choice_waits_for(tmp_path):
     grid.mkdir(parents=True)
     (grid / GRID_FILE).write_text(json.dumps({"schema": SCHEMA, "grid": {"quick": True, "seeds": [0], "attack_seeds": [0],
                                                                         "recipes": list(config.recipes)}}))
-    sft = next(e for e in build_grid(config) if e.name == "validation-sft-s0")
-    _write(grid, [validation("sft", 0, harmless=0.0, borderline=0.2, attacked=0.1, fingerprint=sft.fingerprint),
+    experiments = {e.name: e for e in build_grid(config)}
+    sft, trained = experiments["validation-sft-s0"], experiments["align-sft-s0"]
+    model = {"schema": SCHEMA, "experiment": {**trained.to_dict(), "model_fingerprint": None}, "config": trained.config,
+             "result": {}, "wall_s": 1.0, "machine": {"platform": "test", "cpus": 1, "torch_threads": 1, "cuda": None}}
+    _write(grid, [model, validation("sft", 0, harmless=0.0, borderline=0.2, attacked=0.1, fingerprint=sft.fingerprint,
+                                    model_fingerprint=trained.fingerprint),
                   validation("method", 0, harmless=0.0, borderline=0.2, attacked=0.1)])  # stale: another fingerprint
     page = render_results(tmp_path / "results")
     assert "| sft, seed 0 |" in page and "| method, seed 0 |" not in page
+    _write(grid, [validation("sft", 0, harmless=0.0, borderline=0.2, attacked=0.1, fingerprint=sft.fingerprint,
+                             model_fingerprint="an-older-model")])  # the same measurement of a model since retrained
+    assert "| sft, seed 0 |" not in render_results(tmp_path / "results")
     assert ("Not chosen yet: waiting for `validation-method-s0`, `validation-project-s0`, `validation-paper-s0`."
             in page)
     assert f"is `{align.DEFAULT_RECIPE}`; validation has not chosen yet." in page

@@ -9,7 +9,8 @@ from pathlib import Path
 from failclosed_interp.artifacts import read_json
 from failclosed_interp.configs import config_from_dict
 from failclosed_interp.reproduce.grid import GRID_RECIPES, Experiment, GridConfig, build_grid
-from failclosed_interp.reproduce.runner import GRID_FILE, evaluation_row, load_result, run_grid
+from failclosed_interp.reproduce.records import GRID_FILE, finished_records, load_records
+from failclosed_interp.reproduce.runner import evaluation_row, run_grid
 from failclosed_interp.reproduce.selection import Choice, SelectionRule, choose_recipe
 from failclosed_interp.stats import RateEstimate
 
@@ -27,8 +28,7 @@ def load_results(folder: str | Path) -> dict[str, dict]:
     if not folder.is_dir():
         raise FileNotFoundError(f"no results folder at {folder}; run `failclosed reproduce --results ROOT` "
                                 f"(it writes ROOT/grid/) or pass the folder that holds grid.json")
-    return {p.stem: data for p in sorted(folder.glob("*.json"))
-            if p.name != GRID_FILE and (data := load_result(p)) is not None}
+    return load_records(folder)
 
 
 def demo_results(folder: str | Path) -> dict[str, dict]:
@@ -80,15 +80,17 @@ def grid_experiments(folder: str | Path) -> list[Experiment]:
 
 
 def unfinished(folder: str | Path, results: dict[str, dict], kind: str | None = None) -> list[str]:
-    """Experiments of the folder's grid (`grid.json`) with no results file for exactly that experiment;
-    only those of `kind` when given. Empty when the folder holds no grid.json."""
-    return [e.name for e in grid_experiments(folder) if (kind is None or e.kind == kind)
-            and (e.name not in results or results[e.name]["experiment"]["fingerprint"] != e.fingerprint)]
+    """Experiments of the folder's grid (`grid.json`) with no results file that counts for them (`records`:
+    the same work, and for a measurement, on the model whose results count now); only those of `kind` when
+    given. Empty when the folder holds no grid.json."""
+    grid = grid_experiments(folder)
+    finished = finished_records(grid, results)
+    return [e.name for e in grid if (kind is None or e.kind == kind) and e.name not in finished]
 
 
 def current(folder: str | Path, results: dict[str, dict], kind: str) -> list[dict]:
-    """The finished experiments of one kind that record exactly the experiment the folder's grid holds (files
-    of an older version of an experiment left out), in recipe and seed order."""
+    """The finished experiments of one kind whose results files count for the folder's grid (files of another
+    version of an experiment, or measured on another model, left out), in recipe and seed order."""
     stale = set(unfinished(folder, results, kind))
     return [r for r in of_kind(results, kind) if r["experiment"]["name"] not in stale]
 

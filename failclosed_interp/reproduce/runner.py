@@ -19,43 +19,12 @@ from failclosed_interp.models import load_model
 from failclosed_interp.public_columns import public_columns
 from failclosed_interp.stopwatch import machine
 from failclosed_interp.reproduce.grid import FIRST_ESTIMATE_S, QUICK_ESTIMATE_S, Experiment, GridConfig, build_grid
+from failclosed_interp.reproduce.records import (
+    GRID_FILE, SCHEMA, ResultsMismatch, finished_records, load_records, load_result, run_folder,
+)
 from failclosed_interp.reproduce.validation import ValidationConfig, needs_public, validate
 
-SCHEMA = 1  # the results-file format; files of another schema are refused, not misread
-GRID_FILE = "grid.json"
 ERROR_FILE = "error.txt"  # in a failed experiment's run folder: its traceback
-
-
-class ResultsMismatch(ValueError):
-    """A results folder written by another version of the grid or the toolkit."""
-
-
-def load_result(path: Path) -> dict | None:
-    """A finished experiment's results file, None if absent; an error if it is of another format."""
-    if not path.exists():
-        return None
-    data = read_json(path)
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise ResultsMismatch(
-            f"{path} is not a results file of this version (schema {data.get('schema') if isinstance(data, dict) else '?'}, "
-            f"expected {SCHEMA}); move the folder aside or use another results folder")
-    return data
-
-
-def is_done(exp: Experiment, results: Path) -> bool:
-    """True if `results` holds this experiment's results file, for exactly this experiment."""
-    data = load_result(results / f"{exp.name}.json")
-    return data is not None and data["experiment"]["fingerprint"] == exp.fingerprint
-
-
-def _lacks_public(exp: Experiment, results: Path) -> bool:
-    """A finished validation experiment that was run without the public sets' folder."""
-    return exp.kind == "validation" and needs_public(load_result(results / f"{exp.name}.json")["result"])
-
-
-def run_folder(exp: Experiment, runs: Path) -> Path:
-    """Where an experiment keeps its heavy artifacts (adapters, caches)."""
-    return runs / f"{exp.name}-{exp.fingerprint}"
 
 
 def estimates_s(results: Path, quick: bool) -> dict[str, float]:
@@ -78,7 +47,7 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
     grid = build_grid(config)
     _check_grid_file(results, config)
     todo = _to_run(grid, results, data_dir)
-    if data_dir is None and any(e.kind == "public" for e in grid if not is_done(e, results)):
+    if data_dir is None and any(e.kind == "public" for e in grid if e.name not in finished_records(grid, load_records(results))):
         log("grid: no data folder given, so the public-set columns are skipped (pass --data-dir to measure them)")
     expected = estimates_s(results, config.quick)
     log(f"grid: {len(grid)} experiments, {len(grid) - len(todo)} finished, {len(todo)} to run "
@@ -92,18 +61,22 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
             log(f"[{i + 1}/{len(todo)}] {exp.name}: skipped, {failed[exp.name]}")
             continue
         log(f"[{i + 1}/{len(todo)}] {exp.name}: expected {_hours(expected[exp.kind])}, {_hours(left)} left in all")
+        finished = finished_records(grid, load_records(results))
+        folder = run_folder(exp, runs, finished.get(exp.name))  # a finished one: measured again for a new column
         start = time.perf_counter()
         try:
-            outcome = _run(exp, grid, runs, progress, data_dir)
+            outcome = _run(exp, folder, grid, finished, runs, progress, data_dir)
         except Exception as err:  # noqa: BLE001 - one broken experiment must not hold up the rest of a day-long grid
             failed[exp.name] = f"{type(err).__name__}: {err}"
             error = traceback.format_exc()
-            atomic_write(run_folder(exp, runs) / ERROR_FILE, lambda tmp: Path(tmp).write_text(error))
+            atomic_write(folder / ERROR_FILE, lambda tmp: Path(tmp).write_text(error))
             log(f"[{i + 1}/{len(todo)}] {exp.name}: FAILED ({failed[exp.name]}); the traceback is in "
-                f"{run_folder(exp, runs) / ERROR_FILE}; going on with the experiments that do not need it")
+                f"{folder / ERROR_FILE}; going on with the experiments that do not need it")
             continue
+        model = finished[exp.model_of]["experiment"]["fingerprint"] if exp.model_of else None
         write_json(results / f"{exp.name}.json", {
-            "schema": SCHEMA, "experiment": exp.to_dict(), "config": exp.config, "result": outcome,
+            "schema": SCHEMA, "config": exp.config, "result": outcome,
+            "experiment": {**exp.to_dict(), "run_folder": folder.name, "model_fingerprint": model},
             "wall_s": round(time.perf_counter() - start, 1), "machine": machine(),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         ran.append(exp)
@@ -126,7 +99,9 @@ class GridFailures(RuntimeError):
 def _to_run(grid: list[Experiment], results: Path, data_dir: str | Path | None) -> list[Experiment]:
     """The experiments a run of the grid runs, in order: the unfinished ones (the public sets' only with
     `data_dir`) and, with `data_dir`, finished validation experiments that still lack their XSTest column."""
-    todo = [e for e in grid if not is_done(e, results) or (data_dir is not None and _lacks_public(e, results))]
+    finished = finished_records(grid, load_records(results))
+    todo = [e for e in grid if e.name not in finished
+            or (data_dir is not None and e.kind == "validation" and needs_public(finished[e.name]["result"]))]
     return todo if data_dir is not None else [e for e in todo if e.kind != "public"]
 
 
@@ -138,19 +113,19 @@ def grid_status(config: GridConfig, runs: str | Path, results: str | Path, *,
     finished, else expected) and `detail`."""
     runs, results = Path(runs), Path(results)
     grid = build_grid(config)
+    finished = finished_records(grid, load_records(results))
     todo = {e.name for e in _to_run(grid, results, data_dir)}
     expected = estimates_s(results, config.quick)
     rows = []
     for exp in grid:
         row = {"name": exp.name, "kind": exp.kind, "seconds": expected[exp.kind], "detail": ""}
-        folder = run_folder(exp, runs)
+        folder = run_folder(exp, runs, finished.get(exp.name))
         if exp.name not in todo:
-            saved = load_result(results / f"{exp.name}.json")
-            if saved is None or saved["experiment"]["fingerprint"] != exp.fingerprint:
-                row.update(state="skipped", detail="needs --data-dir (the public sets' folder)")
+            if exp.name in finished:
+                row.update(state="finished", seconds=finished[exp.name]["wall_s"], detail=finished[exp.name]["finished"])
             else:
-                row.update(state="finished", seconds=saved["wall_s"], detail=saved["finished"])
-        elif is_done(exp, results):
+                row.update(state="skipped", detail="needs --data-dir (the public sets' folder)")
+        elif exp.name in finished:
             row.update(state="to run", detail="finished without the public sets: measures its XSTest column alone")
         elif (folder / ERROR_FILE).exists():
             row.update(state="failed", detail=f"the last try failed ({folder / ERROR_FILE}); the next run tries again")
@@ -195,13 +170,14 @@ def _check_grid_file(results: Path, config: GridConfig) -> None:
     write_json(path, wanted)
 
 
-def _run(exp: Experiment, grid: list[Experiment], runs: Path, progress: bool, data_dir: str | Path | None) -> dict:
-    folder = run_folder(exp, runs)
+def _run(exp: Experiment, folder: Path, grid: list[Experiment], finished: dict[str, dict], runs: Path, progress: bool,
+         data_dir: str | Path | None) -> dict:
+    """Run one experiment in `folder`; `finished`: the results files of the finished ones (`finished_records`)."""
     if exp.kind == "align":
         config = AlignConfig.from_dict(exp.config)
-        return align(config, folder, progress=progress, round0_from=round0_source(exp, config, grid, runs))
+        return align(config, folder, progress=progress, round0_from=round0_source(exp, config, grid, finished, runs))
     trained = next(e for e in grid if e.name == exp.model_of)
-    final = run_folder(trained, runs) / "final"
+    final = run_folder(trained, runs, finished[trained.name]) / "final"
     model = AlignConfig.from_dict(trained.config).model
     directions = final / "directions" if (final / "directions").exists() else None
     if exp.kind == "public":
@@ -230,13 +206,14 @@ def align_search(trained: Experiment, final: Path, attacker: AdaptiveAttackConfi
     return final / "adaptive" if same and (final / "adaptive" / SEARCH_FILE).exists() else None
 
 
-def round0_source(exp: Experiment, config: AlignConfig, grid: list[Experiment], runs: Path) -> Path | None:
+def round0_source(exp: Experiment, config: AlignConfig, grid: list[Experiment], finished: dict[str, dict],
+                  runs: Path) -> Path | None:
     """The run folder of an earlier align experiment of the grid whose round 0 (plain SFT) has finished with
     the same sft settings: every recipe of one training seed then starts from the same SFT model."""
     for other in grid:
         if other.name == exp.name:
             return None
-        folder = run_folder(other, runs)
+        folder = run_folder(other, runs, finished.get(other.name))
         if (other.kind == "align" and (folder / STATE_FILE).exists()
                 and AlignConfig.from_dict(other.config).sft == config.sft):
             return folder
