@@ -1,6 +1,7 @@
 """Run the grid resumably: each finished experiment leaves `results/<name>.json` (small, committed), and its
 heavy artifacts (adapters, caches) in `runs/<name>-<fingerprint>/`. A rerun skips every experiment whose
-results file records the same fingerprint, and an interrupted training run resumes from its last round."""
+results file still counts for it (`records`), and an interrupted training run resumes from its last round.
+An experiment that raises is recorded in its run folder and skipped with what needs it; the rest go on."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
     grid = build_grid(config)
     _check_grid_file(results, config)
     todo = _to_run(grid, results, data_dir)
-    if data_dir is None and any(e.kind == "public" for e in grid if e.name not in finished_records(grid, load_records(results))):
+    finished = finished_records(grid, load_records(results))
+    if data_dir is None and any(e.kind == "public" and e.name not in finished for e in grid):
         log("grid: no data folder given, so the public-set columns are skipped (pass --data-dir to measure them)")
     expected = estimates_s(results, config.quick)
     log(f"grid: {len(grid)} experiments, {len(grid) - len(todo)} finished, {len(todo)} to run "
