@@ -272,28 +272,30 @@ def search_directions(
                                                   fitted_on=fitted_on), prefix)
                   for layer, i, prefix in tqdm(todo, desc="attacker: DIM candidates", disable=not progress, leave=False)]
     prefixes = [prefix for _, _, prefix in todo]
-    candidates = _with_kl(scorer, candidates, prefixes, config)
+    candidates = _with_kl(scorer, candidates, prefixes, config, progress)
     if config.rdo_steps and candidates:
         start = strongest_within(candidates, config.report_budget)
         start = start if start is not None else strongest_within(candidates, math.inf)
         rdo = RDOConfig(steps=config.rdo_steps, seed=config.seed)
-        found = rdo_direction(model, harmful_fit, harmless_fit, candidates[start], rdo, tokens)
+        found = rdo_direction(model, harmful_fit, harmless_fit, candidates[start], rdo, tokens, progress=progress)
         candidates.append(scorer.scored(found, prefixes[start]))  # ablated as the candidate it started from
         prefixes.append(prefixes[start])
     if config.n_verify:
-        for i in sorted({i for b in config.kl_budgets for i in _strongest(candidates, b, config.n_verify)}):
+        tried = sorted({i for b in config.kl_budgets for i in _strongest(candidates, b, config.n_verify)})
+        for i in tqdm(tried, desc="attacker: answers under the strongest candidates", disable=not progress, leave=False):
             candidates[i] = scorer.verified(candidates[i], prefixes[i])
     choices = tuple((b, strongest_within(candidates, b, config.n_verify)) for b in config.kl_budgets)
     return AttackSearch(DirectionSet(tuple(candidates)), choices, scorer.baseline, tuple(tokens), prefix_ablated=tuple(prefixes))
 
 
 def _with_kl(scorer: _Scorer, candidates: list[Direction], prefixes: list[bool],
-             config: AdaptiveAttackConfig) -> list[Direction]:
+             config: AdaptiveAttackConfig, progress: bool = False) -> list[Direction]:
     """`candidates` with their KL: every one's (`score_all_kl`), or strongest first until every budget has the
     `max(1, n_verify)` candidates it chooses among, which makes the same choices as scoring all (up to exact
-    ties in refusal score); the rest keep no KL."""
+    ties in refusal score); the rest keep no KL. The progress bar counts up to all of them: it may stop early."""
     out, need = list(candidates), max(1, config.n_verify)
-    for i in sorted(range(len(out)), key=lambda i: (out[i].scores["refusal_score"], i)):
+    strongest_first = sorted(range(len(out)), key=lambda i: (out[i].scores["refusal_score"], i))
+    for i in tqdm(strongest_first, desc="attacker: KL on harmless prompts", disable=not progress, leave=False):
         if not config.score_all_kl and all(sum(_kl(c) <= b for c in out) >= need for b in config.kl_budgets):
             break
         out[i] = scorer.kl_scored(out[i], prefixes[i])
