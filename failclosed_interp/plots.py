@@ -151,10 +151,12 @@ def grouped_rate_bars(groups: Mapping[str, Mapping[str, RateEstimate]], *, title
     return fig
 
 
-def save_figure(fig: go.Figure, path: str | Path, *, png: bool = True) -> list[Path]:
-    """Write `path`.html (self-contained) and, if possible, `path`.png. Returns the files written."""
+def save_figure(fig: go.Figure, path: str | Path, *, png: bool = True, self_contained: bool = True) -> list[Path]:
+    """Write `path`.html and, if possible, `path`.png. Returns the files written. The HTML carries plotly.js
+    (about 5 MB, opens offline) unless `self_contained` is False: then it loads plotly.js from its CDN (a few
+    KB, for pages kept in git and read online)."""
     path = Path(path)
-    html = fig.to_html(include_plotlyjs=True, full_html=True)
+    html = fig.to_html(include_plotlyjs=True if self_contained else "cdn", full_html=True)
     written = [atomic_write(path.with_suffix(".html"), lambda tmp: Path(tmp).write_text(html))]
     if png and os.environ.get("FAILCLOSED_NO_PNG") != "1":
         try:

@@ -157,3 +157,14 @@ def test_a_figure_with_nothing_to_draw_says_so_and_unfinished_experiments_are_na
 def test_a_missing_folder_says_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="failclosed reproduce --results"):
         load_results(tmp_path / "nowhere")
+
+
+def test_figures_kept_in_git_load_plotly_from_its_cdn_and_others_open_offline(tmp_path):
+    from failclosed_interp.plots import grouped_rate_bars, save_figure
+    from failclosed_interp.stats import wilson_rate
+
+    fig = grouped_rate_bars({"model": {"harmful": wilson_rate([1] * 9 + [0])}}, title="t")
+    offline = save_figure(fig, tmp_path / "offline", png=False)[0].read_text()
+    online = save_figure(fig, tmp_path / "online", png=False, self_contained=False)[0].read_text()
+    assert 'src="https://cdn.plot.ly' in online and len(online) < 50_000
+    assert 'src="https://cdn.plot.ly' not in offline and len(offline) > 1_000_000  # plotly.js inside

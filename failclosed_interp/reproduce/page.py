@@ -220,9 +220,10 @@ def figures(root: str | Path) -> dict[str, object]:
 
 
 def write_results_page(root: str | Path, page: str | Path, *, png: bool = True) -> list[Path]:
-    """Write the results page and its figures (`<page dir>/figures/results_*.html|png`)."""
+    """Write the results page and its figures (`<page dir>/figures/results_*.html|png`; the HTML loads plotly.js
+    from its CDN, so the files kept in git stay small)."""
     page = Path(page)
     written = [atomic_write(page, lambda tmp: Path(tmp).write_text(render_results(root)))]
     for stem, fig in figures(root).items():
-        written += save_figure(fig, page.parent / "figures" / f"results_{stem}", png=png)
+        written += save_figure(fig, page.parent / "figures" / f"results_{stem}", png=png, self_contained=False)  # in git
     return written
