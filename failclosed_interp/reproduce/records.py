@@ -93,6 +93,7 @@ def run_folder(exp: Experiment, runs: Path, record: dict | None = None) -> Path:
     new = runs / f"{exp.name}-{exp.fingerprint}"
     if exp.kind != "align" or new.exists():
         return new
-    started = [folder for folder in runs.glob(f"{exp.name}-*") if (folder / STATE_FILE).exists()
-               and as_current("align", read_json(folder / STATE_FILE)["config"]) == exp.config]
-    return max(started, key=lambda f: (read_json(f / STATE_FILE)["completed_round"], f.name), default=new)
+    states = {folder: read_json(folder / STATE_FILE) for folder in runs.glob(f"{exp.name}-*")
+              if (folder / STATE_FILE).exists()}
+    started = [folder for folder, state in states.items() if as_current("align", state["config"]) == exp.config]
+    return max(started, key=lambda f: (states[f]["completed_round"], f.name), default=new)

@@ -21,20 +21,20 @@ from failclosed_interp.public_columns import public_columns
 from failclosed_interp.stopwatch import machine
 from failclosed_interp.reproduce.grid import FIRST_ESTIMATE_S, QUICK_ESTIMATE_S, Experiment, GridConfig, build_grid
 from failclosed_interp.reproduce.records import (
-    GRID_FILE, SCHEMA, ResultsMismatch, finished_records, load_records, load_result, run_folder,
+    GRID_FILE, SCHEMA, ResultsMismatch, finished_records, load_records, run_folder,
 )
 from failclosed_interp.reproduce.validation import ValidationConfig, needs_public, validate
 
 ERROR_FILE = "error.txt"  # in a failed experiment's run folder: its traceback
 
 
-def estimates_s(results: Path, quick: bool) -> dict[str, float]:
-    """Expected seconds per experiment kind: the mean measured wall time of the finished experiments of that
-    kind, else a first guess."""
+def estimates_s(records: dict[str, dict], quick: bool) -> dict[str, float]:
+    """Expected seconds per experiment kind: the mean measured wall time of the results files (`load_records`)
+    of that kind, else a first guess."""
     guesses = QUICK_ESTIMATE_S if quick else FIRST_ESTIMATE_S
     out = {}
     for kind, guess in guesses.items():
-        measured = [d["wall_s"] for p in results.glob(f"{kind}-*.json") if (d := load_result(p)) is not None]
+        measured = [r["wall_s"] for r in records.values() if r["experiment"]["kind"] == kind]
         out[kind] = float(sum(measured) / len(measured)) if measured else float(guess)
     return out
 
@@ -47,23 +47,24 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
     runs, results = Path(runs), Path(results)
     grid = build_grid(config)
     _check_grid_file(results, config)
-    todo = _to_run(grid, results, data_dir)
-    finished = finished_records(grid, load_records(results))
+    records = load_records(results)
+    finished = finished_records(grid, records)
+    todo = _to_run(grid, finished, data_dir)
     if data_dir is None and any(e.kind == "public" and e.name not in finished for e in grid):
         log("grid: no data folder given, so the public-set columns are skipped (pass --data-dir to measure them)")
-    expected = estimates_s(results, config.quick)
+    expected = estimates_s(records, config.quick)
     log(f"grid: {len(grid)} experiments, {len(grid) - len(todo)} finished, {len(todo)} to run "
         f"(expected {_hours(sum((expected[e.kind] for e in todo), 0.0))})")
     ran, failed = [], {}
     for i, exp in enumerate(todo):
-        expected = estimates_s(results, config.quick)  # refined by every experiment that finished
+        records = load_records(results)  # with every experiment finished so far
+        finished, expected = finished_records(grid, records), estimates_s(records, config.quick)
         left = sum((expected[e.kind] for e in todo[i:]), 0.0)
         if exp.model_of in failed:
             failed[exp.name] = f"its model's experiment {exp.model_of} failed"
             log(f"[{i + 1}/{len(todo)}] {exp.name}: skipped, {failed[exp.name]}")
             continue
         log(f"[{i + 1}/{len(todo)}] {exp.name}: expected {_hours(expected[exp.kind])}, {_hours(left)} left in all")
-        finished = finished_records(grid, load_records(results))
         folder = run_folder(exp, runs, finished.get(exp.name))  # a finished one: measured again for a new column
         start = time.perf_counter()
         try:
@@ -98,10 +99,10 @@ class GridFailures(RuntimeError):
                          "fix the cause and run the same command again: finished experiments are kept")
 
 
-def _to_run(grid: list[Experiment], results: Path, data_dir: str | Path | None) -> list[Experiment]:
-    """The experiments a run of the grid runs, in order: the unfinished ones (the public sets' only with
-    `data_dir`) and, with `data_dir`, finished validation experiments that still lack their XSTest column."""
-    finished = finished_records(grid, load_records(results))
+def _to_run(grid: list[Experiment], finished: dict[str, dict], data_dir: str | Path | None) -> list[Experiment]:
+    """The experiments a run of the grid runs, in order: the unfinished ones (not in `finished`, the
+    `finished_records`; the public sets' only with `data_dir`) and, with `data_dir`, finished validation
+    experiments that still lack their XSTest column."""
     todo = [e for e in grid if e.name not in finished
             or (data_dir is not None and e.kind == "validation" and needs_public(finished[e.name]["result"]))]
     return todo if data_dir is not None else [e for e in todo if e.kind != "public"]
@@ -115,9 +116,10 @@ def grid_status(config: GridConfig, runs: str | Path, results: str | Path, *,
     finished, else expected) and `detail`."""
     runs, results = Path(runs), Path(results)
     grid = build_grid(config)
-    finished = finished_records(grid, load_records(results))
-    todo = {e.name for e in _to_run(grid, results, data_dir)}
-    expected = estimates_s(results, config.quick)
+    records = load_records(results)
+    finished = finished_records(grid, records)
+    todo = {e.name for e in _to_run(grid, finished, data_dir)}
+    expected = estimates_s(records, config.quick)
     rows = []
     for exp in grid:
         row = {"name": exp.name, "kind": exp.kind, "seconds": expected[exp.kind], "detail": ""}
