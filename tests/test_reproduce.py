@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -135,6 +136,13 @@ def test_status_says_what_is_finished_started_and_left_without_running_anything(
     assert not (tmp_path / "results").exists()
 
 
+def pretend_to_run(exp, folder, *args) -> dict:
+    """A stand-in for the runner's `_run`: a training run leaves a final adapter folder, as a real one does."""
+    if exp.kind == "align":
+        (folder / "final" / "adapter").mkdir(parents=True, exist_ok=True)
+    return {"ran": exp.name}
+
+
 def test_a_failing_experiment_does_not_hold_up_the_others_and_is_tried_again(tmp_path, monkeypatch):
     from failclosed_interp.reproduce import runner
 
@@ -144,7 +152,7 @@ def test_a_failing_experiment_does_not_hold_up_the_others_and_is_tried_again(tmp
     def run_or_fail(exp, folder, *args):
         if exp.name == "align-project-s0":
             raise RuntimeError("out of memory")
-        return {"ran": exp.name}
+        return pretend_to_run(exp, folder)
 
     monkeypatch.setattr(runner, "_run", run_or_fail)
     logged: list[str] = []
@@ -158,7 +166,7 @@ def test_a_failing_experiment_does_not_hold_up_the_others_and_is_tried_again(tmp
     states = {r["name"]: r["state"] for r in grid_status(config, tmp_path / "runs", results)}
     assert states["align-project-s0"] == "failed" and states["align-sft-s0"] == "finished"
 
-    monkeypatch.setattr(runner, "_run", lambda exp, folder, *args: {"ran": exp.name})  # the cause fixed
+    monkeypatch.setattr(runner, "_run", pretend_to_run)  # the cause fixed
     again = run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append)
     assert [e.name for e in again] == [e.name for e in grid if e.name in failure.value.failed]
 
@@ -169,7 +177,7 @@ def test_results_of_an_earlier_version_count_unless_a_setting_they_record_change
 
     config = GridConfig(quick=True, seeds=(0,), recipes=("sft",))
     grid, results, runs = build_grid(config), tmp_path / "results" / "grid", tmp_path / "runs"
-    monkeypatch.setattr(runner, "_run", lambda exp, folder, *args: {"ran": exp.name})
+    monkeypatch.setattr(runner, "_run", pretend_to_run)
     run_grid(config, runs, results, progress=False, log=lambda _: None)
     trained = next(e for e in grid if e.kind == "align")
     assert AlignConfig.from_dict(trained.config).min_new_component == AlignConfig().min_new_component
@@ -182,6 +190,7 @@ def test_results_of_an_earlier_version_count_unless_a_setting_they_record_change
                 data["config"].pop("min_new_component", None)
                 data["config"].update(config_changes)
                 data["experiment"].update(fingerprint="0ld", run_folder="align-sft-s0-0ld")
+                (runs / "align-sft-s0-0ld" / "final" / "adapter").mkdir(parents=True, exist_ok=True)
             else:
                 data["experiment"]["model_fingerprint"] = "0ld"
             path.write_text(json.dumps(data))
@@ -206,6 +215,58 @@ def test_a_started_training_run_of_an_earlier_version_resumes_in_its_folder(tmp_
     assert run_folder(trained, tmp_path) == started
     (started / "state.json").write_text(json.dumps({"completed_round": 0, "config": {**older, "rounds": 7}}))
     assert run_folder(trained, tmp_path) == tmp_path / f"align-sft-s0-{trained.fingerprint}"  # other settings
+
+
+def test_a_grid_goes_on_on_another_machine_from_the_models_kept_with_its_results(tmp_path):
+    from failclosed_interp.reproduce.store import MODELS_FOLDER
+
+    config = GridConfig(quick=True, seeds=(0,), recipes=("sft",))
+    grid = {e.name: e for e in build_grid(config)}
+    results, runs = tmp_path / "results" / "grid", tmp_path / "runs"
+    run_grid(config, runs, results, progress=False, log=lambda _: None)
+    folder = run_folder(grid["align-sft-s0"], runs, json.loads((results / "align-sft-s0.json").read_text()))
+    kept = results / MODELS_FOLDER / folder.name
+    assert (kept / "final" / "adapter" / "adapter_model.safetensors").exists() and (kept / "summary.json").exists()
+    assert (kept / "round_1" / "adapter").is_dir() and not (kept / "round_0" / "adapter").exists()  # the last round only
+    assert (kept / "round_0" / "metrics.json").exists()
+
+    shutil.rmtree(runs)  # a new machine: the run folders are gone, the committed results and kept models are not
+    (results / "audit-sft-s0.json").unlink()
+    logged: list[str] = []
+    again = run_grid(config, runs, results, progress=False, log=logged.append)
+    assert [e.name for e in again] == ["audit-sft-s0"]  # measured on the kept model; nothing trained again
+    assert logged[0] == f"grid: restored {folder.name} from {results / MODELS_FOLDER}"
+
+    shutil.rmtree(runs)
+    shutil.rmtree(results / MODELS_FOLDER)  # the model is gone for good: it is trained again, the rest still counts
+    states = {r["name"]: r for r in grid_status(config, runs, results)}
+    assert states["align-sft-s0"]["state"] == "to run" and "its model is gone" in states["align-sft-s0"]["detail"]
+    assert [e.name for e in run_grid(config, runs, results, progress=False, log=lambda _: None)] == ["align-sft-s0"]
+
+
+def test_a_training_run_stopped_on_one_machine_resumes_from_its_kept_last_round_on_another(tmp_path):
+    from failclosed_interp.align import align
+    from failclosed_interp.reproduce.store import keep_run, restore_runs
+
+    trained = next(e for e in build_grid(GridConfig(quick=True, seeds=(0,), recipes=("sft",))) if e.kind == "align")
+    config = AlignConfig.from_dict(trained.config)
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    folder = run_folder(trained, runs)
+    class MachineHandedBack(Exception):
+        pass
+
+    def stop_after_round_0(k, metrics):
+        raise MachineHandedBack
+
+    with pytest.raises(MachineHandedBack):
+        align(config, folder, progress=False, on_round=stop_after_round_0)
+    round0 = (folder / "round_0" / "training.json").read_text()
+    keep_run(folder, results)
+    shutil.rmtree(runs)
+    assert restore_runs(results, runs) == [folder] and restore_runs(results, runs) == []  # once: then it is there
+    assert run_folder(trained, runs) == folder
+    summary = align(config, folder, progress=False)
+    assert summary["rounds_completed"] == 1 and (folder / "round_0" / "training.json").read_text() == round0
 
 
 def json_records(folder: Path) -> dict[str, dict]:

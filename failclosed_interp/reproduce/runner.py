@@ -1,6 +1,8 @@
 """Run the grid resumably: each finished experiment leaves `results/<name>.json` (small, committed), and its
 heavy artifacts (adapters, caches) in `runs/<name>-<fingerprint>/`. A rerun skips every experiment whose
 results file still counts for it (`records`), and an interrupted training run resumes from its last round.
+Training runs are also kept, trimmed, in `results/models/` after every round (`store`), so that a grid goes on
+on another machine: a finished model whose run folder and kept copy are both gone is trained again.
 An experiment that raises is recorded in its run folder and skipped with what needs it; the rest go on."""
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from failclosed_interp.reproduce.grid import FIRST_ESTIMATE_S, QUICK_ESTIMATE_S,
 from failclosed_interp.reproduce.records import (
     GRID_FILE, SCHEMA, ResultsMismatch, finished_records, load_records, run_folder,
 )
+from failclosed_interp.reproduce.store import MODELS_FOLDER, keep_run, model_available, restore_runs
 from failclosed_interp.reproduce.validation import ValidationConfig, needs_public, validate
 
 ERROR_FILE = "error.txt"  # in a failed experiment's run folder: its traceback
@@ -47,8 +50,10 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
     runs, results = Path(runs), Path(results)
     grid = build_grid(config)
     _check_grid_file(results, config)
+    for folder in restore_runs(results, runs):
+        log(f"grid: restored {folder.name} from {results / 'models'}")
     records = load_records(results)
-    finished = finished_records(grid, records)
+    finished = usable_records(grid, records, runs)
     todo = _to_run(grid, finished, data_dir)
     if data_dir is None and any(e.kind == "public" and e.name not in finished for e in grid):
         log("grid: no data folder given, so the public-set columns are skipped (pass --data-dir to measure them)")
@@ -58,8 +63,10 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
     ran, failed = [], {}
     for i, exp in enumerate(todo):
         records = load_records(results)  # with every experiment finished so far
-        finished, expected = finished_records(grid, records), estimates_s(records, config.quick)
+        finished, expected = usable_records(grid, records, runs), estimates_s(records, config.quick)
         left = sum((expected[e.kind] for e in todo[i:]), 0.0)
+        if not _to_run([exp], finished, data_dir):  # finished meanwhile: its model was trained again, the same
+            continue
         if exp.model_of in failed:
             failed[exp.name] = f"its model's experiment {exp.model_of} failed"
             log(f"[{i + 1}/{len(todo)}] {exp.name}: skipped, {failed[exp.name]}")
@@ -68,7 +75,7 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
         folder = run_folder(exp, runs, finished.get(exp.name))  # a finished one: measured again for a new column
         start = time.perf_counter()
         try:
-            outcome = _run(exp, folder, grid, finished, runs, progress, data_dir)
+            outcome = _run(exp, folder, grid, finished, runs, progress, data_dir, results)
         except Exception as err:  # noqa: BLE001 - one broken experiment must not hold up the rest of a day-long grid
             failed[exp.name] = f"{type(err).__name__}: {err}"
             error = traceback.format_exc()
@@ -99,6 +106,16 @@ class GridFailures(RuntimeError):
                          "fix the cause and run the same command again: finished experiments are kept")
 
 
+def usable_records(grid: list[Experiment], records: dict[str, dict], runs: Path) -> dict[str, dict]:
+    """`finished_records`, less the finished training runs whose model is gone (no run folder with a final
+    adapter, `store.restore_runs` having put back what was kept): they are trained again, and what was
+    measured on them counts again once they are."""
+    finished = finished_records(grid, records)
+    gone = {e.name for e in grid if e.kind == "align" and e.name in finished
+            and not model_available(run_folder(e, runs, finished[e.name]))}
+    return finished_records([e for e in grid if e.name not in gone], records) if gone else finished
+
+
 def _to_run(grid: list[Experiment], finished: dict[str, dict], data_dir: str | Path | None) -> list[Experiment]:
     """The experiments a run of the grid runs, in order: the unfinished ones (not in `finished`, the
     `finished_records`; the public sets' only with `data_dir`) and, with `data_dir`, finished validation
@@ -116,8 +133,9 @@ def grid_status(config: GridConfig, runs: str | Path, results: str | Path, *,
     finished, else expected) and `detail`."""
     runs, results = Path(runs), Path(results)
     grid = build_grid(config)
+    restore_runs(results, runs)
     records = load_records(results)
-    finished = finished_records(grid, records)
+    finished, counted = usable_records(grid, records, runs), finished_records(grid, records)
     todo = {e.name for e in _to_run(grid, finished, data_dir)}
     expected = estimates_s(records, config.quick)
     rows = []
@@ -131,6 +149,9 @@ def grid_status(config: GridConfig, runs: str | Path, results: str | Path, *,
                 row.update(state="skipped", detail="needs --data-dir (the public sets' folder)")
         elif exp.name in finished:
             row.update(state="to run", detail="finished without the public sets: measures its XSTest column alone")
+        elif exp.name in counted and exp.kind == "align":
+            row.update(state="to run", detail=f"finished, but its model is gone (no run folder in {runs}, none kept in "
+                                              f"{results / MODELS_FOLDER}): trained again")
         elif (folder / ERROR_FILE).exists():
             row.update(state="failed", detail=f"the last try failed ({folder / ERROR_FILE}); the next run tries again")
         elif exp.kind == "align" and (folder / STATE_FILE).exists():
@@ -175,11 +196,15 @@ def _check_grid_file(results: Path, config: GridConfig) -> None:
 
 
 def _run(exp: Experiment, folder: Path, grid: list[Experiment], finished: dict[str, dict], runs: Path, progress: bool,
-         data_dir: str | Path | None) -> dict:
-    """Run one experiment in `folder`; `finished`: the results files of the finished ones (`finished_records`)."""
+         data_dir: str | Path | None, results: Path) -> dict:
+    """Run one experiment in `folder`; `finished`: the results files of the finished ones (`finished_records`).
+    A training run is kept in `results` (`store.keep_run`) after every round and when it has finished."""
     if exp.kind == "align":
         config = AlignConfig.from_dict(exp.config)
-        return align(config, folder, progress=progress, round0_from=round0_source(exp, config, grid, finished, runs))
+        summary = align(config, folder, progress=progress, round0_from=round0_source(exp, config, grid, finished, runs),
+                        on_round=lambda k, metrics: keep_run(folder, results))
+        keep_run(folder, results)
+        return summary
     trained = next(e for e in grid if e.name == exp.model_of)
     final = run_folder(trained, runs, finished[trained.name]) / "final"
     model = AlignConfig.from_dict(trained.config).model

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Run the experiment grid (`failclosed reproduce`) in the background of a working session and commit what it
+# finishes as it goes, so that a session (or a machine) can end at any moment without losing finished work.
+#
+#   scripts/reproduce_background.sh START|STOP|STATUS
+#
+# START runs the grid from a frozen copy of this checkout's HEAD (GRID_CHECKOUT, so that editing the working
+# tree does not change a running grid), restarting it when it exits with an error, with its log in
+# RUNS/grid.log; and a loop that every 3 minutes commits, on this checkout's current branch, the results
+# files, the results page and its figures, and the finished models kept in results/grid/models/. A started
+# training run's kept copy (about 10 MB a round on the embedded model) is committed only from the time
+# KEEP_STARTED_FROM (any `date -d` time, e.g. "20:30": shortly before the session ends), so that history
+# does not grow by every round. Set DATA_DIR to the public sets' folder (default ../shared/data if present).
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+PY=${PY:-$REPO/.venv/bin/python}
+GRID_CHECKOUT=${GRID_CHECKOUT:-$REPO/../grid-checkout}
+RUNS=${RUNS:-$REPO/../grid-runs}
+DATA_DIR=${DATA_DIR:-$( [ -d "$REPO/../shared/data" ] && echo "$REPO/../shared/data" || echo "")}
+KEEP_STARTED_FROM=${KEEP_STARTED_FROM:-}
+mkdir -p "$RUNS"
+
+grid_loop() {
+  while true; do
+    git -C "$GRID_CHECKOUT" fetch -q "$REPO" HEAD && git -C "$GRID_CHECKOUT" checkout -q -f --detach FETCH_HEAD
+    if (cd "$GRID_CHECKOUT" && OMP_NUM_THREADS=2 "$PY" -m failclosed_interp.cli reproduce --runs "$RUNS" \
+          --results "$REPO/results" --page "$REPO/docs/results.md" ${DATA_DIR:+--data-dir "$DATA_DIR"}); then
+      echo "$(date -u +%FT%TZ) grid finished" && break
+    fi
+    echo "$(date -u +%FT%TZ) grid exited with an error; restarting in 60 s" && sleep 60
+  done >>"$RUNS/grid.log" 2>&1
+}
+
+commit_loop() {
+  while true; do
+    sleep 180
+    cd "$REPO"
+    paths=(results/grid docs/results.md docs/figures)
+    keep=()
+    for kept in results/grid/models/*/; do
+      [ -d "$kept" ] || continue
+      if [ -f "$kept/summary.json" ] || { [ -n "$KEEP_STARTED_FROM" ] && [ "$(date +%s)" -ge "$(date -d "$KEEP_STARTED_FROM" +%s)" ]; }; then
+        keep+=("$kept")
+      fi
+    done
+    git add -- results/grid/*.json docs/results.md docs/figures "${keep[@]}" 2>/dev/null || true
+    if ! git diff --cached --quiet -- "${paths[@]}"; then
+      n=$(git diff --cached --name-only -- results/grid/*.json | wc -l)
+      git commit -q -m "results: the grid's progress on the embedded model ($n results file(s), kept models: ${#keep[@]}); docs/results.md regenerated" -- "${paths[@]}" || true
+    fi
+  done
+}
+
+case "${1:-}" in
+  START)
+    [ -d "$GRID_CHECKOUT/.git" ] || git clone -q "$REPO" "$GRID_CHECKOUT"
+    (grid_loop &) ; (commit_loop >>"$RUNS/commit.log" 2>&1 &)
+    echo "grid running from $GRID_CHECKOUT; log: $RUNS/grid.log" ;;
+  STOP)
+    pkill -f "reproduce_background.sh START" || true; pkill -f "failclosed_interp.cli reproduce --runs" || true ;;
+  STATUS)
+    cd "$GRID_CHECKOUT" && "$PY" -m failclosed_interp.cli reproduce --status --runs "$RUNS" --results "$REPO/results" \
+      ${DATA_DIR:+--data-dir "$DATA_DIR"} ;;
+  *) echo "usage: $0 START|STOP|STATUS" >&2; exit 2 ;;
+esac
