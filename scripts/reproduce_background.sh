@@ -7,7 +7,7 @@
 # START runs the grid from a frozen copy of this checkout's HEAD (GRID_CHECKOUT, so that editing the working
 # tree does not change a running grid), restarting it when it exits with an error, with its log in
 # RUNS/grid.log; and a loop that every 3 minutes commits, on this checkout's current branch, the results
-# files, the results page and its figures, and the finished models kept in results/grid/models/. A started
+# files, the results page (regenerated from them) and its figures (HTML), and the finished models kept in results/grid/models/. A started
 # training run's kept copy (about 10 MB a round on the embedded model) is committed only from the time
 # KEEP_STARTED_FROM (any `date -d` time, e.g. "20:30": shortly before the session ends), so that history
 # does not grow by every round. Set DATA_DIR to the public sets' folder (default ../shared/data if present).
@@ -36,6 +36,10 @@ commit_loop() {
     sleep 180
     cd "$REPO"
     paths=(results/grid docs/results.md docs/figures)
+    # The page from the results files as they are now, by this checkout's code (the grid writes it only at its end).
+    if [ -n "$(git status --porcelain -- results/grid/*.json)" ]; then
+      FAILCLOSED_NO_PNG=1 "$PY" -m failclosed_interp.cli reproduce --page-only --results results --page docs/results.md >/dev/null || true
+    fi
     keep=()
     for kept in results/grid/models/*/; do
       [ -d "$kept" ] || continue
