@@ -2,7 +2,7 @@
 # Run the experiment grid (`failclosed reproduce`) in the background of a working session and commit what it
 # finishes as it goes, so that a session (or a machine) can end at any moment without losing finished work.
 #
-#   scripts/reproduce_background.sh START|STOP|STATUS
+#   scripts/reproduce_background.sh START|STOP|STATUS|COMMITS
 #
 # START runs the grid from a frozen copy of this checkout's HEAD (GRID_CHECKOUT, so that editing the working
 # tree does not change a running grid), restarting it when it exits with an error, with its log in
@@ -60,10 +60,12 @@ case "${1:-}" in
     [ -d "$GRID_CHECKOUT/.git" ] || git clone -q "$REPO" "$GRID_CHECKOUT"
     (grid_loop &) ; (commit_loop >>"$RUNS/commit.log" 2>&1 &)
     echo "grid running from $GRID_CHECKOUT; log: $RUNS/grid.log" ;;
+  COMMITS)  # the commit loop alone (e.g. restarted after editing this script, the grid left running)
+    (commit_loop >>"$RUNS/commit.log" 2>&1 &) ;;
   STOP)
     pkill -f "reproduce_background.sh START" || true; pkill -f "failclosed_interp.cli reproduce --runs" || true ;;
   STATUS)
     cd "$GRID_CHECKOUT" && "$PY" -m failclosed_interp.cli reproduce --status --runs "$RUNS" --results "$REPO/results" \
       ${DATA_DIR:+--data-dir "$DATA_DIR"} ;;
-  *) echo "usage: $0 START|STOP|STATUS" >&2; exit 2 ;;
+  *) echo "usage: $0 START|STOP|STATUS|COMMITS" >&2; exit 2 ;;
 esac
