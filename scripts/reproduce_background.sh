@@ -63,7 +63,7 @@ case "${1:-}" in
   COMMITS)  # the commit loop alone (e.g. restarted after editing this script, the grid left running)
     (commit_loop >>"$RUNS/commit.log" 2>&1 &) ;;
   STOP)
-    pkill -f "reproduce_background.sh START" || true; pkill -f "failclosed_interp.cli reproduce --runs" || true ;;
+    pkill -f "reproduce_background.sh (START|COMMITS)" || true; pkill -f "failclosed_interp.cli reproduce --runs" || true ;;
   STATUS)
     cd "$GRID_CHECKOUT" && "$PY" -m failclosed_interp.cli reproduce --status --runs "$RUNS" --results "$REPO/results" \
       ${DATA_DIR:+--data-dir "$DATA_DIR"} ;;
