@@ -51,7 +51,7 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
     grid = build_grid(config)
     _check_grid_file(results, config)
     for folder in restore_runs(results, runs):
-        log(f"grid: restored {folder.name} from {results / 'models'}")
+        log(f"grid: restored {folder.name} from {results / MODELS_FOLDER}")
     records = load_records(results)
     finished = usable_records(grid, records, runs)
     todo = _to_run(grid, finished, data_dir)
@@ -127,7 +127,8 @@ def _to_run(grid: list[Experiment], finished: dict[str, dict], data_dir: str | P
 
 def grid_status(config: GridConfig, runs: str | Path, results: str | Path, *,
                 data_dir: str | Path | None = None) -> list[dict]:
-    """Where a grid stands, computing nothing: per experiment, in run order, its `name`, `kind`, `state`
+    """Where a grid stands, computing nothing (kept training runs missing from `runs` are put back first, as a
+    run of the grid would, so that what they hold is seen): per experiment, in run order, its `name`, `kind`, `state`
     ("finished"; "failed": its last try raised; "started": a training run with completed rounds or a folder
     of partial artifacts; "to run"; or "skipped": public sets without `data_dir`), `seconds` (measured when
     finished, else expected) and `detail`."""
