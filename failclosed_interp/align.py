@@ -21,7 +21,9 @@ Methods, same data, steps and LoRA settings:
 A run folder holds `examples.json`, `round_K/` (adapter, directions, metrics.json, training.json) for
 every completed round, `round_0/rdo/` (the reference direction and the RDO targets, reused by every round), `state.json` (the last completed round), then `final/` and `summary.json`.
 Rounds are written completely before `state.json` names them, so a killed run resumes from the last
-completed round and ends with the same result as an uninterrupted one."""
+completed round and ends with the same result as an uninterrupted one. Inside a round, the direction search
+(`round_K/search/search_progress.json`) and the final summary's adaptive attacker
+(`final/adaptive/search_progress.json`) keep their scores as they come, and resume from them too."""
 
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ from failclosed_interp.public_columns import format_public_columns, public_colum
 from failclosed_interp.prompts import builtin
 from failclosed_interp.rdo import NoNewDirection, RDOConfig, optimize_direction
 from failclosed_interp.rdo_targets import RDOTargets, load_targets, rdo_targets, save_targets
+from failclosed_interp.score_log import PROGRESS_FILE
 from failclosed_interp.scoring import (
     JudgedResponses, NoRefusals, first_token_refusal_rate, mediation_scores, refusal_rate, refusal_tokens_from_responses,
 )
@@ -540,7 +543,7 @@ def evaluate_final(model: ChatModel, config: AlignConfig, found: DirectionSet, a
         # The adaptive attacker: its own prompts and search, a direction per KL budget on harmless prompts; the
         # headline is harmful refusal (and compliance) at its report budget, the whole budget curve is kept.
         attack = adaptive_attack(model, test["harmful"], config.attacker, max_new_tokens=config.attacker_tokens,
-                                 progress=progress)
+                                 progress=progress, log_file=None if adaptive_dir is None else adaptive_dir / PROGRESS_FILE)
         if adaptive_dir is not None:
             save_search(attack.search, adaptive_dir, model.identity())
         report = attack.report

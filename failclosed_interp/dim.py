@@ -21,6 +21,7 @@ from failclosed_interp.configs import JsonConfig
 from failclosed_interp.directions import Direction, DirectionSet, save_directions
 from failclosed_interp.interventions import Ablation, Addition, Intervention
 from failclosed_interp.models import ChatModel
+from failclosed_interp.score_log import ScoreLog, digest, model_digest
 from failclosed_interp.scoring import kl_from_logits, last_token_logits, refusal_score_from_logits
 
 
@@ -245,8 +246,11 @@ def select_direction(
     *,
     fitted_on: str = "",
     progress: bool = False,
+    log_file: str | Path | None = None,
 ) -> Selection:
-    """Score every eligible candidate (ablation, KL, induce) and choose one (Arditi et al.'s rules)."""
+    """Score every eligible candidate (ablation, KL, induce) and choose one (Arditi et al.'s rules).
+    `log_file`: keep every candidate's scores there as they come (`ScoreLog`), so that a killed selection
+    run again on the same model, candidates, prompts and settings resumes where it stopped."""
     positions = _positions(model, config)
     if tuple(candidates.shape) != (model.n_layers, len(positions), model.d_model):
         raise ValueError(f"candidates have shape {tuple(candidates.shape)} but this model and config need "
@@ -271,23 +275,30 @@ def select_direction(
     def passes(c) -> bool:
         return config.accepts(float(kl[c]), float(ind[c]))
 
-    def score_harmless(c, ablated_harmless: Tensor) -> None:
-        kl[c] = float(kl_from_logits(clean_harmless, ablated_harmless).mean())
+    def harmless_scores(c, ablated_harmless: Tensor) -> list[float]:  # [KL, induce score]
         added = Addition(candidates[c], layer=c[0], coeff=1.0)  # raw DIM vector: its norm is the strength
-        ind[c] = score(last_token_logits(model, harmless_val, base + [added], batch_size=bs))
+        return [float(kl_from_logits(clean_harmless, ablated_harmless).mean()),
+                score(last_token_logits(model, harmless_val, base + [added], batch_size=bs))]
 
+    def all_scores(c) -> list[float]:  # ablated harmful and harmless in one batched call
+        logits = last_token_logits(model, [*harmful_val, *harmless_val], base + [ablation(c)], batch_size=bs)
+        return [score(logits[:n_harmful]), *harmless_scores(c, logits[n_harmful:])]
+
+    log = ScoreLog(log_file, digest(model_digest(model), candidates, list(harmful_val), list(harmless_val),
+                                    list(refusal_tokens), config, base))
+    label = {c: f"layer {c[0]} position {positions[c[1]]}" for c in todo}
     bar = tqdm(todo, desc="DIM candidates", disable=not progress, leave=False)
     if not config.lazy:
-        for c in bar:  # ablated harmful and harmless in one batched call
-            logits = last_token_logits(model, [*harmful_val, *harmless_val], base + [ablation(c)], batch_size=bs)
-            abl[c] = score(logits[:n_harmful])
-            score_harmless(c, logits[n_harmful:])
+        for c in bar:
+            abl[c], kl[c], ind[c] = log.value(label[c], lambda: all_scores(c))
     else:
         for c in bar:
-            abl[c] = score(last_token_logits(model, harmful_val, base + [ablation(c)], batch_size=bs))
+            abl[c] = log.value(f"ablation {label[c]}", lambda: score(
+                last_token_logits(model, harmful_val, base + [ablation(c)], batch_size=bs)))
         ranked = sorted(todo, key=lambda c: float(abl[c]))
         for c in tqdm(ranked, desc="KL/induce filters, best first", disable=not progress, leave=False):
-            score_harmless(c, last_token_logits(model, harmless_val, base + [ablation(c)], batch_size=bs))
+            kl[c], ind[c] = log.value(f"harmless {label[c]}", lambda: harmless_scores(
+                c, last_token_logits(model, harmless_val, base + [ablation(c)], batch_size=bs)))
             if passes(c):
                 break
     passing, main_failure = [c for c in todo if passes(c)], None

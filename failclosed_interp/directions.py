@@ -74,6 +74,14 @@ class Direction:
         meta["scores"] = {k: (v if math.isfinite(v) else None) for k, v in self.scores.items()}  # JSON has no NaN
         return meta
 
+    def to_record(self) -> dict:
+        """The whole direction as plain JSON, vector included (`from_record` reads it back equal)."""
+        return {"vector": self.vector.tolist(), **self.metadata()}
+
+    @classmethod
+    def from_record(cls, record: dict) -> Direction:
+        return _from_metadata(torch.tensor(record["vector"], dtype=torch.float32), record)
+
     def __eq__(self, other) -> bool:
         if not isinstance(other, Direction):
             return NotImplemented

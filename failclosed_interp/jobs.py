@@ -15,6 +15,7 @@ from failclosed_interp.interventions import Intervention
 from failclosed_interp.models import ChatModel
 from failclosed_interp.plots import layer_position_heatmap, save_figure
 from failclosed_interp.prompts import PromptSet
+from failclosed_interp.score_log import PROGRESS_FILE
 from failclosed_interp.scoring import JudgedResponses, refusal_rate, token_strings
 from failclosed_interp.search import DirectionJobConfig, direction_search
 
@@ -25,10 +26,11 @@ def direction_job(
 ) -> Selection:
     """Find and select the refusal direction of `model` (with `interventions`, e.g. earlier directions
     ablated, applied throughout); write candidates, the direction and heatmaps (HTML, and PNG with `png`)
-    to `out`."""
+    to `out`. A killed job run again on the same model and settings resumes from the scores it kept in
+    `out/search_progress.json`."""
     out = Path(out)
     try:
-        selection = direction_search(model, config, interventions, progress=progress)
+        selection = direction_search(model, config, interventions, progress=progress, log_file=out / PROGRESS_FILE)
     except NoDirectionPassed as err:  # keep the evidence: every candidate's scores
         write_json(out / "candidates.json", err.candidates())
         raise

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from jaxtyping import Float
 from torch import Tensor
@@ -119,24 +120,27 @@ def find_direction(
     progress: bool = True,
     *,
     probe_tokens: int = PROBE_TOKENS,
+    log_file: str | Path | None = None,
 ) -> Selection:
     """DIM candidates on the train prompts, chosen by the selection rules (or their fallback) on the
-    validation prompts. Without `refusal_tokens` they are read off the model's own refusals to `harmful_val`."""
+    validation prompts. Without `refusal_tokens` they are read off the model's own refusals to `harmful_val`.
+    `log_file`: where the selection keeps its scores as they come, to resume after a kill (`select_direction`)."""
     found = dim_search(model, harmful_train, harmless_train, config, interventions, refusal_tokens=refusal_tokens,
                        probe=harmful_val, probe_tokens=probe_tokens, progress=progress)
     fitted_on = (f"DIM on {len(harmful_train)} harmful / {len(harmless_train)} harmless train prompts, selected on "
                  f"{len(harmful_val)} / {len(harmless_val)} validation prompts"
                  + (f", with {len(interventions)} intervention(s) applied" if interventions else ""))
     return select_direction(model, found.vectors, harmful_val, harmless_val, found.refusal_tokens, config,
-                            interventions, fitted_on=fitted_on, progress=progress)
+                            interventions, fitted_on=fitted_on, progress=progress, log_file=log_file)
 
 
 def direction_search(model: ChatModel, config: DirectionJobConfig = DirectionJobConfig(),
-                     interventions: Sequence[Intervention] = (), *, progress: bool = False) -> Selection:
+                     interventions: Sequence[Intervention] = (), *, progress: bool = False,
+                     log_file: str | Path | None = None) -> Selection:
     """`find_direction` on the built-in prompts `config` names, refusal tokens from the model's own refusals."""
     return find_direction(model, config.prompts("harmful", "train"), config.prompts("harmless", "train"),
                           config.prompts("harmful", "val"), config.prompts("harmless", "val"), None, config.search,
-                          interventions, progress, probe_tokens=config.refusal_probe_tokens)
+                          interventions, progress, probe_tokens=config.refusal_probe_tokens, log_file=log_file)
 
 
 def rdo_direction(model: ChatModel, harmful: Sequence[str], harmless: Sequence[str], init: Direction,

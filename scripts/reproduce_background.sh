@@ -10,7 +10,8 @@
 # files, the results page (regenerated from them) and its figures (HTML), and the finished models kept in results/grid/models/. A started
 # training run's kept copy (about 10 MB a round on the embedded model) is committed only from the time
 # KEEP_STARTED_FROM (any `date -d` time, e.g. "20:30": shortly before the session ends), so that history
-# does not grow by every round. Set DATA_DIR to the public sets' folder (default ../shared/data if present).
+# does not grow by every round; from then on it is also refreshed every 3 minutes with the scores of the
+# searches in progress (`failclosed reproduce --keep-started`), so a new machine resumes them too. Set DATA_DIR to the public sets' folder (default ../shared/data if present).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PY:-$REPO/.venv/bin/python}
@@ -40,10 +41,15 @@ commit_loop() {
     if [ -n "$(git status --porcelain -- results/grid/*.json)" ]; then
       FAILCLOSED_NO_PNG=1 "$PY" -m failclosed_interp.cli reproduce --page-only --results results --page docs/results.md >/dev/null || true
     fi
+    late=""
+    if [ -n "$KEEP_STARTED_FROM" ] && [ "$(date +%s)" -ge "$(date -d "$KEEP_STARTED_FROM" +%s)" ]; then
+      late=1  # refresh the kept copies of the runs in progress: their last round and their searches' scores so far
+      "$PY" -m failclosed_interp.cli reproduce --keep-started --runs "$RUNS" --results results >/dev/null || true
+    fi
     keep=()
     for kept in results/grid/models/*/; do
       [ -d "$kept" ] || continue
-      if [ -f "$kept/summary.json" ] || { [ -n "$KEEP_STARTED_FROM" ] && [ "$(date +%s)" -ge "$(date -d "$KEEP_STARTED_FROM" +%s)" ]; }; then
+      if [ -f "$kept/summary.json" ] || [ -n "$late" ]; then
         keep+=("$kept")
       fi
     done

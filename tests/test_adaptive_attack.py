@@ -360,3 +360,47 @@ def test_kl_is_computed_only_where_it_can_change_a_choice(toy, toy_search, monke
     # every candidate left without a KL is weaker than each one the walk scored
     unscored = [c.scores["refusal_score"] for c in toy_search.candidates if "kl" not in c.scores]
     assert min(unscored) >= max(c.scores["refusal_score"] for c in lazy)
+
+
+# --- resuming a killed search ------------------------------------------------------------------------------
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_search_resumes_from_its_log_and_ends_as_an_uninterrupted_one(toy, tmp_path, monkeypatch):
+    config, log = toy_config(toy, rdo_steps=2, n_verify=2), tmp_path / "search_progress.json"
+    forward = adaptive_module._Scorer._ablated_logits
+    calls = []
+
+    def killed_at(n):  # each call is one candidate's refusal score or KL
+        def spy(self, *args):
+            calls.append(1)
+            if len(calls) == n:
+                raise Killed
+            return forward(self, *args)
+        return spy
+
+    monkeypatch.setattr(adaptive_module._Scorer, "_ablated_logits", killed_at(10**9))
+    whole = search_directions(toy.model, config, TOY_JUDGE)
+    n_whole = len(calls)
+    calls.clear()
+    monkeypatch.setattr(adaptive_module._Scorer, "_ablated_logits", killed_at(5))
+    with pytest.raises(Killed):
+        search_directions(toy.model, config, TOY_JUDGE, log_file=log)
+    calls.clear()
+    monkeypatch.setattr(adaptive_module._Scorer, "_ablated_logits", killed_at(10**9))
+    resumed = search_directions(toy.model, config, TOY_JUDGE, log_file=log)
+    assert len(calls) == n_whole - 4  # the 4 scores logged before the kill are read back
+    assert resumed.to_dict() == whole.to_dict() and list(resumed.candidates) == list(whole.candidates)
+
+    def never(*args, **kwargs):
+        raise AssertionError("a logged result was computed again")
+
+    calls.clear()
+    monkeypatch.setattr(adaptive_module, "rdo_direction", never)  # the RDO direction is logged whole
+    monkeypatch.setattr(adaptive_module, "generate", never)  # and so is each verified compliance
+    again = search_directions(toy.model, config, TOY_JUDGE, log_file=log)
+    assert again.to_dict() == whole.to_dict() and list(again.candidates) == list(whole.candidates)
+    assert calls == []

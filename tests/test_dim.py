@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from _planted import HARMFUL, HARMFUL_VAL, HARMLESS, HARMLESS_VAL, planted_refusal_model
+import failclosed_interp.dim as dim_module
 from failclosed_interp.activations import mean_activations
 from failclosed_interp.chat import tokenize_prompts
 from failclosed_interp.dim import (
@@ -182,6 +183,68 @@ def test_lazy_selection_agrees_and_skips_work(planted, candidates, selection):
     assert (lazy.layer, lazy.position) == (selection.layer, selection.position)
     assert torch.allclose(lazy.ablation_score, selection.ablation_score, equal_nan=True, atol=1e-6)
     assert lazy.kl[1:3].isnan().sum() == 3  # only the chosen candidate needed its KL and induce score
+
+
+class Killed(Exception):
+    pass
+
+
+def counting_logits(monkeypatch, fail_at: int | None = None) -> list[int]:
+    """Count select_direction's forward calls (and raise `Killed` at call number `fail_at`)."""
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        if fail_at is not None and len(calls) == fail_at:
+            raise Killed
+        return last_token_logits(*args, **kwargs)
+
+    monkeypatch.setattr(dim_module, "last_token_logits", spy)
+    return calls
+
+
+def n_scored(model, candidates, config: DirectionConfig = DirectionConfig()) -> int:
+    """How many candidates select_direction scores: the nonzero ones of the layers the config searches."""
+    return sum(int((candidates[layer].norm(dim=-1) > 0).sum()) for layer in config.candidate_layers(model.n_layers))
+
+
+def same_selection(a, b) -> bool:
+    scores = ("ablation_score", "induce_score", "kl")
+    return (a.direction == b.direction and (a.layer, a.position) == (b.layer, b.position)
+            and all(torch.equal(getattr(a, k).nan_to_num(7.0), getattr(b, k).nan_to_num(7.0)) for k in scores)
+            and all(getattr(a, k).isnan().equal(getattr(b, k).isnan()) for k in scores))
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_killed_selection_resumes_from_its_log_and_chooses_exactly_as_an_uninterrupted_one(
+        planted, candidates, tmp_path, monkeypatch, lazy):
+    model, _, refusal = planted
+    config, log = DirectionConfig(lazy=lazy), tmp_path / "search_progress.json"
+    whole = select_direction(model, candidates, HARMFUL_VAL, HARMLESS_VAL, [refusal], config)
+    n_candidates = n_scored(model, candidates, config)
+    calls = counting_logits(monkeypatch, fail_at=4)  # the clean pass, then candidates until the kill
+    with pytest.raises(Killed):
+        select_direction(model, candidates, HARMFUL_VAL, HARMLESS_VAL, [refusal], config, log_file=log)
+    calls = counting_logits(monkeypatch)
+    resumed = select_direction(model, candidates, HARMFUL_VAL, HARMLESS_VAL, [refusal], config, log_file=log)
+    assert same_selection(resumed, whole)
+    # Killed at call 4: lazy had logged 2 ablation scores (calls 2 and 3), the full scoring 1 candidate (2 calls each).
+    assert len(calls) == (1 + (n_candidates - 2) + 2 if lazy else 1 + 2 * (n_candidates - 1))
+    calls = counting_logits(monkeypatch)
+    assert same_selection(select_direction(model, candidates, HARMFUL_VAL, HARMLESS_VAL, [refusal], config,
+                                           log_file=log), whole)
+    assert len(calls) == 1  # everything from the log: only the clean pass
+
+
+def test_a_log_made_for_other_candidates_is_not_read(planted, candidates, tmp_path, monkeypatch):
+    model, _, refusal = planted
+    log = tmp_path / "search_progress.json"
+    select_direction(model, candidates, HARMFUL_VAL, HARMLESS_VAL, [refusal], log_file=log)
+    other = candidates.clone()
+    other[-1, -1] *= 1.0 + 2 ** -20  # one candidate a hair longer: another model or other prompts made these
+    calls = counting_logits(monkeypatch)
+    select_direction(model, other, HARMFUL_VAL, HARMLESS_VAL, [refusal], log_file=log)
+    assert len(calls) == 1 + 2 * n_scored(model, candidates)
 
 
 def test_candidates_must_fit_the_model(planted, candidates):

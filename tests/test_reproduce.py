@@ -269,6 +269,41 @@ def test_a_training_run_stopped_on_one_machine_resumes_from_its_kept_last_round_
     assert summary["rounds_completed"] == 1 and (folder / "round_0" / "training.json").read_text() == round0
 
 
+def test_a_search_in_progress_is_kept_with_its_scores_and_put_back_on_another_machine(tmp_path, monkeypatch, capsys):
+    # The attacker's resuming from its log is tested on a refusing toy (test_adaptive_attack); the tiny grid
+    # model refuses nothing, so here the summary's attacker logs a score and the machine goes.
+    import failclosed_interp.align as align_module
+    from failclosed_interp.reproduce.store import MODELS_FOLDER, keep_started, restore_runs
+    from failclosed_interp.score_log import PROGRESS_FILE, ScoreLog
+
+    trained = next(e for e in build_grid(GridConfig(quick=True, seeds=(0,), recipes=("sft",))) if e.kind == "align")
+    config = AlignConfig.from_dict(trained.config)
+    runs, results = tmp_path / "runs", tmp_path / "results" / "grid"
+    folder = run_folder(trained, runs)
+    real_attack = align_module.adaptive_attack
+
+    class MachineHandedBack(Exception):
+        pass
+
+    def one_score_then_gone(*args, log_file=None, **kwargs):
+        ScoreLog(log_file, "this model").value("refusal_score of dim layer 1", lambda: -1.25)
+        raise MachineHandedBack
+
+    monkeypatch.setattr(align_module, "adaptive_attack", one_score_then_gone)
+    with pytest.raises(MachineHandedBack):  # every round done; gone during the final summary's attacker
+        align_module.align(config, folder, progress=False)
+    log = folder / "final" / "adaptive" / PROGRESS_FILE
+    main(["reproduce", "--keep-started", "--runs", str(runs), "--results", str(tmp_path / "results")])
+    assert capsys.readouterr().out.splitlines() == [f"kept {results / MODELS_FOLDER / folder.name}"]
+    shutil.rmtree(runs)  # a new machine
+    assert restore_runs(results, runs) == [folder]
+    assert ScoreLog(log, "this model").value("refusal_score of dim layer 1", lambda: 0.0) == -1.25
+
+    monkeypatch.setattr(align_module, "adaptive_attack", real_attack)
+    assert align_module.align(config, folder, progress=False)["rounds_completed"] == 1
+    assert keep_started(runs, results) == []  # a finished run is kept when it finishes, not as one in progress
+
+
 def json_records(folder: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in folder.glob("*.json") if p.name != "grid.json"}
 

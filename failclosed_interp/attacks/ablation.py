@@ -16,6 +16,7 @@ from failclosed_interp.attacks.base import AttackResult, AttackRunner, ResultCal
 from failclosed_interp.configs import config_to_dict
 from failclosed_interp.judges import Judge, ThreeWayJudge, Verdict
 from failclosed_interp.models import ChatModel
+from failclosed_interp.score_log import PROGRESS_FILE
 from failclosed_interp.stats import wilson_rate
 
 
@@ -35,7 +36,8 @@ class DirectionAblation(AttackRunner):
         folder = Path(self.cache_dir) if self.cache_dir is not None else None
         if folder is not None and (folder / SEARCH_FILE).is_file():
             return load_search(folder, model)
-        found = search_directions(model, self.config, judge, progress=progress)
+        log_file = folder / PROGRESS_FILE if folder is not None else None  # a killed search resumes from it
+        found = search_directions(model, self.config, judge, progress=progress, log_file=log_file)
         if folder is not None:
             save_search(found, folder, model.identity())
         return found

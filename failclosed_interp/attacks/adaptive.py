@@ -43,6 +43,7 @@ from failclosed_interp.judges import Judge, ThreeWayJudge, Verdict, classify
 from failclosed_interp.models import ChatModel
 from failclosed_interp.prompts import builtin
 from failclosed_interp.rdo_config import RDOConfig
+from failclosed_interp.score_log import ScoreLog, digest, model_digest
 from failclosed_interp.scoring import NoRefusals, kl_from_logits, last_token_logits, refusal_score_from_logits
 from failclosed_interp.search import dim_search, rdo_direction
 from failclosed_interp.stats import RateEstimate, wilson_rate
@@ -213,8 +214,9 @@ class _Scorer:
     (against the un-ablated model's logits) with the direction ablated."""
 
     def __init__(self, model: ChatModel, harmful: list[str], harmless: list[str], tokens: list[int],
-                 config: AdaptiveAttackConfig, judge: Judge):
+                 config: AdaptiveAttackConfig, judge: Judge, log: ScoreLog):
         self.model, self.harmful, self.harmless, self.tokens, self.judge = model, harmful, harmless, tokens, judge
+        self.log = log  # every score as it comes, read back by a resumed search
         self.batch_size = batch_size = config.batch_size
         self.generation = GenerationConfig(max_new_tokens=config.verify_tokens, batch_size=batch_size)
         clean = last_token_logits(model, [*harmful, *harmless], batch_size=batch_size)
@@ -225,14 +227,19 @@ class _Scorer:
         ablation = candidate_ablation(direction, prefix)
         return last_token_logits(self.model, prompts, [ablation], batch_size=self.batch_size)
 
+    def _logged(self, name: str, direction: Direction, prefix: bool, compute) -> Direction:
+        """`direction` with scores[name] = compute() (or the value logged for it and `prefix`)."""
+        key = f"{name} of {direction.method} layer {direction.layer} position {direction.position} prefix {PREFIX_NAMES[prefix]}"
+        return dataclasses.replace(direction, scores={**direction.scores, name: self.log.value(key, compute)})
+
     def refusal_scored(self, direction: Direction, prefix: bool) -> Direction:
         """`direction` with scores["refusal_score"] under its ablation (`prefix`: the template prefix too)."""
-        score = float(refusal_score_from_logits(self._ablated_logits(direction, prefix, self.harmful), self.tokens).mean())
-        return dataclasses.replace(direction, scores={**direction.scores, "refusal_score": score})
+        return self._logged("refusal_score", direction, prefix, lambda: float(refusal_score_from_logits(
+            self._ablated_logits(direction, prefix, self.harmful), self.tokens).mean()))
 
     def kl_scored(self, direction: Direction, prefix: bool) -> Direction:
-        kl = float(kl_from_logits(self.clean_harmless, self._ablated_logits(direction, prefix, self.harmless)).mean())
-        return dataclasses.replace(direction, scores={**direction.scores, "kl": kl})
+        return self._logged("kl", direction, prefix, lambda: float(kl_from_logits(
+            self.clean_harmless, self._ablated_logits(direction, prefix, self.harmless)).mean()))
 
     def scored(self, direction: Direction, prefix: bool) -> Direction:
         return self.kl_scored(self.refusal_scored(direction, prefix), prefix)
@@ -240,18 +247,22 @@ class _Scorer:
     def verified(self, direction: Direction, prefix: bool) -> Direction:
         """`direction` with scores["compliance"]: the share of harmful scoring prompts answered compliantly
         with it ablated."""
-        ablation = candidate_ablation(direction, prefix)
-        responses = generate(self.model, self.harmful, self.generation, [ablation], progress=False)
-        compliance = sum(v is Verdict.COMPLIANCE for v in classify(self.judge, self.harmful, responses)) / len(responses)
-        return dataclasses.replace(direction, scores={**direction.scores, "compliance": compliance})
+        def compliance() -> float:
+            responses = generate(self.model, self.harmful, self.generation, [candidate_ablation(direction, prefix)],
+                                 progress=False)
+            return sum(v is Verdict.COMPLIANCE for v in classify(self.judge, self.harmful, responses)) / len(responses)
+
+        return self._logged("compliance", direction, prefix, compliance)
 
 
 def search_directions(
     model: ChatModel, config: AdaptiveAttackConfig = AdaptiveAttackConfig(), judge: Judge = ThreeWayJudge(), *,
-    progress: bool = False,
+    progress: bool = False, log_file: str | Path | None = None,
 ) -> AttackSearch:
     """The attacker's search on `model`: refusal tokens from its own refusals (as `judge` sees them) to the
-    attacker's harmful fit prompts, every DIM candidate and the RDO direction scored, a choice per budget."""
+    attacker's harmful fit prompts, every DIM candidate and the RDO direction scored, a choice per budget.
+    `log_file`: keep every score (and the RDO direction) there as it comes (`ScoreLog`), so that a killed
+    search run again on the same model and settings resumes where it stopped."""
     (harmful_fit, harmful_score), (harmless_fit, harmless_score) = config.prompts("harmful"), config.prompts("harmless")
     positions = config.positions or tuple(post_instruction_positions(model))
     try:
@@ -261,7 +272,8 @@ def search_directions(
         return AttackSearch(DirectionSet(), tuple((b, None) for b in config.kl_budgets), None, (),
                             f"the model refused none of the attacker's {len(harmful_fit)} harmful prompts")
     means, tokens = sweep.vectors, list(sweep.refusal_tokens)
-    scorer = _Scorer(model, harmful_score, harmless_score, tokens, config, judge)
+    log = ScoreLog(log_file, digest(model_digest(model), means, tokens, config, judge))
+    scorer = _Scorer(model, harmful_score, harmless_score, tokens, config, judge, log)
     layers = (config.layers if config.layers is not None else tuple(range(model.n_layers)))[::config.layer_stride]
     if max(layers) >= model.n_layers:
         raise ValueError(f"layers {layers} out of range: the model has layers 0..{model.n_layers - 1}")
@@ -277,7 +289,8 @@ def search_directions(
         start = strongest_within(candidates, config.report_budget)
         start = start if start is not None else strongest_within(candidates, math.inf)
         rdo = RDOConfig(steps=config.rdo_steps, seed=config.seed)
-        found = rdo_direction(model, harmful_fit, harmless_fit, candidates[start], rdo, tokens, progress=progress)
+        found = Direction.from_record(log.value("rdo direction", lambda: rdo_direction(
+            model, harmful_fit, harmless_fit, candidates[start], rdo, tokens, progress=progress).to_record()))
         candidates.append(scorer.scored(found, prefixes[start]))  # ablated as the candidate it started from
         prefixes.append(prefixes[start])
     if config.n_verify:
@@ -396,9 +409,11 @@ def adaptive_attack(
     max_new_tokens: int = MIN_JUDGED_TOKENS,
     search: AttackSearch | None = None,
     progress: bool = False,
+    log_file: str | Path | None = None,
 ) -> AdaptiveAttackResult:
-    """Search (unless `search` is given, e.g. loaded with `load_search`), then answer `eval_prompts` greedily
-    under the direction chosen for each KL budget and label every answer with `judge` (`classify`)."""
+    """Search (unless `search` is given, e.g. loaded with `load_search`; `log_file` as in `search_directions`),
+    then answer `eval_prompts` greedily under the direction chosen for each KL budget and label every answer
+    with `judge` (`classify`)."""
     prompts = check_prompts(eval_prompts)
     check_judged_tokens(max_new_tokens)
     own = {p for kind in ("harmful", "harmless") for part in config.prompts(kind) for p in part}
@@ -406,7 +421,7 @@ def adaptive_attack(
     if shared:
         raise ValueError(f"{len(shared)} evaluation prompts are also the attacker's own (e.g. {shared[0]!r}); "
                          f"evaluate on held-out prompts such as the built-in test split")
-    search = search if search is not None else search_directions(model, config, judge, progress=progress)
+    search = search if search is not None else search_directions(model, config, judge, progress=progress, log_file=log_file)
     if tuple(b for b, _ in search.choices) != config.kl_budgets:
         raise ValueError(f"the search chose for KL budgets {[b for b, _ in search.choices]} but the config asks for "
                          f"{list(config.kl_budgets)}; search again with this config")

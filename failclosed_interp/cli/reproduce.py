@@ -20,6 +20,12 @@ def cmd_reproduce(args) -> None:
     if args.status:
         print(format_status(grid_status(config, args.runs, args.results / GRID_DIR, data_dir=args.data_dir)))
         return
+    if args.keep_started:
+        from failclosed_interp.reproduce.store import keep_started
+
+        for kept in keep_started(args.runs, args.results / GRID_DIR):
+            print(f"kept {kept}")
+        return
     failures = None
     if not args.page_only:
         try:
@@ -54,5 +60,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--page-only", action="store_true", default=False, help="only regenerate the page from the results files")
     p.add_argument("--status", action="store_true", default=False,
                    help="print what has finished, what is started and what is left, with the expected time; run nothing")
+    p.add_argument("--keep-started", action="store_true", default=False,
+                   help="copy the resumable state of every training run still in progress (its last round and the "
+                        "scores of its searches so far) into RESULTS/grid/models/, e.g. before a machine goes; run nothing")
     data_dir_flag(p)
     device_flags(p)

@@ -3,10 +3,13 @@
 A run folder (`runs/`) holds every round's adapter and caches: too heavy to keep with the results, and lost
 when a machine is handed back. What the grid needs of a training run is much smaller: to resume it, its
 settings, its training examples, the RDO targets, the last completed round (adapter and directions) and
-the small per-round records; to measure a finished model, its final adapter, directions and the adaptive
-attacker's search. `keep_run` copies that much into `<results>/models/<run folder name>/` (about 10 MB on
-the embedded model), replacing the earlier copy, and `restore_runs` puts it back into `runs/` when a run
-folder is missing. A kept run with `summary.json` is a finished model; one without is a run to resume."""
+the small per-round records, and the scores its searches in progress have logged (`score_log`); to measure
+a finished model, its final adapter, directions and the adaptive attacker's search. `keep_run` copies that
+much into `<results>/models/<run folder name>/` (about 10 MB on the embedded model), replacing the earlier
+copy, and `restore_runs` puts it back into `runs/` when a run folder is missing. A kept run with
+`summary.json` is a finished model; one without is a run to resume. `keep_started` refreshes the copies of
+the runs still training (e.g. shortly before a machine is handed back), so that a search in progress
+resumes on the next machine with the scores it had."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from pathlib import Path
 
 from failclosed_interp.align import STATE_FILE, SUMMARY_FILE
 from failclosed_interp.artifacts import atomic_folder, read_json
+from failclosed_interp.score_log import PROGRESS_FILE
 
 MODELS_FOLDER = "models"  # in the results folder
 _RECORDS = ("config.json", STATE_FILE, "examples.json", SUMMARY_FILE)  # small files at a run folder's top
@@ -34,7 +38,8 @@ def kept_files(run: Path) -> list[Path]:
         trees += [Path("final") / "adapter", Path("final") / "directions", Path("final") / "adaptive"]
     for tree in trees:
         wanted += [p.relative_to(run) for p in sorted((run / tree).rglob("*")) if p.is_file()]
-    return [p for p in wanted if (run / p).is_file()]
+    wanted += [p.relative_to(run) for p in sorted(run.rglob(PROGRESS_FILE))]
+    return list(dict.fromkeys(p for p in wanted if (run / p).is_file()))
 
 
 def keep_run(run: str | Path, results: str | Path) -> Path | None:
@@ -50,6 +55,12 @@ def keep_run(run: str | Path, results: str | Path) -> Path | None:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(run / rel, tmp / rel)
     return target
+
+
+def keep_started(runs: str | Path, results: str | Path) -> list[Path]:
+    """`keep_run` for every training run in `runs` that has completed a round but not finished; the kept folders."""
+    started = [run for run in sorted(Path(runs).glob("*")) if (run / STATE_FILE).exists() and not (run / SUMMARY_FILE).exists()]
+    return [kept for kept in (keep_run(run, results) for run in started) if kept is not None]
 
 
 def restore_runs(results: str | Path, runs: str | Path) -> list[Path]:

@@ -1,0 +1,116 @@
+"""Scores of a long search, kept on disk as they come, so that a killed search resumes where it stopped.
+
+On CPU the longest steps that cannot be cut into rounds are candidate-by-candidate searches: the DIM
+selection (every layer x position ablated, added and KL-scored) and the adaptive attacker's search (hundreds
+of candidates and an RDO direction), tens of minutes each on the embedded model. Each logs every value it
+computes to a `ScoreLog`; run again on the same model, prompts and settings, it reads them back instead of
+computing them again, so it ends with exactly the values of an uninterrupted run.
+
+A log is tied to a digest of everything its values depend on (`digest`: the adapter weights, the candidates,
+the prompts, the settings). A log made for anything else is ignored and replaced, never mixed in."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+
+from failclosed_interp.adapters import lora_parameters
+from failclosed_interp.artifacts import atomic_write
+from failclosed_interp.models import ChatModel
+
+PROGRESS_FILE = "search_progress.json"
+V = TypeVar("V")
+
+
+def digest(*parts) -> str:
+    """A hex digest of `parts`: tensors by dtype, shape and bytes; dataclasses, dicts, lists and tuples by
+    their contents; anything else by its JSON (or repr)."""
+    h = hashlib.sha256()
+    for part in parts:
+        _feed(h, part)
+    return h.hexdigest()
+
+
+def _feed(h, value) -> None:
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"tensor {t.dtype} {tuple(t.shape)}:".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        h.update(f"{type(value).__name__}(".encode())
+        for f in dataclasses.fields(value):
+            h.update(f"{f.name}=".encode())
+            _feed(h, getattr(value, f.name))
+        h.update(b")")
+    elif isinstance(value, dict):
+        h.update(b"{")
+        for key in sorted(value, key=str):
+            _feed(h, str(key))
+            _feed(h, value[key])
+        h.update(b"}")
+    elif isinstance(value, (list, tuple)):
+        h.update(f"[{len(value)}:".encode())
+        for item in value:
+            _feed(h, item)
+        h.update(b"]")
+    else:
+        try:
+            text = json.dumps(value)
+        except TypeError:
+            text = repr(value)
+        h.update(f"{type(value).__name__}:{text};".encode())
+
+
+def model_digest(model: ChatModel) -> str:
+    """The model's name and shape and its LoRA weights (the base weights are fixed by the name)."""
+    return digest(model.identity(), [p for p in lora_parameters(model.hf_model)] if model.hf_model is not None else [])
+
+
+class ScoreLog:
+    """Values computed by one search, by key, written to `path` (atomically) as each is added. `context`:
+    the digest of what they depend on; a file with another context is ignored and overwritten. With `path`
+    None nothing is written (the values are only remembered)."""
+
+    def __init__(self, path: str | Path | None, context: str):
+        self.path, self.context = (None if path is None else Path(path)), context
+        self._values: dict[str, object] = self._read()
+        self.resumed = len(self._values)  # values read back from an earlier, interrupted run
+
+    def _read(self) -> dict[str, object]:
+        if self.path is None or not self.path.is_file():
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):  # a log is a cache: an unreadable one is computed again
+            return {}
+        if not isinstance(data, dict) or data.get("context") != self.context or not isinstance(data.get("values"), dict):
+            return {}
+        return data["values"]
+
+    def value(self, key: str, compute: Callable[[], V]) -> V:
+        """The value logged under `key`, else `compute()`, logged under it now. Values must be JSON (floats
+        read back exactly; NaN and infinities too)."""
+        if key not in self._values:
+            self._values[key] = compute()
+            self._write()
+        return self._values[key]  # type: ignore[return-value]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._values
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def _write(self) -> None:
+        if self.path is not None:
+            text = json.dumps({"context": self.context, "values": self._values})
+            atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+
+
+__all__ = ["PROGRESS_FILE", "ScoreLog", "digest", "model_digest"]

@@ -1,0 +1,77 @@
+"""`ScoreLog`: a long search's scores kept on disk read back exactly, only for the same context; `digest`
+tells apart what the scores depend on."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from failclosed_interp.adapters import LoraSettings, lora_parameters
+from failclosed_interp.models import load_model
+from failclosed_interp.score_log import ScoreLog, digest, model_digest
+
+
+@dataclass(frozen=True)
+class Settings:
+    batch_size: int
+    vectors: torch.Tensor
+
+
+def test_digest_sees_every_bit_of_a_tensor_and_the_contents_of_containers():
+    t = torch.randn(4, 3)
+    flipped = t.clone()
+    flipped.view(torch.int32)[1, 2] ^= 1  # the lowest bit of one float
+    assert digest(t) == digest(t.clone()) != digest(flipped)
+    assert digest(t) != digest(t.double()) and digest(t) != digest(t.reshape(3, 4))
+    assert digest(Settings(8, t)) == digest(Settings(8, t.clone())) != digest(Settings(16, t))
+    assert digest({"a": 1, "b": [1, 2]}) == digest({"b": [1, 2], "a": 1}) != digest({"a": 1, "b": [2, 1]})
+    assert digest([1, 2]) != digest([[1, 2]]) and digest("1") != digest(1)
+
+
+def test_a_log_reads_back_what_it_logged_exactly_and_only_for_its_own_context(tmp_path):
+    path = tmp_path / "search_progress.json"
+    values = {"sum": 0.1 + 0.2, "tiny": 5e-324, "nan": math.nan, "inf": -math.inf, "pair": [1 / 3, 2.5]}
+    log = ScoreLog(path, "context A")
+    for key, value in values.items():
+        assert log.value(key, lambda v=value: v) is value
+    assert log.resumed == 0 and len(log) == len(values)
+
+    def never():
+        raise AssertionError("a logged value was computed again")
+
+    again = ScoreLog(path, "context A")
+    assert again.resumed == len(values)
+    got = {key: again.value(key, never) for key in values}
+    assert got["sum"] == 0.1 + 0.2 and got["tiny"] == 5e-324 and math.isnan(got["nan"]) and got["inf"] == -math.inf
+    assert got["pair"] == [1 / 3, 2.5]
+
+    other = ScoreLog(path, "context B")  # another model or settings: nothing is read back, and it is replaced
+    assert len(other) == 0 and other.value("sum", lambda: 1.0) == 1.0
+    assert len(ScoreLog(path, "context A")) == 0 and len(ScoreLog(path, "context B")) == 1
+
+
+def test_a_corrupt_log_is_computed_again_and_without_a_path_nothing_is_written(tmp_path):
+    path = tmp_path / "search_progress.json"
+    path.write_text('{"context": "A", "values": {"x": 1.0')  # cut off mid-write
+    log = ScoreLog(path, "A")
+    assert len(log) == 0 and log.value("x", lambda: 2.0) == 2.0 and ScoreLog(path, "A").value("x", lambda: 3.0) == 2.0
+    memory = ScoreLog(None, "A")
+    assert memory.value("y", lambda: 4.0) == 4.0 and memory.value("y", lambda: 5.0) == 4.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["search_progress.json"]
+
+
+def test_the_model_digest_changes_with_the_adapter_weights():
+    model = load_model("tiny-llama", lora=LoraSettings(r=2, alpha=4))
+    before = model_digest(model)
+    assert model_digest(model) == before
+    with torch.no_grad():
+        lora_parameters(model.hf_model)[0].view(-1)[0] += 1e-3
+    assert model_digest(model) != before
+    assert model_digest(load_model("tiny-llama")) != before
+
+
+def test_an_object_without_json_form_digests_by_its_repr_so_a_log_for_it_never_resumes_another_objects():
+    judge = object()
+    assert digest(judge) == digest(judge) and digest(judge) != digest(object())
