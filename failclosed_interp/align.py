@@ -22,8 +22,8 @@ A run folder holds `examples.json`, `round_K/` (adapter, directions, metrics.jso
 every completed round, `round_0/rdo/` (the reference direction and the RDO targets, reused by every round), `state.json` (the last completed round), then `final/` and `summary.json`.
 Rounds are written completely before `state.json` names them, so a killed run resumes from the last
 completed round and ends with the same result as an uninterrupted one. Inside a round, the direction search
-(`round_K/search/search_progress.json`) and the final summary's adaptive attacker
-(`final/adaptive/search_progress.json`) keep their scores as they come, and resume from them too."""
+(`round_K/search/search_progress.json`), RDO (`round_K/rdo_search/`) and the final summary's adaptive
+attacker (`final/adaptive/`) keep their work as it comes (`score_log`), and resume from it too."""
 
 from __future__ import annotations
 
@@ -302,7 +302,8 @@ def _next_direction(model: ChatModel, config: AlignConfig, found: DirectionSet, 
             reference, targets, notes = _rdo_reference(model, config, out, progress)
             earlier = found if config.method == "failclosed" and len(found) else None
             direction = optimize_direction(model, reference, targets, config.rdo, base, distinct_from=earlier,
-                                           min_residual=config.min_new_component, progress=progress)
+                                           min_residual=config.min_new_component, progress=progress,
+                                           log_file=folder / "rdo_search" / PROGRESS_FILE)
             tokens = None  # read off the current model's refusals by the check below
     except NoRefusals as err:
         return None, f"this round's model refuses none of the validation prompts, so it has no refusal to locate: {err}", notes

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from failclosed_interp.interventions import Intervention, hook_name, intervene
 from failclosed_interp.models import ChatModel
 from failclosed_interp.rdo_config import RDOConfig, ablation_of, addition_of
 from failclosed_interp.rdo_targets import RDOTargets, rdo_targets
+from failclosed_interp.score_log import ScoreLog, digest, model_digest
 from failclosed_interp.training.data import (
     IGNORE, ReferenceLogProbs, TokenizedExamples, answer_logits, collate, example_token_ids,
 )
@@ -45,6 +47,7 @@ def optimize_direction(
     min_residual: float = 1e-5,
     independent_of: DirectionSet | None = None,
     progress: bool = True,
+    log_file: str | Path | None = None,
 ) -> Direction:
     """An RDO direction (method "rdo") at `init`'s layer, position and steering strength (`init.norm`),
     trained toward `targets` (from `rdo_targets`). It starts from `init` or at random (`config.start`).
@@ -53,7 +56,9 @@ def optimize_direction(
     `orthogonal_to` keeps every step out of that span; `independent_of` with `config.independence_weight > 0`
     penalises representational dependence on those directions. `interventions` apply to every forward
     pass, the clean reference included. The weights are frozen meanwhile and their requires_grad flags
-    restored afterwards, also after an error."""
+    restored afterwards, also after an error. `log_file`: every step's loss and gradient are kept there as
+    they come (`ScoreLog`); run again with the same inputs, the logged steps are replayed from it without a
+    forward pass, so a killed optimisation resumes where it stopped and ends with the same vector."""
     _check_inputs(model, init, targets)
     orthogonal_to = _nonempty(model, orthogonal_to, "orthogonal_to")
     distinct_from = _nonempty(model, distinct_from, "distinct_from")
@@ -74,9 +79,11 @@ def optimize_direction(
         first = torch.randn(model.d_model, generator=torch.Generator().manual_seed(config.seed)).to(init.vector.dtype)
     generator = torch.Generator().manual_seed(config.seed)
     plan = _index_batches(len(targets), config.batch_size, config.steps, generator)
+    log = ScoreLog(log_file, digest(model_digest(model), init, targets, config, list(interventions), orthogonal_to,
+                                    independent_of))
     with _frozen(model.bridge), intervene(model, interventions):
         objective = _Objective(model, targets, init, config, independent_of)
-        visited = _descend(_constrain(first, basis), plan, objective.step, config, basis, progress)
+        visited = _descend(_constrain(first, basis), plan, objective.step, config, basis, progress, log)
     best = _lowest_loss(visited, distinct_from, min_residual)
     vector = best.vector.to(init.vector.dtype)
     scores = {"loss": best.loss, **{f"loss_{k}": v for k, v in best.terms.items()},
@@ -106,19 +113,27 @@ StepFn = Callable[[Tensor, list[int]], tuple[float, dict[str, float]]]
 
 
 def _descend(start: Tensor, plan: list[list[int]], step_fn: StepFn, config: RDOConfig, basis: Tensor | None,
-             progress: bool) -> list[Visited]:
+             progress: bool, log: ScoreLog | None = None) -> list[Visited]:
     """Projected AdamW on the unit sphere (and outside `basis`'s span). `step_fn(v, batch)` accumulates the
     gradient of the step's loss into v.grad and returns (loss, terms). Patience as the authors: a step
     whose loss is not below the lowest so far uses up patience; out of patience, the lr is divided by 10,
-    or, after `lr_reductions` reductions, the descent stops."""
+    or, after `lr_reductions` reductions, the descent stops. A step `log` holds is replayed from its logged
+    loss and gradient (the optimiser's arithmetic is the same, so every later vector is too)."""
     v = torch.nn.Parameter(start.clone())
     optimizer = torch.optim.AdamW([v], lr=config.lr, betas=(0.9, 0.98), weight_decay=0.0, amsgrad=True)
     visited: list[Visited] = []
     lowest, waited, reductions = math.inf, 0, 0
+    log = log if log is not None else ScoreLog(None, "")
+
+    def measured(batch: list[int]) -> list:
+        loss, terms = step_fn(v, batch)
+        return [loss, terms, v.grad.tolist()]
+
     bar = tqdm(plan, desc="RDO", disable=not progress, leave=False)
     for step, batch in enumerate(bar):
         optimizer.zero_grad(set_to_none=True)
-        loss, terms = step_fn(v, batch)
+        loss, terms, grad = log.value(f"step {step}", lambda: measured(batch))
+        v.grad = torch.tensor(grad, dtype=v.dtype, device=v.device)
         visited.append(Visited(step, v.detach().clone(), loss, terms))
         bar.set_postfix(loss=f"{loss:.4f}")
         with torch.no_grad():

@@ -144,11 +144,13 @@ def direction_search(model: ChatModel, config: DirectionJobConfig = DirectionJob
 
 
 def rdo_direction(model: ChatModel, harmful: Sequence[str], harmless: Sequence[str], init: Direction,
-                  rdo: RDOConfig, refusal_tokens: Sequence[int], *, progress: bool = False) -> Direction:
+                  rdo: RDOConfig, refusal_tokens: Sequence[int], *, progress: bool = False,
+                  log_file: str | Path | None = None) -> Direction:
     """An RDO direction fitted on `harmful` / `harmless`, toward targets made with `init` (ablated: the
-    harmful answers; added: the harmless refusals), at `init`'s layer and strength."""
+    harmful answers; added: the harmless refusals), at `init`'s layer and strength. `log_file`: where its
+    steps are kept as they come, to resume after a kill (`optimize_direction`)."""
     targets = rdo_targets(model, list(harmful), list(harmless), init, rdo, refusal_tokens=refusal_tokens, progress=progress)
-    return optimize_direction(model, init, targets, rdo, progress=progress)
+    return optimize_direction(model, init, targets, rdo, progress=progress, log_file=log_file)
 
 
 # --- is a new direction new? -----------------------------------------------------------------------------

@@ -44,7 +44,8 @@ def spied_loop(monkeypatch):
         pair = (Example(harmful[0], "Sure", "utility", False),), (Example(harmless[0], "No", "utility", False),)
         return RDOTargets(pair[0], pair[1], (Example(harmless[0], "Fine", "utility", False),), filtered="test")
 
-    def fake_rdo(model, reference, targets, config, interventions=(), *, distinct_from=None, min_residual=1e-5, progress=True):
+    def fake_rdo(model, reference, targets, config, interventions=(), *, distinct_from=None, min_residual=1e-5, progress=True,
+                 log_file=None):
         calls["rdo"].append((reference, targets, distinct_from))
         vector = torch.randn(d_model, generator=torch.Generator().manual_seed(len(calls["rdo"])))
         return Direction(vector, layer=reference.layer, norm=reference.norm, method="rdo")

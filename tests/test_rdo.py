@@ -222,6 +222,39 @@ def test_same_seed_same_direction(planted, corrupted, targets):
     assert not torch.equal(other.vector, first.vector)  # the seed drives the batches
 
 
+def test_a_killed_optimisation_resumes_from_its_logged_steps_and_ends_with_the_same_vector(
+        planted, corrupted, targets, tmp_path, monkeypatch):
+    import failclosed_interp.rdo as rdo_module
+
+    model, config, log = planted[0], RDOConfig(**{**CONFIG.to_dict(), "steps": 8}), tmp_path / "search_progress.json"
+    whole = optimize_direction(model, corrupted, targets, config, progress=False)
+    real_step, steps = rdo_module._Objective.step, []
+
+    class Killed(Exception):
+        pass
+
+    def counted(kill_at=None):
+        def step(self, v, idx):
+            steps.append(1)
+            if len(steps) == kill_at:
+                raise Killed
+            return real_step(self, v, idx)
+        monkeypatch.setattr(rdo_module._Objective, "step", step)
+
+    counted(kill_at=4)
+    with pytest.raises(Killed):
+        optimize_direction(model, corrupted, targets, config, progress=False, log_file=log)
+    steps.clear()
+    counted()
+    resumed = optimize_direction(model, corrupted, targets, config, progress=False, log_file=log)
+    assert torch.equal(resumed.vector, whole.vector) and resumed.scores == whole.scores
+    assert len(steps) == whole.scores["steps_run"] - 3  # the 3 steps logged before the kill are replayed
+    steps.clear()
+    other_seed = RDOConfig(**{**config.to_dict(), "seed": 1})  # another run: its own steps, not this log's
+    optimize_direction(model, corrupted, targets, other_seed, progress=False, log_file=log)
+    assert len(steps) > 0
+
+
 def test_orthogonality_constraint_holds(planted, corrupted, targets):
     model, planted_dir, _ = planted
     # Forced away from the planted direction: the objective pulls toward it, the constraint must win.

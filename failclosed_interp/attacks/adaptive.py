@@ -261,8 +261,8 @@ def search_directions(
 ) -> AttackSearch:
     """The attacker's search on `model`: refusal tokens from its own refusals (as `judge` sees them) to the
     attacker's harmful fit prompts, every DIM candidate and the RDO direction scored, a choice per budget.
-    `log_file`: keep every score (and the RDO direction) there as it comes (`ScoreLog`), so that a killed
-    search run again on the same model and settings resumes where it stopped."""
+    `log_file`: keep every score (and the RDO direction; its steps in `rdo/` beside it) there as it comes
+    (`ScoreLog`), so that a killed search run again on the same model and settings resumes where it stopped."""
     (harmful_fit, harmful_score), (harmless_fit, harmless_score) = config.prompts("harmful"), config.prompts("harmless")
     positions = config.positions or tuple(post_instruction_positions(model))
     try:
@@ -289,8 +289,10 @@ def search_directions(
         start = strongest_within(candidates, config.report_budget)
         start = start if start is not None else strongest_within(candidates, math.inf)
         rdo = RDOConfig(steps=config.rdo_steps, seed=config.seed)
+        steps_log = None if log_file is None else Path(log_file).parent / "rdo" / Path(log_file).name
         found = Direction.from_record(log.value("rdo direction", lambda: rdo_direction(
-            model, harmful_fit, harmless_fit, candidates[start], rdo, tokens, progress=progress).to_record()))
+            model, harmful_fit, harmless_fit, candidates[start], rdo, tokens, progress=progress,
+            log_file=steps_log).to_record()))
         candidates.append(scorer.scored(found, prefixes[start]))  # ablated as the candidate it started from
         prefixes.append(prefixes[start])
     if config.n_verify:
