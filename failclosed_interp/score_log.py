@@ -101,9 +101,6 @@ class ScoreLog:
             self._write()
         return self._values[key]  # type: ignore[return-value]
 
-    def __contains__(self, key: str) -> bool:
-        return key in self._values
-
     def __len__(self) -> int:
         return len(self._values)
 

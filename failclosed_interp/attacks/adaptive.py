@@ -16,7 +16,9 @@ and no selection rule but an explicit KL budget.
   score alone can mislead: a direction can move the first token off a refusal while the refusal
   returns a token later. A budget no candidate fits attacks with no ablation.
 - Outcome: the evaluation prompts answered under each chosen ablation and labelled by the judge. Attack
-  success is a compliance only: a model ablated into babble refuses nothing but is not jailbroken."""
+  success is a compliance only: a model ablated into babble refuses nothing but is not jailbroken.
+- Resuming: with a `log_file`, every score, the RDO direction (its steps too) and every verified compliance
+  are logged as they come (`score_log`), and a search killed half-way resumes from them."""
 
 from __future__ import annotations
 
