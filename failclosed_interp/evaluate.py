@@ -52,17 +52,22 @@ JUDGES = JUDGE_NAMES
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One row of the table: a label and the model (+ LoRA adapter) it stands for."""
+    """One row of the table: a label and the model (+ LoRA adapter) it stands for. `ablation_search`: the
+    adaptive attacker's search already made on this model with the settings of `EvalConfig.ablation` (a
+    `save_search` folder, e.g. align's `final/adaptive` when its attacker had the same settings); the
+    ablation attack answers under its choices instead of searching again."""
 
     label: str
     model: str = EMBEDDED_MODEL
     adapter: str | None = None
+    ablation_search: str | Path | None = None
 
     def __post_init__(self):
         if not self.label or "/" in self.label or self.label.startswith("."):
             raise ValueError(f"model label {self.label!r} must be a plain name such as 'sft' (it names a cache folder)")
-        if self.adapter is not None:
-            object.__setattr__(self, "adapter", str(self.adapter))
+        for name in ("adapter", "ablation_search"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, str(getattr(self, name)))
 
     @classmethod
     def parse(cls, text: str, model: str = EMBEDDED_MODEL) -> ModelSpec:
@@ -276,7 +281,8 @@ def evaluate(
         for attack in attacks:
             folder = cache.unit(attack.name, {**attack.settings(), **common, "attack": attack.name})
             if isinstance(attack, DirectionAblation):
-                attack = replace(attack, cache_dir=folder / "direction")
+                given = Path(spec.ablation_search) if spec.ablation_search is not None else None
+                attack = replace(attack, cache_dir=folder / "direction", given_search=given)
             results = _attack(attack, harmful, cache, folder, model, judge, config, progress)
             records[attack.name] = [r.to_dict() for r in results]
             row["asr"][attack.name] = wilson_rate([float(r.success) for r in results])

@@ -336,6 +336,27 @@ def test_evaluate_reports_the_budget_curve_and_its_asr_is_the_report_budget(toy,
     assert "chosen within KL <= 0.3" in (tmp_path / "table.md").read_text()
 
 
+def test_evaluate_answers_under_a_given_search_instead_of_searching_again(toy, toy_search, tmp_path, monkeypatch):
+    evaluate_module = importlib.import_module("failclosed_interp.evaluate")
+    from failclosed_interp.evaluate import EvalConfig, ModelSpec, evaluate
+
+    monkeypatch.setenv("FAILCLOSED_NO_PNG", "1")
+    config = EvalConfig(attacks=("ablation",), n_harmful=2, n_compliance=1)
+    monkeypatch.setattr(evaluate_module, "harmful_prompts", lambda c: list(toy.prompts.harmful_eval[:2]))
+    saved = save_search(toy_search, tmp_path / "align_final_adaptive", toy.model.identity())
+
+    def must_not_search(*args, **kwargs):
+        raise AssertionError("the given search should have been used")
+
+    monkeypatch.setattr(ablation_module, "search_directions", must_not_search)
+    spec = ModelSpec("toy", "tiny-llama", ablation_search=saved)
+    results = evaluate([spec], tmp_path / "eval", config, attacks=[DirectionAblation(toy_config(toy))], judge=TOY_JUDGE,
+                       load=lambda spec: toy.model, progress=False)
+    chosen = toy_search.describe(toy_search.chosen_index(0.3))
+    assert results["models"]["toy"]["ablation_budgets"][1]["direction"] == chosen
+    assert results["models"]["toy"]["spec"]["ablation_search"] == str(saved)
+
+
 def test_the_job_writes_the_curve_without_responses_and_the_whole_result_on_request(tiny_llama, tmp_path):
     config = AdaptiveAttackConfig(harmful=("a b", "c d", "e f"), harmless=("g h", "i j", "k l"), n_fit=1)
     adaptive_attack_job(tiny_llama, tmp_path / "curve.json", config, n_harmful=2, responses=tmp_path / "all.json",

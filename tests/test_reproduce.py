@@ -89,6 +89,8 @@ def test_quick_grid_runs_resumes_and_renders(tmp_path):
     grid = {e.name: e for e in build_grid(config)}
     round0 = json.loads((run_folder(grid["align-project-s1"], tmp_path / "runs") / "round_0/metrics.json").read_text())
     assert round0["round0_from"] == str(run_folder(grid["align-sft-s1"], tmp_path / "runs"))  # one SFT model per seed
+    attacked = json.loads((results / "attacks-sft-s0.json").read_text())["result"]  # the ablation attack: align's search
+    assert attacked["spec"]["ablation_search"] == str(run_folder(grid["align-sft-s0"], tmp_path / "runs") / "final/adaptive")
     data = write_public_data(tmp_path / "data")
     ran = run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append, data_dir=data)
     # with the data folder: the public columns, and the validation experiments' XSTest column alone

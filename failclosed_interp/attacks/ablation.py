@@ -23,10 +23,13 @@ from failclosed_interp.stats import wilson_rate
 @dataclass(frozen=True)
 class DirectionAblation(AttackRunner):
     """The adaptive white-box attack. With `cache_dir`, its search is saved there and reused by the next run
-    on the same model (answers to prompts not seen yet still need generating)."""
+    on the same model (answers to prompts not seen yet still need generating). `given_search`: a search
+    already made on this model with these settings (a `save_search` folder, e.g. align's `final/adaptive`),
+    used instead of searching."""
 
     config: AdaptiveAttackConfig = field(default_factory=AdaptiveAttackConfig)
     cache_dir: Path | None = None
+    given_search: Path | None = None
     name: str = "ablation"
 
     def settings(self) -> dict:
@@ -36,6 +39,8 @@ class DirectionAblation(AttackRunner):
         folder = Path(self.cache_dir) if self.cache_dir is not None else None
         if folder is not None and (folder / SEARCH_FILE).is_file():
             return load_search(folder, model)
+        if self.given_search is not None:
+            return load_search(self.given_search, model)
         log_file = folder / PROGRESS_FILE if folder is not None else None  # a killed search resumes from it
         found = search_directions(model, self.config, judge, progress=progress, log_file=log_file)
         if folder is not None:

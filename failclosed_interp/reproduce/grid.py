@@ -141,9 +141,10 @@ def audit_config(quick: bool) -> AuditConfig:
 def attacks_config(quick: bool) -> EvalConfig:
     """The attacks and budgets of the grid (tiny budgets in quick mode)."""
     if quick:  # the test suite runs quick mode, and nanogcg is optional there
-        return EvalConfig(attacks=("gcg",), n_harmful=2, n_compliance=2,
+        return EvalConfig(attacks=("gcg", "ablation"), n_harmful=2, n_compliance=2, ablation=_QUICK_ATTACKER,
                           gcg=GCGConfig(steps=1, search_width=4, top_k=4, suffix_init=" x x", backend="own"))
-    # A budget that fits about an hour per model on 2 CPU cores (docs/evaluation.md has the full ones).
+    # A budget that fits about an hour per model on 2 CPU cores (docs/evaluation.md has the full ones). The
+    # ablation attacker has align's settings, so it answers under the search align's summary made.
     return EvalConfig(n_harmful=50, human_templates=3, gcg=GCGConfig(steps=5, search_width=16),
                       autodan=AutoDANConfig(generations=3, population=8), pair=PAIRConfig(iterations=2, streams=2))
 

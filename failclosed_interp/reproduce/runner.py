@@ -224,8 +224,11 @@ def _run(exp: Experiment, folder: Path, grid: list[Experiment], finished: dict[s
         result = audit_job(folder, model, adapter=final / "adapter", directions=directions, config=config,
                            adaptive_search=searched, progress=progress)
         return result.to_dict()
-    spec = ModelSpec(trained.name.removeprefix("align-"), model, str(final / "adapter"))
-    evaluated = evaluate([spec], folder, config_from_dict(EvalConfig, exp.config), progress=progress)
+    config = config_from_dict(EvalConfig, exp.config)
+    searched = align_search(trained, final, config.ablation) if "ablation" in config.attacks else None
+    spec = ModelSpec(trained.name.removeprefix("align-"), model, str(final / "adapter"),
+                     ablation_search=str(searched) if searched else None)
+    evaluated = evaluate([spec], folder, config, progress=progress)
     return evaluation_row(evaluated, spec.label)
 
 
