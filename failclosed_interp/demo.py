@@ -28,6 +28,7 @@ from failclosed_interp.configs import JsonConfig
 from failclosed_interp.directions import DirectionSet, load_directions
 from failclosed_interp.models import EMBEDDED_MODEL
 from failclosed_interp.plots import grouped_rate_bars, save_figure
+from failclosed_interp.score_log import PROGRESS_FILE
 from failclosed_interp.stats import RateEstimate
 from failclosed_interp.stopwatch import Stopwatch, machine
 
@@ -117,7 +118,8 @@ def demo_job(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
         found = load_directions(run / folder / "directions", model) if (run / folder / "directions").exists() else DirectionSet()
         figures = align_summary if name == "failclosed" else evaluate_final(model, aligned, found, None, progress)
         clock.lap(f"evaluate_{name}")
-        audit = run_audit(model, prompts, audit_config, found if len(found) else None, progress=progress)
+        audit = run_audit(model, prompts, audit_config, found if len(found) else None, progress=progress,
+                          log_file=out / "audit" / name / "adaptive" / PROGRESS_FILE)
         write_audit(audit, out / "audit" / name, extra={"adapter": str(run / folder / "adapter")})
         clock.lap(f"audit_{name}")
         columns[name] = _column(figures, audit, found)

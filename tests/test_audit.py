@@ -304,7 +304,7 @@ def test_cli_discovers_at_the_given_positions(tmp_path, capsys):
     assert "verdict: fail-open" in capsys.readouterr().out
 
 
-def test_adaptive_adds_the_independent_attackers_direction_to_irrelevant_given_ones(one, monkeypatch):
+def test_adaptive_adds_the_independent_attackers_direction_to_irrelevant_given_ones(one, monkeypatch, tmp_path):
     p = one.prompts  # the attacker's own prompts: none of them is an audit evaluation prompt
     attacker = AdaptiveAttackConfig(harmful=p.harmful_train + p.harmful_val, harmless=p.harmless_train + p.harmless_val,
                                     n_fit=12, rdo_steps=0)
@@ -329,6 +329,13 @@ def test_adaptive_adds_the_independent_attackers_direction_to_irrelevant_given_o
                           adaptive_search=r.adaptive_attack.search)
     assert torch.equal(again.directions[2].vector, chosen.vector) and again.verdict == r.verdict
     assert any(note.endswith("made before and reused)") for note in again.notes)
+    # with a log, a second audit reads every score back (a killed one resumes the same way)
+    log = tmp_path / "adaptive" / "search_progress.json"
+    logged = run_audit(one.model, prompts_of(one), config, one.decoys(2), judge=SubstringJudge(), log_file=log)
+    with monkeypatch.context() as patched:
+        patched.setattr("failclosed_interp.attacks.adaptive._Scorer._ablated_logits", no_new_search)
+        resumed = run_audit(one.model, prompts_of(one), config, one.decoys(2), judge=SubstringJudge(), log_file=log)
+    assert resumed.to_dict()["adaptive_attack"] == logged.to_dict()["adaptive_attack"] == curve
     # without it, the strongest direction found with no KL limit is the pathway, within the budget: still fail-open
     without = run_audit(one.model, prompts_of(one), dataclasses.replace(config, adaptive=False), one.decoys(2))
     assert without.verdict_label == "fail-open" and "strongest DIM direction" in without.verdict

@@ -32,6 +32,7 @@ from failclosed_interp.dim import dim_candidates
 from failclosed_interp.directions import DirectionSet, load_directions
 from failclosed_interp.judges import DEFAULT_JUDGE, Judge, ThreeWayJudge, judge_by_name
 from failclosed_interp.models import ChatModel, load_model
+from failclosed_interp.score_log import PROGRESS_FILE
 from failclosed_interp.scoring import refusal_tokens_from_responses, token_strings
 from failclosed_interp.search import InsideSpan, check_new
 from failclosed_interp.splits import PromptSplits
@@ -68,9 +69,11 @@ def run_audit(
     judge: Judge = ThreeWayJudge(),
     adaptive_search: AttackSearch | None = None,
     progress: bool = False,
+    log_file: str | Path | None = None,
 ) -> AuditResult:
     """Audit `model`'s refusal pathways along `directions` (discovered when None). `adaptive_search`: the
-    adaptive attacker's search made before on this model with `config.attacker` (searched here when None)."""
+    adaptive attacker's search made before on this model with `config.attacker` (searched here when None;
+    `log_file`: where that search logs its scores, to resume after a kill)."""
     clock = Stopwatch(digits=2)
     if directions is not None:
         _check_directions(model, directions)
@@ -115,7 +118,7 @@ def run_audit(
         refusal.directions = directions
     attack = None
     if config.adaptive:
-        note, attack = _add_adaptive(model, refusal, prompts, config, judge, adaptive_search, progress)
+        note, attack = _add_adaptive(model, refusal, prompts, config, judge, adaptive_search, progress, log_file)
         notes.append(note if adaptive_search is None else f"{note} (its search on this model was made before and reused)")
         source = f"{source}+adaptive"
         clock.lap("adaptive")
@@ -204,13 +207,13 @@ def _check_directions(model: ChatModel, directions: DirectionSet) -> None:
 
 
 def _add_adaptive(model, refusal: AblationRefusal, prompts: PromptSplits, config: AuditConfig, judge: Judge,
-                  search: AttackSearch | None, progress) -> tuple[str, AdaptiveAttackResult]:
+                  search: AttackSearch | None, progress, log_file: str | Path | None) -> tuple[str, AdaptiveAttackResult]:
     """Run the independent adaptive attacker (its own prompts and search, `attacks.adaptive`) on the audit's
     harmful prompts and append the direction it chose within the audit's KL budget, unless it lies in the
     span of the audited ones."""
     attack = adaptive_attack(model, prompts.harmful_eval, config.attacker, judge,
                              max_new_tokens=max(config.measure.max_new_tokens, MIN_JUDGED_TOKENS), search=search,
-                             progress=progress)
+                             progress=progress, log_file=log_file)
     index = attack.search.chosen_index(config.kl_budget)
     if index is None:
         why = attack.search.reason or f"no candidate within KL {config.kl_budget}"
@@ -237,17 +240,20 @@ def audit_model(
     device: str | None = None,
     adaptive_search: str | Path | None = None,
     progress: bool = False,
+    log_file: str | Path | None = None,
 ) -> AuditResult:
     """Load `model` (+ `adapter`) and its prompts and audit it along the directions saved in `directions`
     (discovered when None). `judge` is a Judge or a built-in one's name (see `judges.JUDGE_NAMES`).
     `adaptive_search`: a folder where the adaptive attacker's search on this same model was saved
-    (`attacks.adaptive.save_search`, e.g. align's `final/adaptive`), reused instead of searching again."""
+    (`attacks.adaptive.save_search`, e.g. align's `final/adaptive`), reused instead of searching again;
+    `log_file` as in `run_audit`."""
     if isinstance(judge, str):
         judge = judge_by_name(judge)
     chat_model, prompts = load_subject(model, adapter, device=device, config=config)
     given = load_directions(directions, chat_model) if directions is not None else None
     search = load_search(adaptive_search, chat_model) if adaptive_search is not None else None
-    return run_audit(chat_model, prompts, config, given, judge=judge, adaptive_search=search, progress=progress)
+    return run_audit(chat_model, prompts, config, given, judge=judge, adaptive_search=search, progress=progress,
+                     log_file=log_file)
 
 
 def audit_job(
@@ -264,9 +270,11 @@ def audit_job(
     progress: bool = True,
 ) -> AuditResult:
     """`audit_model`, then write `out/audit.json`, `out/report.html`, `out/directions/` (and `out/figures/`
-    when `figures`)."""
+    when `figures`). The adaptive attacker's search logs its scores in `out/adaptive/`, so that a killed
+    audit run again resumes that search where it stopped."""
     result = audit_model(model, adapter, directions, config=config, judge=judge, device=device,
-                         adaptive_search=adaptive_search, progress=progress)
+                         adaptive_search=adaptive_search, progress=progress,
+                         log_file=Path(out) / "adaptive" / PROGRESS_FILE)
     write_audit(result, out, extra={"adapter": str(adapter) if adapter else None,
                                     "directions_from": str(directions) if directions else None}, figures=figures)
     return result
