@@ -7,14 +7,21 @@ computes to a `ScoreLog`; run again on the same model, prompts and settings, it 
 computing them again, so it ends with exactly the values of an uninterrupted run.
 
 A log is tied to a digest of everything its values depend on (`digest`: the adapter weights, the candidates,
-the prompts, the settings). A log made for anything else is ignored and replaced, never mixed in."""
+the prompts, the settings). A log made for anything else is ignored and replaced, never mixed in.
+
+Inside `shared_logs(folder)`, every log is also kept in `folder` under its digest, and a search finds the
+log of the same search made anywhere else in the block: two runs that search the same model the same way
+(e.g. two recipes whose training stopped at the same round-0 model) search once. `index_logs` files the
+logs of earlier runs there."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,6 +33,44 @@ from failclosed_interp.models import ChatModel
 
 PROGRESS_FILE = "search_progress.json"
 V = TypeVar("V")
+_SHARED: ContextVar[Path | None] = ContextVar("shared_score_logs", default=None)
+
+
+@contextmanager
+def shared_logs(folder: str | Path) -> Iterator[Path]:
+    """Inside the block every `ScoreLog` is also kept in `folder` by its context digest, and one that has
+    no log of its own starts from the log of the same context there."""
+    folder = Path(folder)
+    token = _SHARED.set(folder)
+    try:
+        yield folder
+    finally:
+        _SHARED.reset(token)
+
+
+def index_logs(root: str | Path, folder: str | Path) -> int:
+    """File every `PROGRESS_FILE` under `root` into `folder` by its context (where that context has none
+    yet); the number filed. A search resumed under `shared_logs(folder)` then finds logs made before."""
+    filed = 0
+    for path in sorted(Path(root).rglob(PROGRESS_FILE)):
+        data = _read_log(path)
+        if data is not None and not (target := Path(folder) / f"{data['context']}.json").exists():
+            atomic_write(target, lambda tmp, text=path.read_text(): Path(tmp).write_text(text))
+            filed += 1
+    return filed
+
+
+def _read_log(path: Path | None) -> dict | None:
+    """A log file's {"context", "values"}, or None when there is none or it is unreadable (a log is a cache:
+    an unreadable one is computed again)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(data, dict) and isinstance(data.get("context"), str) and isinstance(data.get("values"), dict)
+    return data if ok else None
 
 
 def digest(*parts) -> str:
@@ -79,19 +124,15 @@ class ScoreLog:
 
     def __init__(self, path: str | Path | None, context: str):
         self.path, self.context = (None if path is None else Path(path)), context
+        shared = _SHARED.get()
+        self.shared = None if shared is None else shared / f"{context}.json"
         self._values: dict[str, object] = self._read()
-        self.resumed = len(self._values)  # values read back from an earlier, interrupted run
+        self.resumed = len(self._values)  # values read back from an earlier, interrupted run (or another run's)
 
     def _read(self) -> dict[str, object]:
-        if self.path is None or not self.path.is_file():
-            return {}
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):  # a log is a cache: an unreadable one is computed again
-            return {}
-        if not isinstance(data, dict) or data.get("context") != self.context or not isinstance(data.get("values"), dict):
-            return {}
-        return data["values"]
+        logs = [_read_log(self.path), _read_log(self.shared)]
+        matching = [data["values"] for data in logs if data is not None and data["context"] == self.context]
+        return max(matching, key=len, default={})
 
     def value(self, key: str, compute: Callable[[], V]) -> V:
         """The value logged under `key`, else `compute()`, logged under it now. Values must be JSON (floats
@@ -105,9 +146,10 @@ class ScoreLog:
         return len(self._values)
 
     def _write(self) -> None:
-        if self.path is not None:
-            text = json.dumps({"context": self.context, "values": self._values})
-            atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+        text = json.dumps({"context": self.context, "values": self._values})
+        for path in (self.path, self.shared):
+            if path is not None:
+                atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-__all__ = ["PROGRESS_FILE", "ScoreLog", "digest", "model_digest"]
+__all__ = ["PROGRESS_FILE", "ScoreLog", "digest", "index_logs", "model_digest", "shared_logs"]

@@ -173,6 +173,27 @@ def test_a_failing_experiment_does_not_hold_up_the_others_and_is_tried_again(tmp
     assert [e.name for e in again] == [e.name for e in grid if e.name in failure.value.failed]
 
 
+def test_every_experiment_reaches_the_searches_of_the_runs_before_it(tmp_path, monkeypatch):
+    from failclosed_interp.reproduce import runner
+    from failclosed_interp.score_log import ScoreLog
+
+    config = GridConfig(quick=True, seeds=(0,), recipes=("sft",))
+    runs = tmp_path / "runs"
+    # a search logged by a run made before (on this machine, or restored from its kept copy)
+    ScoreLog(runs / "align-other" / "final" / "adaptive" / "search_progress.json", "the same model, searched the same way"
+             ).value("refusal_score of dim layer 1", lambda: -2.5)
+    seen = []
+
+    def search_then_pretend(exp, folder, *args):
+        log = ScoreLog(folder / "final" / "adaptive" / "search_progress.json", "the same model, searched the same way")
+        seen.append(log.value("refusal_score of dim layer 1", lambda: 0.0))
+        return pretend_to_run(exp, folder)
+
+    monkeypatch.setattr(runner, "_run", search_then_pretend)
+    run_grid(config, runs, tmp_path / "results", progress=False, log=lambda _: None)
+    assert seen and set(seen) == {-2.5}
+
+
 def test_results_of_an_earlier_version_count_unless_a_setting_they_record_changed(tmp_path, monkeypatch):
     from failclosed_interp.reproduce import runner
     from failclosed_interp.reproduce.results import unfinished

@@ -10,7 +10,7 @@ import torch
 
 from failclosed_interp.adapters import LoraSettings, lora_parameters
 from failclosed_interp.models import load_model
-from failclosed_interp.score_log import ScoreLog, digest, model_digest
+from failclosed_interp.score_log import ScoreLog, digest, index_logs, model_digest, shared_logs
 
 
 @dataclass(frozen=True)
@@ -75,3 +75,24 @@ def test_the_model_digest_changes_with_the_adapter_weights():
 def test_an_object_without_json_form_digests_by_its_repr_so_a_log_for_it_never_resumes_another_objects():
     judge = object()
     assert digest(judge) == digest(judge) and digest(judge) != digest(object())
+
+
+def test_inside_shared_logs_a_search_starts_from_the_log_of_the_same_search_made_elsewhere(tmp_path):
+    shared = tmp_path / "shared"
+    with shared_logs(shared):
+        ScoreLog(tmp_path / "run_a" / "search_progress.json", "same search").value("kl", lambda: 0.25)
+        other = ScoreLog(tmp_path / "run_b" / "search_progress.json", "same search")
+        assert other.resumed == 1 and other.value("kl", lambda: 9.0) == 0.25
+        assert len(ScoreLog(tmp_path / "run_c" / "search_progress.json", "another search")) == 0
+    alone = ScoreLog(tmp_path / "run_d" / "search_progress.json", "same search")  # outside the block: its own log only
+    assert len(alone) == 0
+
+
+def test_index_logs_files_earlier_runs_logs_by_their_context_so_a_later_search_finds_them(tmp_path):
+    ScoreLog(tmp_path / "runs" / "run_a" / "round_0" / "search" / "search_progress.json", "round-0 search").value("x", lambda: 1.5)
+    (tmp_path / "runs" / "run_b").mkdir()
+    (tmp_path / "runs" / "run_b" / "search_progress.json").write_text("not json")  # unreadable: skipped
+    shared = tmp_path / "runs" / "score_logs"
+    assert index_logs(tmp_path / "runs", shared) == 1 and index_logs(tmp_path / "runs", shared) == 0  # filed once
+    with shared_logs(shared):
+        assert ScoreLog(tmp_path / "runs" / "run_c" / "search_progress.json", "round-0 search").value("x", lambda: 0.0) == 1.5

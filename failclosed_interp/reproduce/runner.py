@@ -3,7 +3,10 @@ heavy artifacts (adapters, caches) in `runs/<name>-<fingerprint>/`. A rerun skip
 results file still counts for it (`records`), and an interrupted training run resumes from its last round.
 Training runs are also kept, trimmed, in `results/models/` after every round (`store`), so that a grid goes on
 on another machine: a finished model whose run folder and kept copy are both gone is trained again.
-An experiment that raises is recorded in its run folder and skipped with what needs it; the rest go on."""
+An experiment that raises is recorded in its run folder and skipped with what needs it; the rest go on.
+Every experiment runs inside `score_log.shared_logs(runs/score_logs)`: a search (direction selection, RDO, the
+adaptive attacker) that another experiment already made on the same model with the same settings is read
+back from its log, not made again; e.g. recipes whose loops stop at the same round-0 model share its searches."""
 
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from failclosed_interp.reproduce.records import (
     GRID_FILE, SCHEMA, ResultsMismatch, finished_records, load_records, run_folder,
 )
 from failclosed_interp.reproduce.store import MODELS_FOLDER, keep_run, model_available, restore_runs
+from failclosed_interp.score_log import index_logs, shared_logs
 from failclosed_interp.reproduce.validation import ValidationConfig, needs_public, validate
 
 ERROR_FILE = "error.txt"  # in a failed experiment's run folder: its traceback
@@ -42,6 +46,9 @@ def estimates_s(records: dict[str, dict], quick: bool) -> dict[str, float]:
     return out
 
 
+SCORE_LOGS = "score_logs"  # in the runs folder: every search's log by its digest, shared by the experiments
+
+
 def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progress: bool = True,
              log=print, data_dir: str | Path | None = None) -> list[Experiment]:
     """Run every unfinished experiment of the grid in order; returns those run in this call. The public-set
@@ -52,6 +59,7 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
     _check_grid_file(results, config)
     for folder in restore_runs(results, runs):
         log(f"grid: restored {folder.name} from {results / MODELS_FOLDER}")
+    index_logs(runs, runs / SCORE_LOGS)  # the searches' logs of every run so far, restored ones included
     records = load_records(results)
     finished = usable_records(grid, records, runs)
     todo = _to_run(grid, finished, data_dir)
@@ -75,7 +83,8 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
         folder = run_folder(exp, runs, finished.get(exp.name))  # a finished one: measured again for a new column
         start = time.perf_counter()
         try:
-            outcome = _run(exp, folder, grid, finished, runs, progress, data_dir, results)
+            with shared_logs(runs / SCORE_LOGS):  # a search made before on the same model the same way is not made again
+                outcome = _run(exp, folder, grid, finished, runs, progress, data_dir, results)
         except Exception as err:  # noqa: BLE001 - one broken experiment must not hold up the rest of a day-long grid
             failed[exp.name] = f"{type(err).__name__}: {err}"
             error = traceback.format_exc()
