@@ -113,7 +113,9 @@ def _feed(h, value) -> None:
 
 
 def model_digest(model: ChatModel) -> str:
-    """The model's name and shape and its LoRA weights (the base weights are fixed by the name)."""
+    """The model's name and shape and its LoRA weights (the base weights are fixed by the name). The LoRA
+    scaling is left out: weights trained with another alpha differ themselves, and untrained ones (B = 0) add
+    nothing at any scaling; the searches' contexts also hold what the model computes (DIM means, RDO targets)."""
     return digest(model.identity(), [p for p in lora_parameters(model.hf_model)] if model.hf_model is not None else [])
 
 
