@@ -43,6 +43,8 @@ SETTINGS = {
     "cpu": RDOConfig(batch_size=8, target_tokens=16, steps=24, patience=3),
     # a CPU budget started from the DIM direction, the candidate measured for `failclosed demo`
     "demo": RDOConfig(steps=8, batch_size=8, target_tokens=16, patience=3, start="init"),
+    # the authors' budget started from the DIM direction instead of a random vector
+    "init": RDOConfig(start="init"),
 }
 
 
