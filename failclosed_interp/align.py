@@ -150,8 +150,10 @@ class AlignConfig(JsonConfig):
 # Named presets of AlignConfig values; explicit settings (CLI flags) override them.
 RECIPES: dict[str, dict] = {
     # The method as the paper describes it: each direction searched with the earlier ones ablated, all of them
-    # ablated together in training, RDO directions, 3 rounds.
-    "method": {"search": "ablated", "mode": "cumulative", "rounds": 3, "rdo": RDOConfig()},
+    # ablated together in training, RDO directions, 3 rounds; RDO starts from the reference DIM direction (ours:
+    # from a random start, the authors' step budget leaves a direction that fails the mediation check on the
+    # embedded model; validation measurements in docs/rdo.md).
+    "method": {"search": "ablated", "mode": "cumulative", "rounds": 3, "rdo": RDOConfig(start="init")},
     # The authors' loop as far as this toolkit runs it: directions searched on the plain model, all of them
     # ablated together, each one RDO's toward the round-0 targets, up to 10 rounds (the loop stops earlier
     # when RDO finds no new direction or the new one does not mediate refusal).

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from failclosed_interp.align import AlignConfig, recipe
+from failclosed_interp.rdo_config import RDOConfig
 from failclosed_interp.cli import main
 from failclosed_interp.reproduce import GridConfig, build_grid, grid_status, render_results, run_grid
 from failclosed_interp.reproduce.records import ResultsMismatch, run_folder
@@ -43,7 +44,8 @@ def test_the_grid_has_three_seeds_for_sft_method_and_project_and_every_model_is_
     assert len({e.fingerprint for e in grid}) == len(grid)
     method, default = (next(e for e in grid if e.name == f"align-{r}-s0") for r in ("method", "sft"))
     assert AlignConfig.from_dict(method.config) == recipe("method")
-    assert AlignConfig.from_dict(default.config) == dataclasses.replace(recipe("method"), method="sft")
+    # sft runs no RDO: it keeps the RDO settings it was trained with, whatever the method recipe's become
+    assert AlignConfig.from_dict(default.config) == dataclasses.replace(recipe("method"), method="sft", rdo=RDOConfig())
 
 
 def test_the_grid_runs_what_the_recipe_choice_needs_first_seed_by_seed_and_the_attacks_last():

@@ -91,9 +91,10 @@ class Experiment:
 
 
 # Grid recipe -> (align recipe, overrides). The baselines train with the method recipe's data and steps, named
-# as such so that switching `align.DEFAULT_RECIPE` leaves them (and their results) as they are.
+# as such so that switching `align.DEFAULT_RECIPE` leaves them (and their results) as they are. sft never runs
+# RDO: its settings stay those it was trained with (so its results keep counting) whatever method's RDO is.
 GRID_RECIPES: dict[str, tuple[str, dict]] = {
-    "sft": ("method", {"method": "sft"}),
+    "sft": ("method", {"method": "sft", "rdo": RDOConfig()}),
     "refat": ("method", {"method": "refat"}),
     "method": ("method", {}),
     "paper": ("paper", {}),
