@@ -55,7 +55,7 @@ def index_logs(root: str | Path, folder: str | Path) -> int:
     for path in sorted(Path(root).rglob(PROGRESS_FILE)):
         data = _read_log(path)
         if data is not None and not (target := Path(folder) / f"{data['context']}.json").exists():
-            atomic_write(target, lambda tmp, text=path.read_text(): Path(tmp).write_text(text))
+            atomic_write(target, lambda tmp, text=json.dumps(data): Path(tmp).write_text(text))
             filed += 1
     return filed
 
@@ -116,7 +116,7 @@ def model_digest(model: ChatModel) -> str:
     """The model's name and shape and its LoRA weights (the base weights are fixed by the name). The LoRA
     scaling is left out: weights trained with another alpha differ themselves, and untrained ones (B = 0) add
     nothing at any scaling; the searches' contexts also hold what the model computes (DIM means, RDO targets)."""
-    return digest(model.identity(), [p for p in lora_parameters(model.hf_model)] if model.hf_model is not None else [])
+    return digest(model.identity(), lora_parameters(model.hf_model) if model.hf_model is not None else [])
 
 
 class ScoreLog:

@@ -11,7 +11,8 @@
 # training run's kept copy (about 10 MB a round on the embedded model) is committed only from the time
 # KEEP_STARTED_FROM (any `date -d` time, e.g. "20:30": shortly before the session ends), so that history
 # does not grow by every round; from then on it is also refreshed every 3 minutes with the scores of the
-# searches in progress (`failclosed reproduce --keep-started`), so a new machine resumes them too. Set DATA_DIR to the public sets' folder (default ../shared/data if present).
+# searches in progress (`failclosed reproduce --keep-started`), so a new machine resumes them too.
+# Set DATA_DIR to the public sets' folder (default ../shared/data if present).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PY:-$REPO/.venv/bin/python}
