@@ -16,6 +16,7 @@ from transformer_lens import TransformerBridge
 from transformer_lens.model_bridge.sources import build_bridge_from_module
 
 from failclosed_interp.adapters import LoraSettings, inject_lora, load_adapter
+from failclosed_interp.checkpoint_cache import load_converted
 from failclosed_interp.distributed import process_device
 from failclosed_interp.replicas import REPLICAS, TINY_LLAMA, TINY_NATIVE, replica_hf, tiny_llama_hf, tiny_native_bridge, tiny_tokenizer
 
@@ -197,10 +198,23 @@ def _load_embedded(dtype: torch.dtype):
     path = embedded_model_file()
     if importlib.util.find_spec("gguf") is None:
         raise ModuleNotFoundError(f"loading the embedded GGUF needs the package gguf: {_EMBEDDED_INSTALL}")
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
-    hf_model.config.architectures = ["LlamaForCausalLM"]
-    return hf_model.eval(), tokenizer
+
+    def convert():  # de-quantised to float32 here; cast to `dtype` below, as the cached copy is
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        hf_model.config.architectures = ["LlamaForCausalLM"]
+        # The weights are de-quantised floats now, but the loader leaves its quantiser attached, which makes
+        # `save_pretrained` refuse; dropping it lets the model be kept and exported as a plain checkpoint.
+        hf_model.hf_quantizer = None
+        if hasattr(hf_model.config, "quantization_config"):
+            del hf_model.config.quantization_config
+        return hf_model, tokenizer
+
+    def load(folder: Path):
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), AutoTokenizer.from_pretrained(folder)
+
+    hf_model, tokenizer = load_converted(path, convert, load)
+    return hf_model.to(dtype).eval(), tokenizer
 
 
 def _load_hf(name: str, dtype: torch.dtype, device_map):
