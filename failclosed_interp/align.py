@@ -56,7 +56,7 @@ from failclosed_interp.rdo import NoNewDirection, RDOConfig, optimize_direction
 from failclosed_interp.rdo_targets import RDOTargets, load_targets, rdo_targets, save_targets
 from failclosed_interp.score_log import PROGRESS_FILE
 from failclosed_interp.scoring import (
-    JudgedResponses, NoRefusals, first_token_refusal_rate, mediation_scores, refusal_rate, refusal_tokens_from_responses,
+    JudgedResponses, NoRefusals, first_token_refusal_rate, mediation_scores, refusal_rates, refusal_tokens_from_responses,
 )
 from failclosed_interp.stats import RateEstimate
 from failclosed_interp.stopwatch import Stopwatch
@@ -394,8 +394,14 @@ def _ablated(config: AlignConfig, ablate: DirectionSet | None) -> list[Intervent
 
 def _refusal(model: ChatModel, config: AlignConfig, prompts: list[str], ablate: DirectionSet | None = None):
     """Judged refusal of `prompts` (with `ablate`'s span projected out, if given)."""
-    return refusal_rate(model, prompts, generation=GenerationConfig(max_new_tokens=config.eval_tokens),
-                        interventions=_ablated(config, ablate), progress=False)
+    return _refusals(model, config, {"prompts": prompts}, ablate)["prompts"]
+
+
+def _refusals(model: ChatModel, config: AlignConfig, prompt_sets: dict[str, list[str]],
+              ablate: DirectionSet | None = None) -> dict[str, JudgedResponses]:
+    """Judged refusal of each prompt set, generated together (with `ablate`'s span projected out, if given)."""
+    return refusal_rates(model, prompt_sets, generation=GenerationConfig(max_new_tokens=config.eval_tokens),
+                         interventions=_ablated(config, ablate), progress=False)
 
 
 def _round_metrics(model: ChatModel, config: AlignConfig, found: DirectionSet,
@@ -407,13 +413,14 @@ def _round_metrics(model: ChatModel, config: AlignConfig, found: DirectionSet,
     if config.round_checks == "logit":
         tokens = training_refusal_tokens(model, examples)
 
-        def measure(prompts: list[str], ablate: DirectionSet | None = None) -> RateEstimate:
-            return first_token_refusal_rate(model, prompts, tokens, _ablated(config, ablate))
+        def measure(prompt_sets: dict[str, list[str]], ablate: DirectionSet | None = None) -> dict[str, RateEstimate]:
+            return {kind: first_token_refusal_rate(model, prompts, tokens, _ablated(config, ablate))
+                    for kind, prompts in prompt_sets.items()}
     else:
-        measure = lambda prompts, ablate=None: _refusal(model, config, prompts, ablate)  # noqa: E731
-    rates = {f"refusal_{kind}": measure(prompts) for kind, prompts in val.items()}
+        measure = lambda prompt_sets, ablate=None: _refusals(model, config, prompt_sets, ablate)  # noqa: E731
+    rates = {f"refusal_{kind}": rate for kind, rate in measure(val).items()}
     if len(found):
-        rates["refusal_harmful_all_ablated"] = measure(val["harmful"], found)
+        rates["refusal_harmful_all_ablated"] = measure({"harmful": val["harmful"]}, found)["harmful"]
     return rates
 
 
@@ -537,7 +544,7 @@ def evaluate_final(model: ChatModel, config: AlignConfig, found: DirectionSet, a
     """The final summary figures on held-out built-in TEST prompts. The adaptive attacker's search is saved
     to `adaptive_dir` (when `config.attacker` is set and `adaptive_dir` is not None)."""
     test = _built_in(config, ("harmful", "harmless", "borderline"), "test")
-    rates = {f"refusal_{kind}": _refusal(model, config, prompts) for kind, prompts in test.items()}
+    rates = {f"refusal_{kind}": judged for kind, judged in _refusals(model, config, test).items()}
     each = [_refusal(model, config, test["harmful"], found[i : i + 1]) for i in range(len(found))]
     if len(found):  # one direction: ablating it alone is ablating them all
         rates["refusal_harmful_all_ablated"] = each[0] if len(found) == 1 else _refusal(model, config, test["harmful"], found)

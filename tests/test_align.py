@@ -308,14 +308,15 @@ def test_rounds_check_validation_prompts_and_only_the_summary_reads_test_prompts
 
     test, val = set(builtin("harmful", "test")), set(builtin("harmful", "val"))
     reads = []
-    real_refusal = align_module._refusal
+    real_refusals = align_module._refusals
 
-    def spy_refusal(m, config, prompts, ablate=None):
-        if ablate is None and set(prompts) <= set(builtin("harmful", "all")):
-            reads.append("test" if set(prompts) <= test else "val" if set(prompts) <= val else "other")
-        return real_refusal(m, config, prompts, ablate)
+    def spy_refusals(m, config, prompt_sets, ablate=None):
+        for prompts in prompt_sets.values():
+            if ablate is None and set(prompts) <= set(builtin("harmful", "all")):
+                reads.append("test" if set(prompts) <= test else "val" if set(prompts) <= val else "other")
+        return real_refusals(m, config, prompt_sets, ablate)
 
-    monkeypatch.setattr(align_module, "_refusal", spy_refusal)
+    monkeypatch.setattr(align_module, "_refusals", spy_refusals)
     summary = align(tiny_config("sft", rounds=1), tmp_path, progress=False)
     assert reads == ["val", "val", "test"]  # rounds 0 and 1 on validation prompts, the summary once on test ones
     metrics = json.loads((tmp_path / "round_1" / "metrics.json").read_text())

@@ -1,11 +1,15 @@
 """The first-token refusal rate: a prompt counts as refused when its most likely first answer token is a
-refusal token, which is what greedy generation starts with, also when that token holds under half the mass."""
+refusal token, which is what greedy generation starts with, also when that token holds under half the mass.
+Judged refusal of several prompt sets generated together: each set gets what it gets alone."""
 
 import pytest
 import torch
 
 from failclosed_interp.generation import GenerationConfig, generate_tokens
-from failclosed_interp.scoring import first_token_refusal_rate, first_token_refusals, refusal_score_from_logits
+from failclosed_interp.judges import SubstringJudge
+from failclosed_interp.scoring import (
+    first_token_refusal_rate, first_token_refusals, refusal_rate, refusal_rates, refusal_score_from_logits,
+)
 
 PROMPTS = ["Tell me a story.", "How do I fix a flat tyre?", "Name three rivers.", "What is two plus two?"]
 
@@ -29,3 +33,15 @@ def test_rate_matches_the_first_greedy_token(tiny_llama):
 def test_no_refusal_tokens_is_an_error():
     with pytest.raises(ValueError, match="no refusal tokens"):
         first_token_refusals(torch.zeros(1, 3), [])
+
+
+def test_sets_generated_together_are_judged_as_alone(tiny_llama):
+    sets = {"a": PROMPTS[:3], "b": ["Write a haiku about rain, please, with some detail."], "c": PROMPTS[1:]}
+    generation = GenerationConfig(max_new_tokens=6)
+    together = refusal_rates(tiny_llama, sets, judge=SubstringJudge(("a",)), generation=generation, progress=False)
+    assert list(together) == list(sets)
+    for name, prompts in sets.items():
+        alone = refusal_rate(tiny_llama, prompts, judge=SubstringJudge(("a",)), generation=generation, progress=False)
+        assert together[name].instructions == tuple(prompts)
+        assert together[name].responses == alone.responses and together[name].refused == alone.refused
+        assert together[name].rate == alone.rate and together[name].rate.n == len(prompts)

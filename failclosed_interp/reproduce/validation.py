@@ -21,7 +21,7 @@ from failclosed_interp.generation import GenerationConfig
 from failclosed_interp.models import ChatModel
 from failclosed_interp.prompts import builtin
 from failclosed_interp.public_columns import public_columns
-from failclosed_interp.scoring import refusal_rate
+from failclosed_interp.scoring import refusal_rates
 
 KINDS = ("harmful", "harmless", "borderline")
 SPLIT = "val"
@@ -87,8 +87,8 @@ def needs_public(result: dict) -> bool:
 def _builtin_figures(model: ChatModel, config: ValidationConfig, search: AttackSearch | None, progress: bool) -> dict:
     prompts = validation_prompts(config)
     generation = GenerationConfig(max_new_tokens=config.eval_tokens)
-    rates = {f"refusal_{kind}": refusal_rate(model, p, generation=generation, progress=progress).rate
-             for kind, p in prompts.items()}
+    rates = {f"refusal_{kind}": judged.rate
+             for kind, judged in refusal_rates(model, prompts, generation=generation, progress=progress).items()}
     # adaptive_attack refuses evaluation prompts that are also the attacker's own.
     attack = adaptive_attack(model, prompts["harmful"], config.attacker, max_new_tokens=config.attacker_tokens,
                              search=search, progress=progress)
