@@ -54,7 +54,7 @@ from failclosed_interp.public_columns import format_public_columns, public_colum
 from failclosed_interp.prompts import builtin
 from failclosed_interp.rdo import NoNewDirection, RDOConfig, optimize_direction
 from failclosed_interp.rdo_targets import RDOTargets, load_targets, rdo_targets, save_targets
-from failclosed_interp.score_log import PROGRESS_FILE
+from failclosed_interp.score_log import PROGRESS_FILE, ScoreLog, digest
 from failclosed_interp.scoring import (
     JudgedResponses, NoRefusals, first_token_refusal_rate, mediation_scores, refusal_rates, refusal_tokens_from_responses,
 )
@@ -74,6 +74,7 @@ RoundCallback = Callable[[int, dict], None]
 STATE_FILE = "state.json"
 EXAMPLES_FILE = "examples.json"
 SUMMARY_FILE = "summary.json"
+REFERENCE_FILE = "reference_answers.json"  # the frozen reference's answers to the test harmless prompts
 RDO_FOLDER = "rdo"  # in round_0: the reference direction and the RDO targets
 
 
@@ -512,10 +513,17 @@ def _load_found(out: Path, k: int, model: ChatModel) -> DirectionSet:
     return load_directions(folder, model) if folder.exists() else DirectionSet()
 
 
-def reference_answers(model: ChatModel, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """Greedy answers of the frozen reference (the model with its adapters switched off)."""
-    with adapters_disabled(model.hf_model):
-        return generate(model, prompts, GenerationConfig(max_new_tokens=max_new_tokens), progress=False)
+def reference_answers(model: ChatModel, prompts: list[str], max_new_tokens: int,
+                      log_file: str | Path | None = None) -> list[str]:
+    """Greedy answers of the frozen reference (the model with its adapters switched off). `log_file`: keep
+    them there (`ScoreLog`); any later call for the same base model, prompts and budget reads them back,
+    e.g. when the demo evaluates its SFT model after the fail-closed one."""
+    def answer() -> list[str]:
+        with adapters_disabled(model.hf_model):
+            return generate(model, prompts, GenerationConfig(max_new_tokens=max_new_tokens), progress=False)
+
+    log = ScoreLog(log_file, digest("reference answers", model.identity(), prompts, max_new_tokens))
+    return log.value("answers", answer)
 
 
 def _finish(model: ChatModel, config: AlignConfig, out: Path, found: DirectionSet, done: int, stop_reason,
@@ -531,7 +539,7 @@ def _finish(model: ChatModel, config: AlignConfig, out: Path, found: DirectionSe
                "rounds_completed": done, "stop_reason": stop_reason, "n_directions": len(found),
                "direction_layers": [d.layer for d in found], "direction_methods": [d.method for d in found],
                **_reference_note(out),
-               **evaluate_final(model, config, found, out / "final" / "adaptive", progress)}
+               **evaluate_final(model, config, found, out / "final" / "adaptive", progress, reference_log=out / REFERENCE_FILE)}
     if data_dir is not None:
         summary["public"] = public_columns(model, data_dir, seed=config.sft.seed, max_new_tokens=config.eval_tokens,
                                            progress=progress)
@@ -540,9 +548,10 @@ def _finish(model: ChatModel, config: AlignConfig, out: Path, found: DirectionSe
 
 
 def evaluate_final(model: ChatModel, config: AlignConfig, found: DirectionSet, adaptive_dir: Path | None,
-                   progress: bool) -> dict:
+                   progress: bool, *, reference_log: Path | None = None) -> dict:
     """The final summary figures on held-out built-in TEST prompts. The adaptive attacker's search is saved
-    to `adaptive_dir` (when `config.attacker` is set and `adaptive_dir` is not None)."""
+    to `adaptive_dir` (when `config.attacker` is set and `adaptive_dir` is not None); the reference answers
+    the perplexity is measured on are kept in `reference_log` (`reference_answers`)."""
     test = _built_in(config, ("harmful", "harmless", "borderline"), "test")
     rates = {f"refusal_{kind}": judged for kind, judged in _refusals(model, config, test).items()}
     each = [_refusal(model, config, test["harmful"], found[i : i + 1]) for i in range(len(found))]
@@ -563,7 +572,7 @@ def evaluate_final(model: ChatModel, config: AlignConfig, found: DirectionSet, a
                          "adaptive_direction_layer": report.direction.layer if report.direction is not None else None}
         if report.direction is None:
             adaptive_note["adaptive_failure"] = attack.search.reason or f"no candidate within KL {report.kl_budget}"
-    answers = reference_answers(model, test["harmless"], config.eval_tokens)
+    answers = reference_answers(model, test["harmless"], config.eval_tokens, reference_log)
     ppl = perplexity(model, test["harmless"], answers, complete=False)
     return {
         "refusal_harmful_all_ablated": None, "refusal_harmful_adaptive_ablated": None,  # unless measured below

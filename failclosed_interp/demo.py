@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from failclosed_interp.align import AlignConfig, align, evaluate_final, recipe
+from failclosed_interp.align import REFERENCE_FILE, AlignConfig, align, evaluate_final, recipe
 from failclosed_interp.artifacts import read_json, write_json
 from failclosed_interp.attacks.adaptive import AdaptiveAttackConfig
 from failclosed_interp.audit.config import AuditConfig
@@ -116,7 +116,8 @@ def demo_job(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
     for name, folder in MODELS.items():
         model, prompts = load_subject(config.model, run / folder / "adapter", config=audit_config)
         found = load_directions(run / folder / "directions", model) if (run / folder / "directions").exists() else DirectionSet()
-        figures = align_summary if name == "failclosed" else evaluate_final(model, aligned, found, None, progress)
+        figures = align_summary if name == "failclosed" else evaluate_final(model, aligned, found, None, progress,
+                                                                            reference_log=run / REFERENCE_FILE)
         clock.lap(f"evaluate_{name}")
         audit = run_audit(model, prompts, audit_config, found if len(found) else None, progress=progress,
                           log_file=out / "audit" / name / "adaptive" / PROGRESS_FILE)

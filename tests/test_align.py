@@ -333,3 +333,19 @@ def test_rounds_after_round_0_train_retrain_epochs(tmp_path):
     assert steps == [4, 2, 2]  # 6 utility examples, batch 4: 2 steps per epoch
     with pytest.raises(ValueError, match="retrain_epochs must be >= 1"):
         dataclasses.replace(config, retrain_epochs=0)
+
+
+def test_reference_answers_are_kept_and_shared_by_models_on_one_base(tmp_path, monkeypatch):
+    import failclosed_interp.align as align_module
+    from failclosed_interp.models import load_model
+
+    prompts = builtin("harmless", "test").take_up_to(3, seed=0).to_list()
+    first = load_model("tiny-llama", lora=LoraSettings(r=2))
+    answers = align_module.reference_answers(first, prompts, 5, tmp_path / "ref.json")
+    calls = []
+    real_generate = align_module.generate
+    monkeypatch.setattr(align_module, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+    other = load_model("tiny-llama", lora=LoraSettings(r=4))  # another adapter, the same frozen base
+    assert align_module.reference_answers(other, prompts, 5, tmp_path / "ref.json") == answers and not calls
+    align_module.reference_answers(other, prompts, 6, tmp_path / "ref.json")  # another budget: answered again
+    assert calls == [1]
