@@ -9,6 +9,10 @@
    attention and MLP output) vs one plain LoRA SFT step on the same batch (target <= 1.3x).
 4. One RDO optimiser step (ablation, addition and retain terms on `--batch` examples of each kind,
    30-token targets) vs one forward+backward of the same ablation batch (about 3x expected: three terms).
+5. Judged refusal of three 20-prompt sets (harmful, harmless, borderline; 40 new tokens) from one generation
+   call vs one call per set (`scoring.refusal_rates`; decoding costs per step, so expected well above 1x).
+6. The embedded model only: loading it from its kept float32 copy vs converting the GGUF again, the
+   tokenizer included (`checkpoint_cache`; expected >= 10x).
 With `--out results/benchmarks.json` the figures and the machine are written to that file, from which
 `failclosed reproduce --page-only` puts them on docs/results.md.
 """
@@ -27,6 +31,7 @@ from failclosed_interp.generation import GenerationConfig, generate_tokens
 from failclosed_interp.interventions import Ablation, intervene
 from failclosed_interp.models import EMBEDDED_MODEL, load_model
 from failclosed_interp.prompts import builtin
+from failclosed_interp.scoring import refusal_rate, refusal_rates
 from failclosed_interp.adapters import LoraSettings
 from failclosed_interp.training import DEFAULT_REFUSALS, Example, TrainConfig, train_lora
 
@@ -114,12 +119,36 @@ def bench_rdo_step(model, prompts, repeats: int) -> dict:
             "tokens": int(batch.attention_mask.sum())}
 
 
+def bench_joint_generation(model, repeats: int) -> dict:
+    sets = {kind: builtin(kind, "test").take_up_to(20, seed=0).to_list() for kind in ("harmful", "harmless", "borderline")}
+    generation = GenerationConfig(max_new_tokens=40)
+    t_each = timed(lambda: [refusal_rate(model, p, generation=generation, progress=False) for p in sets.values()], repeats)
+    t_joint = timed(lambda: refusal_rates(model, sets, generation=generation, progress=False), repeats)
+    return {"separate_s": t_each, "joint_s": t_joint, "speedup": t_each / t_joint, "prompts": sum(map(len, sets.values()))}
+
+
+def bench_embedded_load(repeats: int) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from failclosed_interp.models import embedded_model_file, load_hf
+
+    path = embedded_model_file()
+
+    def from_gguf():
+        AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+
+    t_gguf = timed(from_gguf, max(1, repeats // 2))
+    t_kept = timed(lambda: load_hf(EMBEDDED_MODEL), repeats)  # the warm-up call makes the copy if there is none
+    return {"gguf_s": t_gguf, "kept_copy_s": t_kept, "speedup": t_gguf / t_kept}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=EMBEDDED_MODEL)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--only", default="generation,forward,step,rdo", help="comma-separated subset to run")
+    parser.add_argument("--only", default="generation,forward,step,rdo,joint,load", help="comma-separated subset to run")
     parser.add_argument("--out", help="also write the figures and the machine to this JSON file")
     args = parser.parse_args()
     only = set(args.only.split(","))
@@ -147,6 +176,14 @@ def main() -> None:
         print(f"RDO step, {args.batch} examples of each kind: {rdo['rdo_step_s']:.2f} s, forward+backward of the "
               f"{rdo['tokens']}-token ablation batch {rdo['forward_backward_s']:.2f} s -> ratio {rdo['ratio']:.2f} "
               f"(three terms: about 3 expected)")
+    if "joint" in only:
+        joint = measured["joint_generation"] = bench_joint_generation(model, args.repeats)
+        print(f"judged refusal of 3 sets ({joint['prompts']} prompts, 40 new tokens): one call per set "
+              f"{joint['separate_s']:.1f} s, one call for all {joint['joint_s']:.1f} s -> {joint['speedup']:.2f}x faster")
+    if "load" in only and args.model == EMBEDDED_MODEL:
+        load = measured["load"] = bench_embedded_load(args.repeats)
+        print(f"embedded model load: from the GGUF {load['gguf_s']:.1f} s, from the kept copy {load['kept_copy_s']:.2f} s "
+              f"-> {load['speedup']:.0f}x faster (target >= 10x)")
     if args.out:
         from failclosed_interp.artifacts import write_json
         from failclosed_interp.stopwatch import machine

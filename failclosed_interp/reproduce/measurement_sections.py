@@ -22,6 +22,9 @@ SPEED_ROWS = (
     ("forward", "ratio", "forward with a direction ablated at every site / plain forward", "<= 1.15"),
     ("step", "ratio", "progressive LoRA step (3 directions ablated) / plain LoRA step", "<= 1.3"),
     ("rdo", "ratio", "one RDO step / one forward+backward of the same ablation batch", "about 3"),
+    ("joint_generation", "speedup", "judged refusal of 3 prompt sets from one generation call vs one call each (x faster)",
+     "> 1"),
+    ("load", "speedup", "embedded model loaded from its kept float32 copy vs from the GGUF (x faster)", ">= 10"),
 )
 
 
