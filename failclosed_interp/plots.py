@@ -156,7 +156,9 @@ def save_figure(fig: go.Figure, path: str | Path, *, png: bool = True, self_cont
     (about 5 MB, opens offline) unless `self_contained` is False: then it loads plotly.js from its CDN (a few
     KB, for pages kept in git and read online)."""
     path = Path(path)
-    html = fig.to_html(include_plotlyjs=True if self_contained else "cdn", full_html=True)
+    # A fixed div id (plotly draws a random one): the same figure gives the same file, so pages kept in git
+    # change only when their figures do.
+    html = fig.to_html(include_plotlyjs=True if self_contained else "cdn", full_html=True, div_id=f"figure-{path.stem}")
     written = [atomic_write(path.with_suffix(".html"), lambda tmp: Path(tmp).write_text(html))]
     if png and os.environ.get("FAILCLOSED_NO_PNG") != "1":
         try:

@@ -168,3 +168,14 @@ def test_figures_kept_in_git_load_plotly_from_its_cdn_and_others_open_offline(tm
     online = save_figure(fig, tmp_path / "online", png=False, self_contained=False)[0].read_text()
     assert 'src="https://cdn.plot.ly' in online and len(online) < 50_000
     assert 'src="https://cdn.plot.ly' not in offline and len(offline) > 1_000_000  # plotly.js inside
+
+
+def test_the_same_figure_writes_the_same_file(tmp_path):
+    from failclosed_interp.plots import grouped_rate_bars, save_figure
+    from failclosed_interp.stats import wilson_rate
+
+    def write(folder):
+        fig = grouped_rate_bars({"model": {"harmful": wilson_rate([1] * 9 + [0])}}, title="t")
+        return save_figure(fig, tmp_path / folder / "figure", png=False, self_contained=False)[0].read_text()
+
+    assert write("a") == write("b")  # pages kept in git change only when their figures do
