@@ -128,17 +128,9 @@ def bench_joint_generation(model, repeats: int) -> dict:
 
 
 def bench_embedded_load(repeats: int) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from failclosed_interp.models import embedded_from_gguf, load_hf
 
-    from failclosed_interp.models import embedded_model_file, load_hf
-
-    path = embedded_model_file()
-
-    def from_gguf():
-        AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-
-    t_gguf = timed(from_gguf, max(1, repeats // 2))
+    t_gguf = timed(embedded_from_gguf, max(1, repeats // 2))
     t_kept = timed(lambda: load_hf(EMBEDDED_MODEL), repeats)  # the warm-up call makes the copy if there is none
     return {"gguf_s": t_gguf, "kept_copy_s": t_kept, "speedup": t_gguf / t_kept}
 

@@ -192,29 +192,33 @@ def embedded_model_file() -> Path:
     return path
 
 
-def _load_embedded(dtype: torch.dtype):
+def embedded_from_gguf() -> tuple[torch.nn.Module, object]:
+    """The embedded model and tokenizer converted from the GGUF itself (slow; `load_hf` keeps a copy),
+    de-quantised to float32."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = embedded_model_file()
     if importlib.util.find_spec("gguf") is None:
         raise ModuleNotFoundError(f"loading the embedded GGUF needs the package gguf: {_EMBEDDED_INSTALL}")
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    hf_model.config.architectures = ["LlamaForCausalLM"]
+    # The weights are de-quantised floats now, but the loader leaves its quantiser attached, which makes
+    # `save_pretrained` refuse; dropping it lets the model be kept and exported as a plain checkpoint.
+    hf_model.hf_quantizer = None
+    if hasattr(hf_model.config, "quantization_config"):
+        del hf_model.config.quantization_config
+    return hf_model, tokenizer
 
-    def convert():  # de-quantised to float32 here; cast to `dtype` below, as the cached copy is
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-        hf_model.config.architectures = ["LlamaForCausalLM"]
-        # The weights are de-quantised floats now, but the loader leaves its quantiser attached, which makes
-        # `save_pretrained` refuse; dropping it lets the model be kept and exported as a plain checkpoint.
-        hf_model.hf_quantizer = None
-        if hasattr(hf_model.config, "quantization_config"):
-            del hf_model.config.quantization_config
-        return hf_model, tokenizer
+
+def _load_embedded(dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     def load(folder: Path):
         return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), AutoTokenizer.from_pretrained(folder)
 
-    hf_model, tokenizer = load_converted(path, convert, load)
-    return hf_model.to(dtype).eval(), tokenizer
+    hf_model, tokenizer = load_converted(embedded_model_file(), embedded_from_gguf, load)
+    return hf_model.to(dtype).eval(), tokenizer  # float32 either way; cast here
 
 
 def _load_hf(name: str, dtype: torch.dtype, device_map):

