@@ -14,6 +14,8 @@ from failclosed_interp.align import AlignConfig, recipe
 from failclosed_interp.rdo_config import RDOConfig
 from failclosed_interp.cli import main
 from failclosed_interp.reproduce import GridConfig, build_grid, grid_status, render_results, run_grid
+from failclosed_interp.reproduce.grid import pending
+from failclosed_interp.reproduce.selection import MEASURES
 from failclosed_interp.reproduce.records import ResultsMismatch, run_folder
 from tests._public_data import write_public_data
 
@@ -30,26 +32,37 @@ def test_the_committed_results_page_is_generated_from_the_committed_results():
     assert page == render_results(REPO / "results"), "regenerate it: failclosed reproduce --page-only"
 
 
-def test_the_grid_has_three_seeds_for_sft_method_and_project_and_every_model_is_audited():
-    grid = build_grid(GridConfig())
-    aligned = [(e.recipe, e.seed) for e in grid if e.kind == "align"]
-    assert sorted(aligned) == sorted([(r, s) for r in ("sft", "method", "project") for s in (0, 1, 2)]
-                                     + [("refat", 0), ("paper", 0)])
-    audited = {e.model_of for e in grid if e.kind == "audit"}
-    assert audited == {e.name for e in grid if e.kind == "align"}
-    validated = {e.model_of for e in grid if e.kind == "validation"}
-    assert validated == {e.name for e in grid if e.kind == "align" and e.recipe != "refat"}
-    attacked = {e.model_of for e in grid if e.kind == "attacks"}
-    assert attacked == {f"align-{r}-s0" for r in ("sft", "refat", "method", "paper", "project")}
-    assert len({e.fingerprint for e in grid}) == len(grid)
+def test_the_grid_trains_every_recipe_on_seed_0_and_sft_and_the_chosen_recipe_on_three_seeds():
+    before = build_grid(GridConfig())  # the choice not made yet: the later seeds train the baseline
+    assert sorted((e.recipe, e.seed) for e in before if e.kind == "align") == sorted(
+        [(r, 0) for r in ("sft", "method", "project", "paper", "refat")] + [("sft", 1), ("sft", 2)])
+    assert pending(GridConfig(), None) == [f"{kind}-chosen-s{s}" for s in (1, 2) for kind in ("align", "audit", "public")]
+    for chosen in ("method", "paper", "project"):
+        grid = build_grid(GridConfig(), chosen)
+        aligned = [(e.recipe, e.seed) for e in grid if e.kind == "align"]
+        assert sorted(aligned) == sorted([(r, 0) for r in ("sft", "method", "project", "paper", "refat")]
+                                         + [(r, s) for r in ("sft", chosen) for s in (1, 2)])
+        assert {(e.recipe, e.seed) for e in grid if e.kind == "validation"} == {(r, 0) for r in ("sft", "method", "project", "paper")}
+        assert {e.model_of for e in grid if e.kind == "audit"} == {e.name for e in grid if e.kind == "align"}
+        assert {e.model_of for e in grid if e.kind == "attacks"} == {f"align-{r}-s0" for r in ("sft", "refat", "method", "paper", "project")}
+        assert len({e.fingerprint for e in grid}) == len(grid) and pending(GridConfig(), chosen) == []
+        assert {e.name: e.fingerprint for e in before} == {e.name: e.fingerprint for e in grid if e.name in {b.name for b in before}}
+    every = build_grid(GridConfig(later_seeds="all"))  # every candidate seeded, validated on every seed
+    assert sorted((e.recipe, e.seed) for e in every if e.kind == "align") == sorted(
+        [(r, s) for r in ("sft", "method", "project") for s in (0, 1, 2)] + [("refat", 0), ("paper", 0)])
+    assert {e.model_of for e in every if e.kind == "validation"} == {e.name for e in every if e.kind == "align" and e.recipe != "refat"}
+    with pytest.raises(ValueError, match="later_seeds must be one of"):
+        GridConfig(later_seeds="some")
+    grid = build_grid(GridConfig(), "method")
     method, default = (next(e for e in grid if e.name == f"align-{r}-s0") for r in ("method", "sft"))
     assert AlignConfig.from_dict(method.config) == recipe("method")
     # sft runs no RDO: it keeps the RDO settings it was trained with, whatever the method recipe's become
     assert AlignConfig.from_dict(default.config) == dataclasses.replace(recipe("method"), method="sft", rdo=RDOConfig())
 
 
-def test_the_grid_runs_what_the_recipe_choice_needs_first_seed_by_seed_and_the_attacks_last():
-    grid = build_grid(GridConfig())
+@pytest.mark.parametrize("config", [GridConfig(), GridConfig(later_seeds="all")])
+def test_the_grid_runs_what_the_recipe_choice_needs_first_seed_by_seed_and_the_attacks_last(config):
+    grid = build_grid(config, "project")
     kinds = [e.kind for e in grid]
     last_choice = max(i for i, k in enumerate(kinds) if k in ("align", "validation"))
     first_attack = kinds.index("attacks")
@@ -81,14 +94,17 @@ def test_quick_grid_runs_resumes_and_renders(tmp_path):
     logged: list[str] = []
     results = tmp_path / "results" / "grid"
     ran = run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append)
-    assert [e.name for e in ran] == [e.name for e in build_grid(config) if e.kind != "public"]
+    # validation chose among the grid's candidates (project alone) on seed 0; seed 1 trained sft and project
+    assert [e.name for e in ran] == [e.name for e in build_grid(config, "project") if e.kind != "public"]
     assert "public-set columns are skipped" in logged[0] and "expected" in logged[1]
+    assert "3 of them once the default recipe is chosen on the first seed" in logged[1]
+    assert any(line.startswith("grid: ") and "`project`" in line and "The later seeds train it too." in line for line in logged)
     states = {r["name"]: r["state"] for r in grid_status(config, tmp_path / "runs", results)}
-    assert {n for n, s in states.items() if s != "finished"} == {e.name for e in build_grid(config) if e.kind == "public"}
+    assert {n for n, s in states.items() if s != "finished"} == {e.name for e in build_grid(config, "project") if e.kind == "public"}
     assert all(s == "skipped" for n, s in states.items() if n.startswith("public-"))
-    validated = json.loads((results / "validation-project-s1.json").read_text())["result"]
+    validated = json.loads((results / "validation-project-s0.json").read_text())["result"]
     assert validated["xstest_safe"] is None and validated["adaptive_search"] == "reused"  # align's own search
-    grid = {e.name: e for e in build_grid(config)}
+    grid = {e.name: e for e in build_grid(config, "project")}
     round0 = json.loads((run_folder(grid["align-project-s1"], tmp_path / "runs") / "round_0/metrics.json").read_text())
     assert round0["round0_from"] == str(run_folder(grid["align-sft-s1"], tmp_path / "runs"))  # one SFT model per seed
     attacked = json.loads((results / "attacks-sft-s0.json").read_text())["result"]  # the ablation attack: align's search
@@ -96,8 +112,8 @@ def test_quick_grid_runs_resumes_and_renders(tmp_path):
     data = write_public_data(tmp_path / "data")
     ran = run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append, data_dir=data)
     # with the data folder: the public columns, and the validation experiments' XSTest column alone
-    assert [e.name for e in ran] == [e.name for e in build_grid(config) if e.kind in ("validation", "public")]
-    with_xstest = json.loads((results / "validation-project-s1.json").read_text())["result"]
+    assert [e.name for e in ran] == [e.name for e in build_grid(config, "project") if e.kind in ("validation", "public")]
+    with_xstest = json.loads((results / "validation-project-s0.json").read_text())["result"]
     assert with_xstest["xstest_safe"]["n"] == 2 and with_xstest["ci"] == validated["ci"]
     for exp in ran:
         saved = json.loads((results / f"{exp.name}.json").read_text())
@@ -116,8 +132,8 @@ def test_quick_grid_runs_resumes_and_renders(tmp_path):
     public = json.loads((results / "public-sft-s1.json").read_text())["result"]
     assert "xstest_safe (n=2, should answer)" in page
     assert f"| sft, seed 1 | {public['advbench']['refusal_rate']['value']:.2f} [" in page
-    assert f"| project, seed 1 | {validated['ci']['refusal_harmful']['value']:.2f} [" in page
-    assert "Not chosen yet: waiting for `validation-method (not in the grid)`" in page
+    assert f"| project, seed 0 | {validated['ci']['refusal_harmful']['value']:.2f} [" in page
+    assert "The choice is made on the first training seed" in page and "validation chose `project`." in page
 
 
 def test_status_says_what_is_finished_started_and_left_without_running_anything(tmp_path, capsys):
@@ -135,16 +151,41 @@ def test_status_says_what_is_finished_started_and_left_without_running_anything(
     assert main(["reproduce", "--quick", "--status", "--runs", str(tmp_path / "runs"),
                  "--results", str(tmp_path / "results")]) == 0
     out = capsys.readouterr().out
-    total, public = len(build_grid(GridConfig(quick=True))), sum(e.kind == "public" for e in build_grid(GridConfig(quick=True)))
+    grid, waiting = build_grid(GridConfig(quick=True)), pending(GridConfig(quick=True), None)
+    total, public = len(grid) + len(waiting), sum(e.kind == "public" for e in grid)
     assert "align-refat-s0" in out and f"0 of {total} finished; {total - public} to run" in out  # public: --data-dir
+    assert "align-chosen-s1           waiting" in out
     assert not (tmp_path / "results").exists()
 
 
 def pretend_to_run(exp, folder, *args) -> dict:
-    """A stand-in for the runner's `_run`: a training run leaves a final adapter folder, as a real one does."""
+    """A stand-in for the runner's `_run`: a training run leaves a final adapter folder, as a real one does, and a
+    validation experiment the measures the default recipe is chosen by (every candidate alike)."""
     if exp.kind == "align":
         (folder / "final" / "adapter").mkdir(parents=True, exist_ok=True)
-    return {"ran": exp.name}
+    return {"ran": exp.name, **({m: 0.05 for m in MEASURES} if exp.kind == "validation" else {})}
+
+
+def test_the_later_seeds_wait_for_the_choice_on_the_first_seed_and_then_train_the_chosen_recipe(tmp_path, monkeypatch):
+    from failclosed_interp.reproduce import runner
+    from failclosed_interp.reproduce.results import unfinished
+
+    config = GridConfig(quick=True, seeds=(0, 1), recipes=("sft", "method", "project"))
+    runs, results = tmp_path / "runs", tmp_path / "results" / "grid"
+    rows = {r["name"]: r for r in grid_status(config, runs, results)}
+    assert [n for n, r in rows.items() if r["state"] == "waiting"] == pending(config, None)
+    assert rows["align-sft-s1"]["state"] == "to run" and "align-method-s1" not in rows and "align-project-s1" not in rows
+
+    def measured(exp, folder, *args):  # project: lower harmless refusal, so it wins the tie on the attacked rate
+        result = pretend_to_run(exp, folder)
+        return {**result, "refusal_harmless": 0.02} if exp.name == "validation-project-s0" else result
+
+    monkeypatch.setattr(runner, "_run", measured)
+    ran = [e.name for e in run_grid(config, runs, results, progress=False, log=lambda _: None)]
+    assert "align-project-s1" in ran and "align-method-s1" not in ran and "validation-project-s1" not in ran
+    assert ran.index("validation-project-s0") < ran.index("align-sft-s1") < ran.index("align-project-s1")
+    assert unfinished(results, json_records(results)) == [e.name for e in build_grid(config, "project") if e.kind == "public"]
+    assert not any(r["state"] == "waiting" for r in grid_status(config, runs, results))
 
 
 def test_a_failing_experiment_does_not_hold_up_the_others_and_is_tried_again(tmp_path, monkeypatch):

@@ -6,17 +6,18 @@ import argparse
 import sys
 from pathlib import Path
 
-from failclosed_interp.cli.options import command, data_dir_flag, device_flags
+from failclosed_interp.cli.options import command, data_dir_flag, device_flags, given
+from failclosed_interp.reproduce.grid import LATER_SEEDS, GridConfig
 
 
 def cmd_reproduce(args) -> None:
     """`failclosed reproduce`."""
-    from failclosed_interp.reproduce import GridConfig, format_status, grid_status, run_grid, write_results_page
+    from failclosed_interp.reproduce import format_status, grid_status, run_grid, write_results_page
     from failclosed_interp.reproduce.page import GRID_DIR
     from failclosed_interp.reproduce.runner import GridFailures
 
     seeds = {"seeds": args.seeds, "attack_seeds": args.seeds[:1]} if hasattr(args, "seeds") else {}
-    config = GridConfig(quick=args.quick, **seeds)
+    config = GridConfig(quick=args.quick, **seeds, **given(args, "later_seeds"))
     if args.status:
         print(format_status(grid_status(config, args.runs, args.results / GRID_DIR, data_dir=args.data_dir)))
         return
@@ -52,7 +53,11 @@ def add_parsers(sub) -> None:
                 cmd_reproduce)
     p.add_argument("--quick", action="store_true", default=False,
                    help="the whole grid on a tiny random model with tiny budgets (minutes)")
-    p.add_argument("--seeds", type=_seeds, help="training seeds of the sft baseline and of the method's and this project's recipes")
+    p.add_argument("--seeds", type=_seeds, help="training seeds (default 0,1,2): every recipe trains on the first")
+    p.add_argument("--later-seeds", choices=LATER_SEEDS,
+                   help="which recipes train on the later seeds: 'chosen' (default) the sft baseline and the recipe "
+                        "validation chooses on the first seed; 'all' the baseline and every candidate, the choice then "
+                        "using seed means")
     p.add_argument("--runs", type=Path, default=Path("runs/reproduce"), help="heavy artifacts (adapters, caches)")
     p.add_argument("--results", type=Path, default=Path("results"),
                    help="results root: one small JSON per finished experiment in RESULTS/grid/")

@@ -27,6 +27,7 @@ from failclosed_interp.rdo_config import RDOConfig
 from failclosed_interp.training import SFTConfig, TrainConfig
 
 KINDS = ("align", "validation", "audit", "attacks", "public")
+LATER_SEEDS = ("chosen", "all")  # GridConfig.later_seeds
 QUICK_MODEL = "tiny-llama"
 # Rough first-run estimates (seconds on 2 CPU cores) before any result of the same kind exists; once one
 # has finished, the runner estimates from measured wall times instead.
@@ -36,10 +37,12 @@ QUICK_ESTIMATE_S = {"align": 20, "validation": 10, "audit": 20, "attacks": 20, "
 
 @dataclass(frozen=True)
 class GridConfig:
-    """The grid's size. `seeds`: training seeds of the sft baseline and of the method's and the project's
-    recipes (the paper's recipe and refat run on the first seed; `SEEDED_RECIPES`). `attack_seeds`: training
-    seeds whose models are attacked. `quick`: the same grid on a tiny random model with tiny budgets (for CI:
-    checks the plumbing, not the science)."""
+    """The grid's size. `seeds`: training seeds; every recipe trains on the first one. `later_seeds`: which
+    recipes train on the others: "chosen" (the default) the sft baseline and the recipe the selection rule
+    chooses on the first seed's validation results, which run first; "all": the sft baseline and every
+    candidate of `SEEDED_RECIPES`, each measured on validation prompts on every seed (the rule then uses
+    seed means). `attack_seeds`: training seeds whose models are attacked. `quick`: the same grid on a tiny
+    random model with tiny budgets (for CI: checks the plumbing, not the science)."""
 
     model: str = EMBEDDED_MODEL
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -48,6 +51,7 @@ class GridConfig:
     # (up to 10 rounds, the longest) after them, refat (a baseline no choice waits for) last.
     recipes: tuple[str, ...] = ("sft", "method", "project", "paper", "refat")
     quick: bool = False
+    later_seeds: str = "chosen"
 
     def __post_init__(self):
         object.__setattr__(self, "seeds", tuple(self.seeds))
@@ -60,6 +64,8 @@ class GridConfig:
         unknown = [r for r in self.recipes if r not in GRID_RECIPES]
         if unknown or not self.recipes:
             raise ValueError(f"recipes {list(self.recipes)}: each must be one of {list(GRID_RECIPES)}")
+        if self.later_seeds not in LATER_SEEDS:
+            raise ValueError(f"later_seeds must be one of {LATER_SEEDS}, got {self.later_seeds!r}")
         if self.quick and self.model != EMBEDDED_MODEL and self.model != QUICK_MODEL:
             raise ValueError(f"quick mode runs on {QUICK_MODEL!r}; leave model at its default")
 
@@ -100,7 +106,7 @@ GRID_RECIPES: dict[str, tuple[str, dict]] = {
     "paper": ("paper", {}),
     "project": ("project", {}),
 }
-SEEDED_RECIPES = ("sft", "method", "project")  # trained on every seed; the others on the first
+SEEDED_RECIPES = ("sft", "method", "project")  # trained on every seed with later_seeds="all"; the others on the first
 # Measured on validation prompts: the candidates for the default recipe and the baseline the rule compares with.
 VALIDATED_RECIPES = SelectionRule().recipes
 
@@ -166,23 +172,28 @@ def validation_config(align_config: AlignConfig, seed: int, quick: bool) -> Vali
                             attacker_tokens=align_config.attacker_tokens)
 
 
-def build_grid(config: GridConfig = GridConfig()) -> list[Experiment]:
+def build_grid(config: GridConfig = GridConfig(), chosen: str | None = None) -> list[Experiment]:
     """Every experiment, in run order. What the default recipe's choice needs comes first: every model is
     trained and measured on validation prompts (the candidates for the default recipe and the sft baseline),
     seed by seed, so that every recipe's first seed is in before any recipe's second. Then every model is
     audited and measured on the public sets (when the runner is given their folder), seed by seed; the
-    attacks, the longest and last, close the grid."""
+    attacks, the longest and last, close the grid. With `later_seeds="chosen"` the later seeds train the sft
+    baseline and `chosen`, the recipe the rule chose on the first seed (`later_seed_recipes`); while it is
+    None they train the baseline alone, and `pending` names what the choice will add."""
     model = QUICK_MODEL if config.quick else config.model
+    later = later_seed_recipes(config, chosen)
     trained = [(recipe, seed) for seed in config.seeds for recipe in config.recipes
-               if recipe in SEEDED_RECIPES or seed == config.seeds[0]]
-    chosen, measured, attacked = [], [], []
+               if seed == config.seeds[0] or recipe in later]
+    validated_seeds = config.seeds if config.later_seeds == "all" else config.seeds[:1]
+    chosen_list, measured, attacked = [], [], []
     for recipe, seed in trained:
         name, align_config = f"{recipe}-s{seed}", recipe_config(recipe, seed, model, quick=config.quick)
         align = Experiment(f"align-{name}", "align", recipe, seed, align_config.to_dict())
-        chosen.append(align)
-        if recipe in VALIDATED_RECIPES:
-            chosen.append(Experiment(f"validation-{name}", "validation", recipe, seed,
-                                     validation_config(align_config, seed, config.quick).to_dict(), model_of=align.name))
+        chosen_list.append(align)
+        if recipe in VALIDATED_RECIPES and seed in validated_seeds:
+            chosen_list.append(Experiment(f"validation-{name}", "validation", recipe, seed,
+                                          validation_config(align_config, seed, config.quick).to_dict(),
+                                          model_of=align.name))
         measured.append(Experiment(f"audit-{name}", "audit", recipe, seed, config_to_dict(audit_config(config.quick)),
                                    model_of=align.name))
         measured.append(Experiment(f"public-{name}", "public", recipe, seed, public_config(config.quick, seed),
@@ -190,4 +201,29 @@ def build_grid(config: GridConfig = GridConfig()) -> list[Experiment]:
         if seed in config.attack_seeds:
             attacked.append(Experiment(f"attacks-{name}", "attacks", recipe, seed,
                                        config_to_dict(attacks_config(config.quick)), model_of=align.name))
-    return chosen + measured + attacked
+    return chosen_list + measured + attacked
+
+
+def selection_rule(config: GridConfig) -> SelectionRule:
+    """The rule that chooses the default recipe among the grid's recipes: `SelectionRule`'s candidates that
+    the grid trains (all of them, each then missing, when it trains none)."""
+    default = SelectionRule()
+    candidates = tuple(c for c in default.candidates if c in config.recipes) or default.candidates
+    return dataclasses.replace(default, candidates=candidates)
+
+
+def later_seed_recipes(config: GridConfig, chosen: str | None) -> tuple[str, ...]:
+    """The grid's recipes that train on every seed after the first (see `GridConfig.later_seeds`)."""
+    if config.later_seeds == "all":
+        return SEEDED_RECIPES
+    return tuple(r for r in config.recipes if r == SelectionRule().baseline or r == chosen)
+
+
+def pending(config: GridConfig, chosen: str | None) -> list[str]:
+    """The experiments the choice on the first seed will add to the grid while `chosen` is None (a name with
+    `chosen` for the recipe, e.g. `align-chosen-s1`); empty once it is made or when every recipe is seeded."""
+    if chosen is not None or config.later_seeds == "all" or len(config.seeds) < 2:
+        return []
+    kinds = ("align", "audit", "public")
+    return ([f"{kind}-chosen-s{seed}" for seed in config.seeds[1:] for kind in kinds]
+            + [f"attacks-chosen-s{seed}" for seed in config.seeds[1:] if seed in config.attack_seeds])

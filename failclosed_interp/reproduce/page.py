@@ -14,13 +14,13 @@ from failclosed_interp.reproduce.demo_sections import (
     demo_attacks_section, demo_recipe_section, demo_runs, demo_section, demo_seeds_section,
 )
 from failclosed_interp.reproduce.figures import GridFigure, mechanistic_figures
-from failclosed_interp.reproduce.grid import GRID_RECIPES
+from failclosed_interp.reproduce.grid import GRID_RECIPES, selection_rule
 from failclosed_interp.reproduce.markdown import attack_table, rate_cell, seed_mean
 from failclosed_interp.reproduce.measurement_sections import (
     attacker_section, gcg_section, judge_section, logit_measure_section, orthogonal_section, rdo_section, speed_section,
 )
 from failclosed_interp.reproduce.results import (
-    current, default_choice, grid_experiments, load_results, of_kind, rate, unfinished,
+    current, default_choice, grid_config, grid_experiments, load_results, of_kind, rate, unfinished,
 )
 from failclosed_interp.reproduce.selection import ATTACKED, BORDERLINE, HARMFUL, HARMLESS, SelectionRule
 from failclosed_interp.reproduce.validation import PUBLIC_SET
@@ -78,8 +78,20 @@ VALIDATION_COLUMNS = ((HARMFUL, "harmful refusal"), (HARMLESS, "harmless refusal
                       (ATTACKED, "harmful refusal, adaptive attacker (report KL budget)"))
 
 
+_LATER_SEEDS = {  # GridConfig.later_seeds -> what it means for the choice
+    "chosen": ("The choice is made on the first training seed: the later seeds train the `sft` baseline and the "
+               "chosen recipe, and are not measured on validation prompts (`reproduce --later-seeds chosen`, the "
+               "default), so each mean is of one seed."),
+    "all": ("Every candidate and the baseline are trained and measured on validation prompts on every training "
+            "seed (`reproduce --later-seeds all`)."),
+}
+
+
 def _validation_section(folder: Path, results: dict[str, dict]) -> list[str]:
-    lines = [SelectionRule().sentence(), ""]
+    config = grid_config(folder)
+    rule = selection_rule(config) if config is not None else SelectionRule()
+    seeds = [_LATER_SEEDS[config.later_seeds]] if config is not None and len(config.seeds) > 1 else []
+    lines = [rule.sentence(), *seeds, ""]
     measured = current(folder, results, "validation")
     choice = default_choice(folder, results)
     if measured:
@@ -144,7 +156,10 @@ def _pending(folder: Path, missing: list[str]) -> list[str]:
         return []
     if not missing:
         return ["Every experiment of the grid has finished."]
-    return [f"Not finished yet ({len(missing)} of {len(grid)}): " + ", ".join(f"`{m}`" for m in missing) + "."]
+    total = len(grid) + sum(name not in {e.name for e in grid} for name in missing)  # and those the choice adds
+    waiting = ([" (`chosen`: the recipe validation chooses on the first training seed, trained on the later ones)"]
+               if any("-chosen-" in name for name in missing) else [])
+    return [f"Not finished yet ({len(missing)} of {total}): " + ", ".join(f"`{m}`" for m in missing) + "".join(waiting) + "."]
 
 
 def _machines(results: dict[str, dict]) -> list[str]:

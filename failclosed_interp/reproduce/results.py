@@ -8,9 +8,9 @@ from pathlib import Path
 
 from failclosed_interp.artifacts import read_json
 from failclosed_interp.configs import config_from_dict
-from failclosed_interp.reproduce.grid import GRID_RECIPES, Experiment, GridConfig, build_grid
+from failclosed_interp.reproduce.grid import GRID_RECIPES, Experiment, GridConfig, pending
 from failclosed_interp.reproduce.records import GRID_FILE, finished_records, load_records
-from failclosed_interp.reproduce.runner import evaluation_row, run_grid
+from failclosed_interp.reproduce.runner import current_grid, evaluation_row, run_grid
 from failclosed_interp.reproduce.selection import Choice, SelectionRule, choose_recipe
 from failclosed_interp.stats import RateEstimate
 
@@ -71,21 +71,31 @@ def of_kind(results: dict[str, dict], kind: str) -> list[dict]:
                                  else len(order), r["experiment"]["seed"]))
 
 
-def grid_experiments(folder: str | Path) -> list[Experiment]:
-    """Every experiment of the grid the folder's `grid.json` names; empty when the folder holds none."""
+def grid_config(folder: str | Path) -> GridConfig | None:
+    """The config of the grid the folder's `grid.json` names; None when the folder holds none."""
     grid_file = Path(folder) / GRID_FILE
-    if not grid_file.exists():
-        return []
-    return build_grid(config_from_dict(GridConfig, read_json(grid_file)["grid"]))
+    return config_from_dict(GridConfig, read_json(grid_file)["grid"]) if grid_file.exists() else None
+
+
+def grid_experiments(folder: str | Path) -> list[Experiment]:
+    """Every experiment of the folder's grid as its results make it (`runner.current_grid`: with the later
+    seeds of the recipe validation chose on the first seed, once it has); empty when the folder holds none."""
+    config = grid_config(folder)
+    return current_grid(config, load_records(Path(folder)))[0] if config is not None else []
 
 
 def unfinished(folder: str | Path, results: dict[str, dict], kind: str | None = None) -> list[str]:
     """Experiments of the folder's grid (`grid.json`) with no results file that counts for them (`records`:
-    the same work, and for a measurement, on the model whose results count now); only those of `kind` when
-    given. Empty when the folder holds no grid.json."""
-    grid = grid_experiments(folder)
+    the same work, and for a measurement, on the model whose results count now), then those the default
+    recipe's choice will add (named with `chosen`, `grid.pending`); only those of `kind` when given. Empty
+    when the folder holds no grid.json."""
+    config = grid_config(folder)
+    if config is None:
+        return []
+    grid, choice = current_grid(config, results)
     finished = finished_records(grid, results)
-    return [e.name for e in grid if (kind is None or e.kind == kind) and e.name not in finished]
+    names = [e.name for e in grid if e.name not in finished] + pending(config, choice.recipe)
+    return [name for name in names if kind is None or name.split("-")[0] == kind]
 
 
 def current(folder: str | Path, results: dict[str, dict], kind: str) -> list[dict]:
@@ -95,10 +105,13 @@ def current(folder: str | Path, results: dict[str, dict], kind: str) -> list[dic
     return [r for r in of_kind(results, kind) if r["experiment"]["name"] not in stale]
 
 
-def default_choice(folder: str | Path, results: dict[str, dict], rule: SelectionRule = SelectionRule()) -> Choice:
-    """The default recipe the selection rule chooses from the folder's validation results (`reproduce.selection`)."""
-    expected = [(e.recipe, e.seed) for e in grid_experiments(folder) if e.kind == "validation"]
-    return choose_recipe(current(folder, results, "validation"), expected or None, rule)
+def default_choice(folder: str | Path, results: dict[str, dict]) -> Choice:
+    """The default recipe the folder's grid chooses from its validation results (`runner.current_grid`;
+    `reproduce.selection`); without a grid.json, `SelectionRule()` over every validation result present."""
+    config = grid_config(folder)
+    if config is None:
+        return choose_recipe(of_kind(results, "validation"), None, SelectionRule())
+    return current_grid(config, results)[1]
 
 
 def model_label(result: dict) -> str:

@@ -24,10 +24,13 @@ from failclosed_interp.evaluate import EvalConfig, ModelSpec, evaluate
 from failclosed_interp.models import load_model
 from failclosed_interp.public_columns import public_columns
 from failclosed_interp.stopwatch import machine
-from failclosed_interp.reproduce.grid import FIRST_ESTIMATE_S, QUICK_ESTIMATE_S, Experiment, GridConfig, build_grid
+from failclosed_interp.reproduce.grid import (
+    FIRST_ESTIMATE_S, QUICK_ESTIMATE_S, Experiment, GridConfig, build_grid, pending, selection_rule,
+)
 from failclosed_interp.reproduce.records import (
     GRID_FILE, SCHEMA, ResultsMismatch, finished_records, load_records, run_folder,
 )
+from failclosed_interp.reproduce.selection import Choice, choose_recipe
 from failclosed_interp.reproduce.store import MODELS_FOLDER, keep_run, model_available, restore_runs
 from failclosed_interp.score_log import index_logs, shared_logs
 from failclosed_interp.reproduce.validation import ValidationConfig, needs_public, validate
@@ -49,37 +52,57 @@ def estimates_s(records: dict[str, dict], quick: bool) -> dict[str, float]:
 SCORE_LOGS = "score_logs"  # in the runs folder: every search's log by its digest, shared by the experiments
 
 
+def current_grid(config: GridConfig, records: dict[str, dict]) -> tuple[list[Experiment], Choice]:
+    """The grid as the finished results (`load_records`) make it, and the default recipe's choice: the rule
+    (`grid.selection_rule`) over the grid's finished validation experiments. With `later_seeds="chosen"`
+    those are the first seed's, and once the rule has chosen, the later seeds train the chosen recipe too."""
+    grid = build_grid(config)
+    finished = finished_records(grid, records)
+    expected = [(e.recipe, e.seed) for e in grid if e.kind == "validation"]
+    measured = [finished[e.name] for e in grid if e.kind == "validation" and e.name in finished]
+    choice = choose_recipe(measured, expected, selection_rule(config))
+    if config.later_seeds == "chosen" and choice.recipe is not None:
+        grid = build_grid(config, choice.recipe)
+    return grid, choice
+
+
 def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progress: bool = True,
              log=print, data_dir: str | Path | None = None) -> list[Experiment]:
-    """Run every unfinished experiment of the grid in order; returns those run in this call. The public-set
-    experiments need `data_dir` (the folder holding the public sets); without it they are skipped, and the
-    validation experiments leave out their XSTest column (added, alone, by a later run given `data_dir`)."""
+    """Run every unfinished experiment of the grid in order; returns those run in this call. The grid is
+    read again after each experiment (`current_grid`): the default recipe's choice adds the later seeds'
+    experiments once the first seed's validation results are in. The public-set experiments need `data_dir`
+    (the folder holding the public sets); without it they are skipped, and the validation experiments leave
+    out their XSTest column (added, alone, by a later run given `data_dir`)."""
     runs, results = Path(runs), Path(results)
-    grid = build_grid(config)
     _check_grid_file(results, config)
     for folder in restore_runs(results, runs):
         log(f"grid: restored {folder.name} from {results / MODELS_FOLDER}")
     index_logs(runs, runs / SCORE_LOGS)  # the searches' logs of every run so far, restored ones included
-    records = load_records(results)
-    finished = usable_records(grid, records, runs)
-    todo = _to_run(grid, finished, data_dir)
-    if data_dir is None and any(e.kind == "public" and e.name not in finished for e in grid):
-        log("grid: no data folder given, so the public-set columns are skipped (pass --data-dir to measure them)")
-    expected = estimates_s(records, config.quick)
-    log(f"grid: {len(grid)} experiments, {len(grid) - len(todo)} finished, {len(todo)} to run "
-        f"(expected {_hours(sum((expected[e.kind] for e in todo), 0.0))})")
     ran, failed = [], {}
-    for i, exp in enumerate(todo):
+    announced = False
+    while True:
         records = load_records(results)  # with every experiment finished so far
+        grid, choice = current_grid(config, records)
         finished, expected = usable_records(grid, records, runs), estimates_s(records, config.quick)
-        left = sum((expected[e.kind] for e in todo[i:]), 0.0)
-        if not _to_run([exp], finished, data_dir):  # finished meanwhile: its model was trained again, the same
-            continue
+        done = failed.keys() | {e.name for e in ran}  # nothing runs twice in one call
+        todo = [e for e in _to_run(grid, finished, data_dir) if e.name not in done]
+        waiting = pending(config, choice.recipe)
+        left = sum((expected[e.kind] for e in todo), 0.0) + sum(expected[name.split("-")[0]] for name in waiting)
+        if not announced:
+            if data_dir is None and any(e.kind == "public" and e.name not in finished for e in grid):
+                log("grid: no data folder given, so the public-set columns are skipped (pass --data-dir to measure them)")
+            log(f"grid: {len(grid) + len(waiting)} experiments, {len(grid) - len(todo)} finished, {len(todo) + len(waiting)} "
+                f"to run (expected {_hours(left)})" + (f"; {len(waiting)} of them once the default recipe is chosen "
+                                                       f"on the first seed" if waiting else ""))
+            announced = True
+        if not todo:
+            break
+        exp, step = todo[0], f"[{len(ran) + len(failed) + 1}/{len(ran) + len(failed) + len(todo) + len(waiting)}]"
         if exp.model_of in failed:
             failed[exp.name] = f"its model's experiment {exp.model_of} failed"
-            log(f"[{i + 1}/{len(todo)}] {exp.name}: skipped, {failed[exp.name]}")
+            log(f"{step} {exp.name}: skipped, {failed[exp.name]}")
             continue
-        log(f"[{i + 1}/{len(todo)}] {exp.name}: expected {_hours(expected[exp.kind])}, {_hours(left)} left in all")
+        log(f"{step} {exp.name}: expected {_hours(expected[exp.kind])}, {_hours(left)} left in all")
         folder = run_folder(exp, runs, finished.get(exp.name))  # a finished one: measured again for a new column
         start = time.perf_counter()
         try:
@@ -89,7 +112,7 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
             failed[exp.name] = f"{type(err).__name__}: {err}"
             error = traceback.format_exc()
             atomic_write(folder / ERROR_FILE, lambda tmp: Path(tmp).write_text(error))
-            log(f"[{i + 1}/{len(todo)}] {exp.name}: FAILED ({failed[exp.name]}); the traceback is in "
+            log(f"{step} {exp.name}: FAILED ({failed[exp.name]}); the traceback is in "
                 f"{folder / ERROR_FILE}; going on with the experiments that do not need it")
             continue
         model = finished[exp.model_of]["experiment"]["fingerprint"] if exp.model_of else None
@@ -99,6 +122,10 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
             "wall_s": round(time.perf_counter() - start, 1), "machine": machine(),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         ran.append(exp)
+        if choice.recipe is None and exp.kind == "validation":
+            made = current_grid(config, load_records(results))[1]
+            if made.recipe is not None:
+                log(f"grid: {made.describe()}" + (" The later seeds train it too." if config.later_seeds == "chosen" else ""))
     if failed:
         raise GridFailures(failed, ran)
     return ran
@@ -139,12 +166,13 @@ def grid_status(config: GridConfig, runs: str | Path, results: str | Path, *,
     """Where a grid stands, computing nothing (kept training runs missing from `runs` are put back first, as a
     run of the grid would, so that what they hold is seen): per experiment, in run order, its `name`, `kind`, `state`
     ("finished"; "failed": its last try raised; "started": a training run with completed rounds or a folder
-    of partial artifacts; "to run"; or "skipped": public sets without `data_dir`), `seconds` (measured when
-    finished, else expected) and `detail`."""
+    of partial artifacts; "to run"; "skipped": public sets without `data_dir`; or "waiting": the later seeds'
+    experiments of the recipe the first seed's validation will choose, named with `chosen`), `seconds`
+    (measured when finished, else expected) and `detail`."""
     runs, results = Path(runs), Path(results)
-    grid = build_grid(config)
     restore_runs(results, runs)
     records = load_records(results)
+    grid, choice = current_grid(config, records)
     finished, counted = usable_records(grid, records, runs), finished_records(grid, records)
     todo = {e.name for e in _to_run(grid, finished, data_dir)}
     expected = estimates_s(records, config.quick)
@@ -173,6 +201,9 @@ def grid_status(config: GridConfig, runs: str | Path, results: str | Path, *,
         else:
             row["state"] = "to run"
         rows.append(row)
+    for name in pending(config, choice.recipe):
+        rows.append({"name": name, "kind": name.split("-")[0], "state": "waiting", "seconds": expected[name.split("-")[0]],
+                     "detail": "added when validation has chosen the default recipe on the first seed"})
     return rows
 
 
@@ -181,7 +212,7 @@ def format_status(rows: list[dict]) -> str:
     lines = [f"{'experiment':<26}{'state':<10}{'time':>9}  detail"]
     for r in rows:
         lines.append(f"{r['name']:<26}{r['state']:<10}{_hours(r['seconds']):>9}  {r['detail']}".rstrip())
-    left = [r for r in rows if r["state"] in ("failed", "started", "to run")]
+    left = [r for r in rows if r["state"] in ("failed", "started", "to run", "waiting")]
     finished = sum(r["state"] == "finished" for r in rows)
     lines.append(f"{finished} of {len(rows)} finished; {len(left)} to run, expected {_hours(sum(r['seconds'] for r in left))} "
                  "(estimates: the mean wall time of finished experiments of the same kind, else a first guess; a "
