@@ -134,6 +134,9 @@ def test_quick_grid_runs_resumes_and_renders(tmp_path):
     assert f"| sft, seed 1 | {public['advbench']['refusal_rate']['value']:.2f} [" in page
     assert f"| project, seed 0 | {validated['ci']['refusal_harmful']['value']:.2f} [" in page
     assert "The choice is made on the first training seed" in page and "validation chose `project`." in page
+    claims = page.split("## The paper's claims, checked")[1].split("\n## ")[0]
+    assert claims.index("### this project's recipe (chosen on validation prompts)") < claims.index("### sft (standard alignment)")
+    assert "| target | seed 0 | seed 1 | verdict |" in claims
 
 
 def test_status_says_what_is_finished_started_and_left_without_running_anything(tmp_path, capsys):

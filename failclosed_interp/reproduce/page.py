@@ -20,9 +20,10 @@ from failclosed_interp.reproduce.measurement_sections import (
     attacker_section, gcg_section, judge_section, logit_measure_section, orthogonal_section, rdo_section, speed_section,
 )
 from failclosed_interp.reproduce.results import (
-    current, default_choice, grid_config, grid_experiments, load_results, of_kind, rate, unfinished,
+    counting, current, default_choice, grid_config, grid_experiments, load_results, of_kind, rate, unfinished,
 )
 from failclosed_interp.reproduce.selection import ATTACKED, BORDERLINE, HARMFUL, HARMLESS, SelectionRule
+from failclosed_interp.reproduce.targets import BASELINE, targets_table
 from failclosed_interp.reproduce.validation import PUBLIC_SET
 
 RECIPE_LABELS = {"sft": "sft (standard alignment)", "refat": "refat (ReFAT baseline)", "method": "the method's recipe",
@@ -121,6 +122,24 @@ def _validation_section(folder: Path, results: dict[str, dict]) -> list[str]:
     return lines
 
 
+def _targets_section(folder: Path, results: dict[str, dict]) -> list[str]:
+    """The paper's claims checked per recipe and training seed (`targets`), the chosen default recipe first."""
+    trained = [e for e in grid_experiments(folder) if e.kind == "align"]
+    if not trained:
+        return ["No grid yet."]
+    chosen = default_choice(folder, results).recipe
+    order = {r: (r == BASELINE, r != chosen, r == "refat", RECIPE_ORDER.index(r)) for r in GRID_RECIPES}  # sft last
+    recipes = sorted(dict.fromkeys(e.recipe for e in trained), key=order.get)
+    lines = ["Each recipe's models against the paper's claims, on TEST prompts (the figures with their intervals are in "
+             "the sections below); a claim relative to `sft` compares with the sft model of the same training seed. "
+             "Verdict: met on every seed, missed on any, or met so far while seeds are unfinished.", ""]
+    for recipe in recipes:
+        seeds = tuple(e.seed for e in trained if e.recipe == recipe)
+        note = " (chosen on validation prompts)" if recipe == chosen else ""
+        lines += [f"### {RECIPE_LABELS[recipe]}{note}", "", *targets_table(results, recipe, seeds), ""]
+    return lines[:-1]
+
+
 def _audit_section(results: dict[str, dict]) -> list[str]:
     audits = of_kind(results, "audit")
     if not audits:
@@ -162,6 +181,13 @@ def _pending(folder: Path, missing: list[str]) -> list[str]:
     return [f"Not finished yet ({len(missing)} of {total}): " + ", ".join(f"`{m}`" for m in missing) + "".join(waiting) + "."]
 
 
+def _earlier(n: int) -> list[str]:
+    if not n:
+        return []
+    return ["", f"{n} results file(s) in `{GRID_DIR}/` record an earlier version of an experiment (other settings, or "
+                f"measured on a model since trained again) and are not shown."]
+
+
 def _machines(results: dict[str, dict]) -> list[str]:
     seen = sorted({(r["machine"]["platform"], r["machine"]["cpus"], r["machine"]["torch_threads"], r["machine"]["cuda"])
                    for r in results.values()})
@@ -172,7 +198,8 @@ def render_results(root: str | Path) -> str:
     """The markdown of the results page, from the results files under `root` alone (the grid's experiments
     in `root/grid/`, the judge check in `root/judge_xstest.json`)."""
     root = Path(root)
-    folder, results = _grid(root)
+    folder, every = _grid(root)
+    results = counting(folder, every)  # results files of earlier versions of an experiment are not shown
     missing = unfinished(folder, results)
     demos = demo_runs(root)
     lines = [
@@ -182,11 +209,12 @@ def render_results(root: str | Path) -> str:
         "VALIDATION prompts); each cell is one training seed, and the last column the mean ± standard deviation over",
         "seeds. The experiments come from",
         "`failclosed reproduce` (the grid: docs/design.md and the `reproduce` API page say what it runs).", "",
-        *_pending(folder, missing), "",
+        *_pending(folder, missing), *_earlier(len(every) - len(results)), "",
         "## The main job: the SFT model and the fail-closed model side by side", "", *demo_section(root, demos), "",
         "## The main job across training seeds", "", *demo_seeds_section(root, demos), "",
         "### The main job's models under the prompt attacks", "", *demo_attacks_section(root), "",
         "## Choosing the default recipe (validation prompts)", "", *_validation_section(folder, results), "",
+        "## The paper's claims, checked", "", *_targets_section(folder, results), "",
         "## Training: refusal, over-refusal, and ablation of the found directions", "", *_training_section(results), "",
         "## Public benchmark sets", "", *_public_section(results), "",
         "## Independence audit", "", *_audit_section(results), "",

@@ -98,6 +98,13 @@ def unfinished(folder: str | Path, results: dict[str, dict], kind: str | None = 
     return [name for name in names if kind is None or name.split("-")[0] == kind]
 
 
+def counting(folder: str | Path, results: dict[str, dict]) -> dict[str, dict]:
+    """The results files that count for the folder's grid (`records.finished_records`: the same work, on the
+    model that counts now), by experiment name; all of them when the folder holds no grid.json."""
+    config = grid_config(folder)
+    return results if config is None else finished_records(current_grid(config, results)[0], results)
+
+
 def current(folder: str | Path, results: dict[str, dict], kind: str) -> list[dict]:
     """The finished experiments of one kind whose results files count for the folder's grid (files of another
     version of an experiment, or measured on another model, left out), in recipe and seed order."""
