@@ -1,13 +1,17 @@
-"""`Stopwatch`: seconds per named stage of a job, for the timings its summary records, and `machine()`:
-what those seconds were measured on."""
+"""`Stopwatch`: seconds per named stage of a job, for the timings its summary records; `KeptClock`: the
+seconds a resumable job has run over all its attempts; and `machine()`: what those seconds were measured on."""
 
 from __future__ import annotations
 
 import os
 import platform
+import threading
 import time
+from pathlib import Path
 
 import torch
+
+from failclosed_interp.artifacts import read_json, write_json
 
 
 def machine() -> dict:
@@ -37,3 +41,51 @@ class Stopwatch:
     def total(self) -> float:
         """The recorded stages' seconds together."""
         return round(sum(self.timings.values()), self.digits)
+
+
+class KeptClock:
+    """The seconds a job has run over all its attempts: those an earlier attempt recorded in `path` plus this
+    one's, written back to `path` (atomically) every `every_s` seconds by a daemon thread and when the block
+    ends, so that a killed attempt loses at most `every_s` of them. Use as a context manager; `seconds` and
+    `attempts` (this one included) read it at any time."""
+
+    def __init__(self, path: str | os.PathLike, every_s: float = 60.0):
+        self.path, self.every_s = Path(path), every_s
+        self._before, self.attempts, self._start = 0.0, 1, time.perf_counter()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> KeptClock:
+        saved = _read_clock(self.path)
+        self._before, self.attempts = saved["seconds"], saved["attempts"] + 1
+        self._start = time.perf_counter()
+        self._write()
+        self._thread = threading.Thread(target=self._tick, name="kept-clock", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._write()
+
+    @property
+    def seconds(self) -> float:
+        return self._before + time.perf_counter() - self._start
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self._write()
+
+    def _write(self) -> None:
+        write_json(self.path, {"seconds": round(self.seconds, 1), "attempts": self.attempts})
+
+
+def _read_clock(path: Path) -> dict:
+    """What an earlier attempt recorded; nothing when there is no readable record (it starts from zero)."""
+    try:
+        saved = read_json(path)
+        return {"seconds": float(saved["seconds"]), "attempts": int(saved["attempts"])}
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        return {"seconds": 0.0, "attempts": 0}

@@ -217,6 +217,8 @@ def test_a_failing_experiment_does_not_hold_up_the_others_and_is_tried_again(tmp
     monkeypatch.setattr(runner, "_run", pretend_to_run)  # the cause fixed
     again = run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append)
     assert [e.name for e in again] == [e.name for e in grid if e.name in failure.value.failed]
+    saved = {name: json.loads((results / f"{name}.json").read_text()) for name in ("align-sft-s0", "align-project-s0")}
+    assert saved["align-sft-s0"]["attempts"] == 1 and saved["align-project-s0"]["attempts"] == 2  # the failed try counts
 
 
 def test_every_experiment_reaches_the_searches_of_the_runs_before_it(tmp_path, monkeypatch):

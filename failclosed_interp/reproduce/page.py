@@ -188,6 +188,21 @@ def _earlier(n: int) -> list[str]:
                 f"measured on a model since trained again) and are not shown."]
 
 
+def _wall_time(results: dict[str, dict]) -> list[str]:
+    """The finished experiments' wall time, in all and per kind."""
+    timed = [r for r in results.values() if "wall_s" in r]
+    if not timed:
+        return []
+    by_kind: dict[str, float] = defaultdict(float)
+    for r in timed:
+        by_kind[r["experiment"]["kind"]] += r["wall_s"]
+    parts = ", ".join(f"{kind} {seconds / 3600:.1f} h" for kind, seconds in by_kind.items())
+    older = sum("attempts" not in r for r in timed)
+    return [f"The {len(timed)} finished experiments of the grid took {sum(by_kind.values()) / 3600:.1f} h of wall time in "
+            f"all ({parts}): each over all its attempts" + (f", except {older} recorded before attempts were counted "
+                                                           f"(their last attempt only)" if older else "") + ".", ""]
+
+
 def _machines(results: dict[str, dict]) -> list[str]:
     seen = sorted({(r["machine"]["platform"], r["machine"]["cpus"], r["machine"]["torch_threads"], r["machine"]["cuda"])
                    for r in results.values()})
@@ -228,7 +243,7 @@ def render_results(root: str | Path) -> str:
         "## Speed", "", *speed_section(root), "",
         "## RDO per direction", "", *rdo_section(root), "",
         "## Orthogonal refusal directions", "", *orthogonal_section(root), "",
-        "## Machines", "", *(_machines(results) or ["No run has finished yet."]), "",
+        "## Machines", "", *_wall_time(results), *(_machines(results) or ["No run has finished yet."]), "",
     ]
     return "\n".join(lines)
 

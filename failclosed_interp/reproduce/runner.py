@@ -10,7 +10,6 @@ back from its log, not made again; e.g. recipes whose loops stop at the same rou
 
 from __future__ import annotations
 
-import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +22,7 @@ from failclosed_interp.configs import config_from_dict
 from failclosed_interp.evaluate import EvalConfig, ModelSpec, evaluate
 from failclosed_interp.models import load_model
 from failclosed_interp.public_columns import public_columns
-from failclosed_interp.stopwatch import machine
+from failclosed_interp.stopwatch import KeptClock, machine
 from failclosed_interp.reproduce.grid import (
     FIRST_ESTIMATE_S, QUICK_ESTIMATE_S, Experiment, GridConfig, build_grid, pending, selection_rule,
 )
@@ -31,7 +30,7 @@ from failclosed_interp.reproduce.records import (
     GRID_FILE, SCHEMA, ResultsMismatch, finished_records, load_records, run_folder,
 )
 from failclosed_interp.reproduce.selection import Choice, choose_recipe
-from failclosed_interp.reproduce.store import MODELS_FOLDER, keep_run, model_available, restore_runs
+from failclosed_interp.reproduce.store import CLOCK_FILE, MODELS_FOLDER, keep_run, model_available, restore_runs
 from failclosed_interp.score_log import index_logs, shared_logs
 from failclosed_interp.reproduce.validation import ValidationConfig, needs_public, validate
 
@@ -104,9 +103,11 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
             continue
         log(f"{step} {exp.name}: expected {_hours(expected[exp.kind])}, {_hours(left)} left in all")
         folder = run_folder(exp, runs, finished.get(exp.name))  # a finished one: measured again for a new column
-        start = time.perf_counter()
+        folder.mkdir(parents=True, exist_ok=True)
         try:
-            with shared_logs(runs / SCORE_LOGS):  # a search made before on the same model the same way is not made again
+            # the clock counts every attempt's time, an interrupted one's too; a search made before on the same
+            # model the same way is read back from its log, not made again
+            with KeptClock(folder / CLOCK_FILE) as clock, shared_logs(runs / SCORE_LOGS):
                 outcome = _run(exp, folder, grid, finished, runs, progress, data_dir, results)
         except Exception as err:  # noqa: BLE001 - one broken experiment must not hold up the rest of a day-long grid
             failed[exp.name] = f"{type(err).__name__}: {err}"
@@ -119,7 +120,7 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
         write_json(results / f"{exp.name}.json", {
             "schema": SCHEMA, "config": exp.config, "result": outcome,
             "experiment": {**exp.to_dict(), "run_folder": folder.name, "model_fingerprint": model},
-            "wall_s": round(time.perf_counter() - start, 1), "machine": machine(),
+            "wall_s": round(clock.seconds, 1), "attempts": clock.attempts, "machine": machine(),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         ran.append(exp)
         if choice.recipe is None and exp.kind == "validation":

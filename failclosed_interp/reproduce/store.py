@@ -21,7 +21,8 @@ from failclosed_interp.artifacts import atomic_folder, read_json
 from failclosed_interp.score_log import PROGRESS_FILE
 
 MODELS_FOLDER = "models"  # in the results folder
-_RECORDS = ("config.json", STATE_FILE, "examples.json", SUMMARY_FILE)  # small files at a run folder's top
+CLOCK_FILE = "clock.json"  # in an experiment's run folder: the seconds spent on it over all its attempts (`KeptClock`)
+_RECORDS = ("config.json", STATE_FILE, "examples.json", SUMMARY_FILE, CLOCK_FILE)  # small files at a run folder's top
 _ROUND_RECORDS = ("metrics.json", "training.json")  # small files of every round
 
 
