@@ -47,17 +47,22 @@ class KeptClock:
     """The seconds a job has run over all its attempts: those an earlier attempt recorded in `path` plus this
     one's, written back to `path` (atomically) every `every_s` seconds by a daemon thread and when the block
     ends, so that a killed attempt loses at most `every_s` of them. Use as a context manager; `seconds` and
-    `attempts` (this one included) read it at any time."""
+    `attempts` (this one included) read it at any time. `untimed_before`: the job ran before without a clock
+    (e.g. under a version that had none); when `path` holds no record then, `attempts` is None from then on,
+    as the seconds miss those runs."""
 
-    def __init__(self, path: str | os.PathLike, every_s: float = 60.0):
-        self.path, self.every_s = Path(path), every_s
+    def __init__(self, path: str | os.PathLike, every_s: float = 60.0, *, untimed_before: bool = False):
+        self.path, self.every_s, self.untimed_before = Path(path), every_s, untimed_before
         self._before, self.attempts, self._start = 0.0, 1, time.perf_counter()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> KeptClock:
         saved = _read_clock(self.path)
-        self._before, self.attempts = saved["seconds"], saved["attempts"] + 1
+        if saved is None:
+            self._before, self.attempts = 0.0, None if self.untimed_before else 1
+        else:
+            self._before, self.attempts = saved["seconds"], None if saved["attempts"] is None else saved["attempts"] + 1
         self._start = time.perf_counter()
         self._write()
         self._thread = threading.Thread(target=self._tick, name="kept-clock", daemon=True)
@@ -82,10 +87,11 @@ class KeptClock:
         write_json(self.path, {"seconds": round(self.seconds, 1), "attempts": self.attempts})
 
 
-def _read_clock(path: Path) -> dict:
-    """What an earlier attempt recorded; nothing when there is no readable record (it starts from zero)."""
+def _read_clock(path: Path) -> dict | None:
+    """What an earlier attempt recorded; None when there is no readable record."""
     try:
         saved = read_json(path)
-        return {"seconds": float(saved["seconds"]), "attempts": int(saved["attempts"])}
+        attempts = saved["attempts"]
+        return {"seconds": float(saved["seconds"]), "attempts": None if attempts is None else int(attempts)}
     except (FileNotFoundError, KeyError, TypeError, ValueError):
-        return {"seconds": 0.0, "attempts": 0}
+        return None

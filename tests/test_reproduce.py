@@ -204,6 +204,9 @@ def test_a_failing_experiment_does_not_hold_up_the_others_and_is_tried_again(tmp
 
     monkeypatch.setattr(runner, "_run", run_or_fail)
     logged: list[str] = []
+    started = run_folder(grid[0], tmp_path / "runs")  # align-sft-s0 ran before, under a version without clocks
+    started.mkdir(parents=True)
+    (started / "config.json").write_text("{}")
     with pytest.raises(runner.GridFailures, match="align-project-s0: RuntimeError: out of memory") as failure:
         run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append)
     needs_project = {e.name for e in grid if e.model_of == "align-project-s0" and e.kind != "public"}  # no --data-dir
@@ -218,7 +221,9 @@ def test_a_failing_experiment_does_not_hold_up_the_others_and_is_tried_again(tmp
     again = run_grid(config, tmp_path / "runs", results, progress=False, log=logged.append)
     assert [e.name for e in again] == [e.name for e in grid if e.name in failure.value.failed]
     saved = {name: json.loads((results / f"{name}.json").read_text()) for name in ("align-sft-s0", "align-project-s0")}
-    assert saved["align-sft-s0"]["attempts"] == 1 and saved["align-project-s0"]["attempts"] == 2  # the failed try counts
+    assert saved["align-project-s0"]["attempts"] == 2  # the failed try counts
+    assert saved["align-sft-s0"]["attempts"] is None  # its untimed earlier run is missing from its seconds
+    assert json.loads((results / "validation-sft-s0.json").read_text())["attempts"] == 1
 
 
 def test_every_experiment_reaches_the_searches_of_the_runs_before_it(tmp_path, monkeypatch):

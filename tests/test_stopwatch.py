@@ -44,6 +44,13 @@ def test_kept_clock_adds_every_attempts_seconds_and_survives_a_kill(tmp_path, mo
         now[0] += 1.0
     assert fresh.seconds == 1.0 and fresh.attempts == 1
 
+    untimed = tmp_path / "started-before-clocks.json"  # a job that ran before without a clock: attempts unknown
+    with KeptClock(untimed, untimed_before=True) as resumed:
+        now[0] += 5.0
+    with KeptClock(untimed) as again:
+        now[0] += 5.0
+    assert resumed.attempts is None and again.attempts is None and again.seconds == 10.0
+
 
 def test_kept_clock_writes_while_the_job_runs(tmp_path):
     import json

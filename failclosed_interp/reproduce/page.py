@@ -197,10 +197,10 @@ def _wall_time(results: dict[str, dict]) -> list[str]:
     for r in timed:
         by_kind[r["experiment"]["kind"]] += r["wall_s"]
     parts = ", ".join(f"{kind} {seconds / 3600:.1f} h" for kind, seconds in by_kind.items())
-    older = sum("attempts" not in r for r in timed)
+    untimed = sum(r.get("attempts") is None for r in timed)
     return [f"The {len(timed)} finished experiments of the grid took {sum(by_kind.values()) / 3600:.1f} h of wall time in "
-            f"all ({parts}): each over all its attempts" + (f", except {older} recorded before attempts were counted "
-                                                           f"(their last attempt only)" if older else "") + ".", ""]
+            f"all ({parts}): each over all its attempts" + (f", except {untimed} that ran in part before attempts were "
+                                                           f"timed (those parts are missing)" if untimed else "") + ".", ""]
 
 
 def _machines(results: dict[str, dict]) -> list[str]:

@@ -103,11 +103,12 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
             continue
         log(f"{step} {exp.name}: expected {_hours(expected[exp.kind])}, {_hours(left)} left in all")
         folder = run_folder(exp, runs, finished.get(exp.name))  # a finished one: measured again for a new column
+        untimed = folder.exists() and any(folder.iterdir()) and not (folder / CLOCK_FILE).exists()  # ran with no clock
         folder.mkdir(parents=True, exist_ok=True)
         try:
             # the clock counts every attempt's time, an interrupted one's too; a search made before on the same
             # model the same way is read back from its log, not made again
-            with KeptClock(folder / CLOCK_FILE) as clock, shared_logs(runs / SCORE_LOGS):
+            with KeptClock(folder / CLOCK_FILE, untimed_before=untimed) as clock, shared_logs(runs / SCORE_LOGS):
                 outcome = _run(exp, folder, grid, finished, runs, progress, data_dir, results)
         except Exception as err:  # noqa: BLE001 - one broken experiment must not hold up the rest of a day-long grid
             failed[exp.name] = f"{type(err).__name__}: {err}"
