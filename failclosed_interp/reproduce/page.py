@@ -199,8 +199,8 @@ def _wall_time(results: dict[str, dict]) -> list[str]:
     parts = ", ".join(f"{kind} {seconds / 3600:.1f} h" for kind, seconds in by_kind.items())
     untimed = sum(r.get("attempts") is None for r in timed)
     return [f"The {len(timed)} finished experiments of the grid took {sum(by_kind.values()) / 3600:.1f} h of wall time in "
-            f"all ({parts}): each over all its attempts" + (f", except {untimed} that ran in part before attempts were "
-                                                           f"timed (those parts are missing)" if untimed else "") + ".", ""]
+            f"all ({parts}): each over all its attempts" + (f", except {untimed} whose wall time may miss earlier "
+                                                           f"attempts that were not timed" if untimed else "") + ".", ""]
 
 
 def _machines(results: dict[str, dict]) -> list[str]:
