@@ -62,7 +62,7 @@ from failclosed_interp.stats import RateEstimate
 from failclosed_interp.stopwatch import Stopwatch
 from failclosed_interp.search import DirectionJobConfig, InsideSpan, check_min_new_component, check_new, own_refusal_tokens
 from failclosed_interp.training import Example, SFTConfig, TrainConfig, build_sft_examples, train_lora
-from failclosed_interp.training.sft import fresh_lora_model, sft_prompts
+from failclosed_interp.training.sft import TRAINING_FILE, fresh_lora_model, sft_prompts
 from failclosed_interp.training.trainer import StepCallback, adapters_disabled
 from failclosed_interp.perplexity import perplexity
 
@@ -228,7 +228,7 @@ def adopt_round0(source: Path, out: Path, config: AlignConfig) -> bool:
         return True
     with atomic_folder(_round_dir(out, 0) / "adapter") as tmp:
         shutil.copytree(_round_dir(source, 0) / "adapter", tmp, dirs_exist_ok=True)
-    shutil.copy(_round_dir(source, 0) / "training.json", _round_dir(out, 0) / "training.json")
+    shutil.copy(_round_dir(source, 0) / TRAINING_FILE, _round_dir(out, 0) / TRAINING_FILE)
     shutil.copy(source / EXAMPLES_FILE, out / EXAMPLES_FILE)
     return True
 
@@ -465,12 +465,16 @@ def align(
         folder, clock = _round_dir(out, k), Stopwatch(digits=1)
         trained_elsewhere = k == 0 and adopted
         notes = {"round0_from": str(round0_from)} if trained_elsewhere else {}
-        if not trained_elsewhere:
+        if (folder / TRAINING_FILE).exists() and not trained_elsewhere:
+            # an earlier attempt trained this round and stopped after it (in the direction search or the checks):
+            # its model, saved before the training record, is the one training again would give
+            model = load_model(config.model, adapter=folder / "adapter", device=device)
+        elif not trained_elsewhere:
             train = round_training(config, k)
             result = train_lora(model, examples, train, safety_interventions=safety_interventions(config, found, train.seed),
                                 progress=progress, on_step=on_step)
             save_adapter(model, folder / "adapter", train.lora)
-            write_json(folder / "training.json", result.to_dict())
+            write_json(folder / TRAINING_FILE, result.to_dict())
         clock.lap("train")
         if config.method != "sft":
             direction, stop_reason, found_notes = _next_direction(model, config, found, out, k, progress)

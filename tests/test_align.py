@@ -82,6 +82,33 @@ def test_a_killed_run_resumes_from_the_last_completed_round_with_the_same_result
         torch.testing.assert_close(resumed[key], whole[key], rtol=0, atol=0)
 
 
+def test_a_run_killed_after_a_rounds_training_resumes_without_training_it_again(tmp_path, monkeypatch):
+    import failclosed_interp.align as align_module
+
+    config = tiny_config("sft", rounds=2)
+    align(config, tmp_path / "whole", progress=False)
+    real_checks, killed = align_module._round_metrics, []
+
+    def killed_in_round_1s_checks(model, config, found, examples):
+        if not killed and (tmp_path / "killed" / "round_1").exists():
+            killed.append(True)
+            raise KeyboardInterrupt  # round 1 trained, its adapter saved; killed before the round was recorded
+        return real_checks(model, config, found, examples)
+
+    monkeypatch.setattr(align_module, "_round_metrics", killed_in_round_1s_checks)
+    with pytest.raises(KeyboardInterrupt):
+        align(config, tmp_path / "killed", progress=False)
+    assert json.loads((tmp_path / "killed" / "state.json").read_text())["completed_round"] == 0
+    assert (tmp_path / "killed" / "round_1" / "training.json").exists()
+
+    resumed_steps = []
+    summary = align(config, tmp_path / "killed", progress=False, on_step=lambda s, _: resumed_steps.append(s))
+    assert resumed_steps == [0, 1]  # round 2's two steps: round 1 was not trained again
+    assert summary["rounds_completed"] == 2
+    assert (tmp_path / "whole/final/adapter/adapter_model.safetensors").read_bytes() == \
+        (tmp_path / "killed/final/adapter/adapter_model.safetensors").read_bytes()
+
+
 def test_a_run_started_from_another_runs_round_0_equals_a_run_that_trained_it(tmp_path):
     config = tiny_config("sft", rounds=2)
     align(config, tmp_path / "whole", progress=False)
