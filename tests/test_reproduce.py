@@ -150,6 +150,9 @@ def test_status_says_what_is_finished_started_and_left_without_running_anything(
     (folder / "state.json").write_text(json.dumps({"completed_round": 0, "config": project.config}))
     row = next(r for r in grid_status(config, tmp_path / "runs", tmp_path / "results") if r["name"] == project.name)
     assert row["state"] == "started" and row["detail"].startswith("round 0 of 1 completed")
+    (folder / "clock.json").write_text(json.dumps({"seconds": 1500.0, "attempts": 2}))
+    row = next(r for r in grid_status(config, tmp_path / "runs", tmp_path / "results") if r["name"] == project.name)
+    assert row["detail"].endswith("; 25 min spent on it so far")
     assert not (tmp_path / "results").exists()  # nothing written
     assert main(["reproduce", "--quick", "--status", "--runs", str(tmp_path / "runs"),
                  "--results", str(tmp_path / "results")]) == 0

@@ -202,6 +202,10 @@ def grid_status(config: GridConfig, runs: str | Path, results: str | Path, *,
             row.update(state="started", detail=f"partial artifacts in {folder}")
         else:
             row["state"] = "to run"
+        if row["state"] in ("started", "failed") and (folder / CLOCK_FILE).exists():
+            clock = read_json(folder / CLOCK_FILE)
+            row["detail"] += (f"; {_hours(clock['seconds'])} spent on it so far" if clock["attempts"] is not None else
+                              f"; at least {_hours(clock['seconds'])} spent on it (earlier attempts were not timed)")
         rows.append(row)
     for name in pending(config, choice.recipe):
         rows.append({"name": name, "kind": name.split("-")[0], "state": "waiting", "seconds": expected[name.split("-")[0]],
