@@ -176,9 +176,9 @@ def _pending(folder: Path, missing: list[str]) -> list[str]:
     if not missing:
         return ["Every experiment of the grid has finished."]
     total = len(grid) + sum(name not in {e.name for e in grid} for name in missing)  # and those the choice adds
-    waiting = ([" (`chosen`: the recipe validation chooses on the first training seed, trained on the later ones)"]
-               if any("-chosen-" in name for name in missing) else [])
-    return [f"Not finished yet ({len(missing)} of {total}): " + ", ".join(f"`{m}`" for m in missing) + "".join(waiting) + "."]
+    waiting = (" (`chosen`: the recipe validation chooses on the first training seed, trained on the later ones)"
+               if any("-chosen-" in name for name in missing) else "")
+    return [f"Not finished yet ({len(missing)} of {total}): " + ", ".join(f"`{m}`" for m in missing) + waiting + "."]
 
 
 def _earlier(n: int) -> list[str]:
