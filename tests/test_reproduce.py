@@ -75,6 +75,20 @@ def test_the_grid_runs_what_the_recipe_choice_needs_first_seed_by_seed_and_the_a
     assert all(position[e.model_of] < position[e.name] for e in grid if e.model_of)
 
 
+def test_expected_time_is_the_mean_of_the_same_kind_and_recipe_else_of_the_kind_else_a_first_guess():
+    from failclosed_interp.reproduce.grid import FIRST_ESTIMATE_S
+    from failclosed_interp.reproduce.runner import Estimates
+
+    def finished(kind, recipe, seconds):
+        return {"experiment": {"kind": kind, "recipe": recipe}, "wall_s": seconds}
+
+    expected = Estimates({"a": finished("align", "sft", 3600.0), "b": finished("align", "sft", 5400.0),
+                          "c": finished("align", "method", 9000.0)}, quick=False)
+    assert expected("align", "sft") == 4500.0 and expected("align", "method") == 9000.0
+    assert expected("align", "project") == expected("align") == 6000.0  # no project run yet: every align run's mean
+    assert expected("audit", "sft") == FIRST_ESTIMATE_S["audit"]
+
+
 def test_audits_and_validation_reuse_aligns_attacker_search_only_when_it_searched_the_same_way(tmp_path):
     from failclosed_interp.attacks.adaptive import SEARCH_FILE
     from failclosed_interp.reproduce.runner import align_search

@@ -37,15 +37,23 @@ from failclosed_interp.reproduce.validation import ValidationConfig, needs_publi
 ERROR_FILE = "error.txt"  # in a failed experiment's run folder: its traceback
 
 
-def estimates_s(records: dict[str, dict], quick: bool) -> dict[str, float]:
-    """Expected seconds per experiment kind: the mean measured wall time of the results files (`load_records`)
-    of that kind, else a first guess."""
-    guesses = QUICK_ESTIMATE_S if quick else FIRST_ESTIMATE_S
-    out = {}
-    for kind, guess in guesses.items():
-        measured = [r["wall_s"] for r in records.values() if r["experiment"]["kind"] == kind]
-        out[kind] = float(sum(measured) / len(measured)) if measured else float(guess)
-    return out
+class Estimates:
+    """Expected seconds of an experiment from the results files (`load_records`): the mean measured wall time
+    of those of the same kind and recipe, else of the same kind, else a first guess. Call it with a kind and
+    a recipe (None when the recipe is not known yet, e.g. the recipe validation will choose)."""
+
+    def __init__(self, records: dict[str, dict], quick: bool):
+        guesses = QUICK_ESTIMATE_S if quick else FIRST_ESTIMATE_S
+        measured: dict[tuple[str, str | None], list[float]] = {}
+        for r in records.values():
+            kind, recipe = r["experiment"]["kind"], r["experiment"]["recipe"]
+            for key in ((kind, recipe), (kind, None)):
+                measured.setdefault(key, []).append(float(r["wall_s"]))
+        self._guesses = guesses
+        self._means = {key: sum(values) / len(values) for key, values in measured.items()}
+
+    def __call__(self, kind: str, recipe: str | None = None) -> float:
+        return self._means.get((kind, recipe), self._means.get((kind, None), float(self._guesses[kind])))
 
 
 SCORE_LOGS = "score_logs"  # in the runs folder: every search's log by its digest, shared by the experiments
@@ -82,11 +90,11 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
     while True:
         records = load_records(results)  # with every experiment finished so far
         grid, choice = current_grid(config, records)
-        finished, expected = usable_records(grid, records, runs), estimates_s(records, config.quick)
+        finished, expected = usable_records(grid, records, runs), Estimates(records, config.quick)
         done = failed.keys() | {e.name for e in ran}  # nothing runs twice in one call
         todo = [e for e in _to_run(grid, finished, data_dir) if e.name not in done]
         waiting = pending(config, choice.recipe)
-        left = sum((expected[e.kind] for e in todo), 0.0) + sum(expected[name.split("-")[0]] for name in waiting)
+        left = sum((expected(e.kind, e.recipe) for e in todo), 0.0) + sum(expected(name.split("-")[0]) for name in waiting)
         if not announced:
             if data_dir is None and any(e.kind == "public" and e.name not in finished for e in grid):
                 log("grid: no data folder given, so the public-set columns are skipped (pass --data-dir to measure them)")
@@ -101,7 +109,7 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
             failed[exp.name] = f"its model's experiment {exp.model_of} failed"
             log(f"{step} {exp.name}: skipped, {failed[exp.name]}")
             continue
-        log(f"{step} {exp.name}: expected {_hours(expected[exp.kind])}, {_hours(left)} left in all")
+        log(f"{step} {exp.name}: expected {_hours(expected(exp.kind, exp.recipe))}, {_hours(left)} left in all")
         folder = run_folder(exp, runs, finished.get(exp.name))  # a finished one: measured again for a new column
         untimed = folder.exists() and any(folder.iterdir()) and not (folder / CLOCK_FILE).exists()  # ran with no clock
         folder.mkdir(parents=True, exist_ok=True)
@@ -177,10 +185,10 @@ def grid_status(config: GridConfig, runs: str | Path, results: str | Path, *,
     grid, choice = current_grid(config, records)
     finished, counted = usable_records(grid, records, runs), finished_records(grid, records)
     todo = {e.name for e in _to_run(grid, finished, data_dir)}
-    expected = estimates_s(records, config.quick)
+    expected = Estimates(records, config.quick)
     rows = []
     for exp in grid:
-        row = {"name": exp.name, "kind": exp.kind, "seconds": expected[exp.kind], "detail": ""}
+        row = {"name": exp.name, "kind": exp.kind, "seconds": expected(exp.kind, exp.recipe), "detail": ""}
         folder = run_folder(exp, runs, finished.get(exp.name))
         if exp.name not in todo:
             if exp.name in finished:
@@ -208,7 +216,7 @@ def grid_status(config: GridConfig, runs: str | Path, results: str | Path, *,
                               f"; at least {_hours(clock['seconds'])} spent on it (earlier attempts were not timed)")
         rows.append(row)
     for name in pending(config, choice.recipe):
-        rows.append({"name": name, "kind": name.split("-")[0], "state": "waiting", "seconds": expected[name.split("-")[0]],
+        rows.append({"name": name, "kind": name.split("-")[0], "state": "waiting", "seconds": expected(name.split("-")[0]),
                      "detail": "added when validation has chosen the default recipe on the first seed"})
     return rows
 
@@ -221,8 +229,8 @@ def format_status(rows: list[dict]) -> str:
     left = [r for r in rows if r["state"] in ("failed", "started", "to run", "waiting")]
     finished = sum(r["state"] == "finished" for r in rows)
     lines.append(f"{finished} of {len(rows)} finished; {len(left)} to run, expected {_hours(sum(r['seconds'] for r in left))} "
-                 "(estimates: the mean wall time of finished experiments of the same kind, else a first guess; a "
-                 "started training run counts in full)")
+                 "(estimates: the mean wall time of finished experiments of the same kind and recipe, else of the same "
+                 "kind, else a first guess; a started experiment counts in full)")
     return "\n".join(lines)
 
 
