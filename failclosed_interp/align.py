@@ -465,11 +465,13 @@ def align(
         folder, clock = _round_dir(out, k), Stopwatch(digits=1)
         trained_elsewhere = k == 0 and adopted
         notes = {"round0_from": str(round0_from)} if trained_elsewhere else {}
-        if (folder / TRAINING_FILE).exists() and not trained_elsewhere:
+        if trained_elsewhere:
+            pass  # the adopted round-0 model, loaded above
+        elif (folder / TRAINING_FILE).exists():
             # an earlier attempt trained this round and stopped after it (in the direction search or the checks):
             # its model, saved before the training record, is the one training again would give
             model = load_model(config.model, adapter=folder / "adapter", device=device)
-        elif not trained_elsewhere:
+        else:
             train = round_training(config, k)
             result = train_lora(model, examples, train, safety_interventions=safety_interventions(config, found, train.seed),
                                 progress=progress, on_step=on_step)

@@ -124,7 +124,7 @@ def _validation_section(folder: Path, results: dict[str, dict]) -> list[str]:
 
 def _targets_section(folder: Path, results: dict[str, dict]) -> list[str]:
     """The paper's claims checked per recipe and training seed (`targets`), the chosen default recipe first."""
-    trained = [e for e in grid_experiments(folder) if e.kind == "align"]
+    trained = [e for e in grid_experiments(folder, results) if e.kind == "align"]
     if not trained:
         return ["No grid yet."]
     chosen = default_choice(folder, results).recipe
@@ -169,8 +169,8 @@ def _public_section(results: dict[str, dict]) -> list[str]:
     return lines
 
 
-def _pending(folder: Path, missing: list[str]) -> list[str]:
-    grid = grid_experiments(folder)
+def _pending(folder: Path, results: dict[str, dict], missing: list[str]) -> list[str]:
+    grid = grid_experiments(folder, results)
     if not grid:
         return []
     if not missing:
@@ -224,7 +224,7 @@ def render_results(root: str | Path) -> str:
         "VALIDATION prompts); each cell is one training seed, and the last column the mean ± standard deviation over",
         "seeds. The experiments come from",
         "`failclosed reproduce` (the grid: docs/design.md and the `reproduce` API page say what it runs).", "",
-        *_pending(folder, missing), *_earlier(len(every) - len(results)), "",
+        *_pending(folder, results, missing), *_earlier(len(every) - len(results)), "",
         "## The main job: the SFT model and the fail-closed model side by side", "", *demo_section(root, demos), "",
         "## The main job across training seeds", "", *demo_seeds_section(root, demos), "",
         "### The main job's models under the prompt attacks", "", *demo_attacks_section(root), "",

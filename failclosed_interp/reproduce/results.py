@@ -77,11 +77,11 @@ def grid_config(folder: str | Path) -> GridConfig | None:
     return config_from_dict(GridConfig, read_json(grid_file)["grid"]) if grid_file.exists() else None
 
 
-def grid_experiments(folder: str | Path) -> list[Experiment]:
-    """Every experiment of the folder's grid as its results make it (`runner.current_grid`: with the later
+def grid_experiments(folder: str | Path, results: dict[str, dict]) -> list[Experiment]:
+    """Every experiment of the folder's grid as its `results` make it (`runner.current_grid`: with the later
     seeds of the recipe validation chose on the first seed, once it has); empty when the folder holds none."""
     config = grid_config(folder)
-    return current_grid(config, load_records(Path(folder)))[0] if config is not None else []
+    return current_grid(config, results)[0] if config is not None else []
 
 
 def unfinished(folder: str | Path, results: dict[str, dict], kind: str | None = None) -> list[str]:

@@ -86,7 +86,7 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
         log(f"grid: restored {folder.name} from {results / MODELS_FOLDER}")
     index_logs(runs, runs / SCORE_LOGS)  # the searches' logs of every run so far, restored ones included
     ran, failed = [], {}
-    announced = False
+    announced, chosen = False, None
     while True:
         records = load_records(results)  # with every experiment finished so far
         grid, choice = current_grid(config, records)
@@ -102,6 +102,9 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
                 f"to run (expected {_hours(left)})" + (f"; {len(waiting)} of them once the default recipe is chosen "
                                                        f"on the first seed" if waiting else ""))
             announced = True
+        if choice.recipe not in (None, chosen):  # made, at the start or by the validation experiment that just ran
+            log(f"grid: {choice.describe()}" + (" The later seeds train it too." if config.later_seeds == "chosen" else ""))
+        chosen = choice.recipe
         if not todo:
             break
         exp, step = todo[0], f"[{len(ran) + len(failed) + 1}/{len(ran) + len(failed) + len(todo) + len(waiting)}]"
@@ -132,10 +135,6 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
             "wall_s": round(clock.seconds, 1), "attempts": clock.attempts, "machine": machine(),
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         ran.append(exp)
-        if choice.recipe is None and exp.kind == "validation":
-            made = current_grid(config, load_records(results))[1]
-            if made.recipe is not None:
-                log(f"grid: {made.describe()}" + (" The later seeds train it too." if config.later_seeds == "chosen" else ""))
     if failed:
         raise GridFailures(failed, ran)
     return ran

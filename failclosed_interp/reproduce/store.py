@@ -19,11 +19,12 @@ from pathlib import Path
 from failclosed_interp.align import STATE_FILE, SUMMARY_FILE
 from failclosed_interp.artifacts import atomic_folder, read_json
 from failclosed_interp.score_log import PROGRESS_FILE
+from failclosed_interp.training.sft import TRAINING_FILE
 
 MODELS_FOLDER = "models"  # in the results folder
 CLOCK_FILE = "clock.json"  # in an experiment's run folder: the seconds spent on it over all its attempts (`KeptClock`)
 _RECORDS = ("config.json", STATE_FILE, "examples.json", SUMMARY_FILE, CLOCK_FILE)  # small files at a run folder's top
-_ROUND_RECORDS = ("metrics.json", "training.json")  # small files of every round
+_ROUND_RECORDS = ("metrics.json", TRAINING_FILE)  # small files of every round
 
 
 def kept_files(run: Path) -> list[Path]:
