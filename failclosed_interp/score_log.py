@@ -55,9 +55,16 @@ def index_logs(root: str | Path, folder: str | Path) -> int:
     for path in sorted(Path(root).rglob(PROGRESS_FILE)):
         data = _read_log(path)
         if data is not None and not (target := Path(folder) / f"{data['context']}.json").exists():
-            atomic_write(target, lambda tmp, text=json.dumps(data): Path(tmp).write_text(text))
+            atomic_write(target, lambda tmp, text=_log_text(data["context"], data["values"]): Path(tmp).write_text(text))
             filed += 1
     return filed
+
+
+def _log_text(context: str, values: dict[str, object]) -> str:
+    """A log file's JSON with one value a line: a log that grows by a value changes by a line, so a log kept
+    under version control (a grid's kept runs) grows its history by what was added, not by the whole file."""
+    lines = ",\n".join(f"{json.dumps(key)}: {json.dumps(value)}" for key, value in values.items())
+    return f'{{"context": {json.dumps(context)}, "values": {{\n{lines}\n}}}}\n'
 
 
 def _read_log(path: Path | None) -> dict | None:
@@ -148,7 +155,7 @@ class ScoreLog:
         return len(self._values)
 
     def _write(self) -> None:
-        text = json.dumps({"context": self.context, "values": self._values})
+        text = _log_text(self.context, self._values)
         for path in (self.path, self.shared):
             if path is not None:
                 atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -96,3 +96,17 @@ def test_index_logs_files_earlier_runs_logs_by_their_context_so_a_later_search_f
     assert index_logs(tmp_path / "runs", shared) == 1 and index_logs(tmp_path / "runs", shared) == 0  # filed once
     with shared_logs(shared):
         assert ScoreLog(tmp_path / "runs" / "run_c" / "search_progress.json", "round-0 search").value("x", lambda: 0.0) == 1.5
+
+
+def test_a_log_that_grows_by_a_value_changes_by_one_line_so_its_kept_history_stays_small(tmp_path):
+    path = tmp_path / "search_progress.json"
+    log = ScoreLog(path, "context A")
+    for step in range(3):
+        log.value(f"step {step}", lambda s=step: [float(s)] * 50)
+    before = path.read_text().splitlines()
+    log.value("step 3", lambda: [3.0] * 50)
+    after = path.read_text().splitlines()
+    changed = [line for line in after if line not in before]
+    assert len(after) == len(before) + 1
+    assert len(changed) == 2 and changed[1].startswith('"step 3": ')  # the new value, and a comma on the line before
+    assert ScoreLog(path, "context A").resumed == 4
