@@ -216,9 +216,10 @@ def adopt_round0(source: Path, out: Path, config: AlignConfig) -> bool:
     """Begin the new run in `out` with the round-0 model of the run in `source`: its adapter, training record
     and training examples are copied. Round 0 is plain refusal SFT whatever the method, so runs with the same
     `sft` settings train the same round-0 model; `out`'s round 0 then runs only its own direction search and
-    checks. False (nothing copied) while `source` has not finished its round 0; an error when its `sft`
+    checks. False (nothing copied) while `source` has not finished its round 0, or no longer holds its round-0
+    adapter (a run restored from a grid's kept copy keeps its last round only); an error when its `sft`
     settings differ."""
-    if not (source / STATE_FILE).exists():
+    if not (source / STATE_FILE).exists() or not (_round_dir(source, 0) / "adapter").is_dir():
         return False
     theirs = AlignConfig.from_dict(read_json(source / STATE_FILE)["config"]).sft
     if theirs != config.sft:

@@ -13,6 +13,7 @@ from failclosed_interp.align import AlignConfig, align, training_ablation
 from failclosed_interp.directions import Direction, DirectionSet
 from failclosed_interp.interventions import orthonormal_basis
 from failclosed_interp.prompts import builtin
+from failclosed_interp.reproduce.store import keep_run, restore_runs
 from failclosed_interp.search import DirectionJobConfig
 from failclosed_interp.rdo import RDOConfig
 from failclosed_interp.training import SFTConfig, TrainConfig
@@ -126,6 +127,20 @@ def test_a_run_started_from_another_runs_round_0_equals_a_run_that_trained_it(tm
     align(tiny_config("sft", rounds=1), tmp_path / "own", progress=False, round0_from=tmp_path / "unfinished",
           on_step=lambda s, _: steps.append(s))
     assert steps == [0, 1, 0, 1]
+
+
+def test_a_source_restored_from_a_kept_copy_without_its_round_0_adapter_leaves_the_run_to_train_its_own(tmp_path):
+    config = tiny_config("sft", rounds=1)
+    align(config, tmp_path / "runs" / "source", progress=False)
+    keep_run(tmp_path / "runs" / "source", tmp_path / "results")  # keeps the last round's adapter only
+    restore_runs(tmp_path / "results", tmp_path / "new_machine")
+    restored = tmp_path / "new_machine" / "source"
+    assert (restored / "state.json").exists() and not (restored / "round_0" / "adapter").exists()
+    steps = []
+    summary = align(config, tmp_path / "own", progress=False, round0_from=restored,
+                    on_step=lambda s, _: steps.append(s))
+    assert steps == [0, 1, 0, 1] and summary["rounds_completed"] == 1  # round 0 trained here, then round 1
+    assert "round0_from" not in json.loads((tmp_path / "own/round_0/metrics.json").read_text())
 
 
 def test_a_round_0_trained_with_other_sft_settings_is_refused(tmp_path):
