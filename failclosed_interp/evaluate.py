@@ -158,12 +158,25 @@ def _digest(data) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def adapter_digest(adapter: str | Path | None) -> str | None:
+    """A digest of the bytes of every file in an adapter folder (None without an adapter): an adapter trained
+    again in the same folder is another model."""
+    if adapter is None:
+        return None
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(adapter).rglob("*") if p.is_file()):
+        h.update(f"{path.relative_to(adapter)}:{path.stat().st_size}:".encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 class _Cache:
-    """OUT/cache/<label>/<unit>-<settings digest>/<prompt digest>.json, one file per finished prompt."""
+    """OUT/cache/<label>/<unit>-<settings digest>/<prompt digest>.json, one file per finished prompt. The
+    label's folder is tied to the model: its name, the adapter's path and the adapter's bytes."""
 
     def __init__(self, out: Path, spec: ModelSpec):
         self.root = out / "cache" / spec.label
-        identity = {"model": spec.model, "adapter": spec.adapter}
+        identity = {"model": spec.model, "adapter": spec.adapter, "adapter_digest": adapter_digest(spec.adapter)}
         recorded = self.root / "model.json"
         if recorded.is_file() and read_json(recorded) != identity:
             raise ValueError(

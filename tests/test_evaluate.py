@@ -113,6 +113,20 @@ def test_a_changed_budget_is_not_served_from_the_cache(tmp_path):
     assert len(list((tmp_path / "cache" / "base").glob("human-*"))) == 2
 
 
+def test_an_adapter_trained_again_in_the_same_folder_is_not_served_from_the_cache(tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"first training")
+    spec = ModelSpec("sft", "tiny-llama", str(adapter))  # the loader below ignores the adapter: the cache sees it
+    run = lambda: evaluate([spec], tmp_path / "eval", CONFIG, attacks=[HumanTemplates(TEMPLATES)], judge=JUDGE,
+                           load=CountingLoader(), progress=False)
+    run()
+    run()  # the same bytes: served from the cache
+    (adapter / "adapter_model.safetensors").write_bytes(b"trained again")
+    with pytest.raises(ValueError, match="holds results of"):
+        run()
+
+
 def test_bad_input_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="judge at least 64 new tokens"):
         EvalConfig(max_new_tokens=32)
