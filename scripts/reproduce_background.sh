@@ -12,6 +12,9 @@
 # KEEP_STARTED_FROM (any `date -d` time, e.g. "20:30": shortly before the session ends), so that history
 # does not grow by every round; from then on it is also refreshed every 3 minutes with the scores of the
 # searches in progress (`failclosed reproduce --keep-started`), so a new machine resumes them too.
+# A submission of commits has a size limit, so the loop counts what its commits since START add (text diffs and
+# binary files, e.g. adapters); past DIFF_BUDGET_MB (default 150) it commits the results files and the page
+# only, and says so in RUNS/commit.log. Search logs are written one value a line, so a refresh adds lines.
 # Set DATA_DIR to the public sets' folder (default ../shared/data if present).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,7 +23,18 @@ GRID_CHECKOUT=${GRID_CHECKOUT:-$REPO/../grid-checkout}
 RUNS=${RUNS:-$REPO/../grid-runs}
 DATA_DIR=${DATA_DIR:-$( [ -d "$REPO/../shared/data" ] && echo "$REPO/../shared/data" || echo "")}
 KEEP_STARTED_FROM=${KEEP_STARTED_FROM:-}
+DIFF_BUDGET_MB=${DIFF_BUDGET_MB:-150}
 mkdir -p "$RUNS"
+
+# Bytes the commits since this session's START add to a submission: their text diffs plus their binary files.
+added_bytes() {
+  local base text binary
+  base=$(cat "$RUNS/session_base")
+  text=$(git log -p --no-color --format= "$base"..HEAD | wc -c)
+  binary=$(git log --raw --no-abbrev --format= "$base"..HEAD | awk '$NF ~ /\.safetensors$/ && $4 !~ /^0+$/ {print $4}' \
+             | xargs -r -n1 git cat-file -s | awk '{s += $1} END {print s + 0}')
+  echo $((text + binary))
+}
 
 grid_loop() {
   while true; do
@@ -48,12 +62,17 @@ commit_loop() {
       "$PY" -m failclosed_interp.cli reproduce --keep-started --runs "$RUNS" --results results >/dev/null || true
     fi
     keep=()
-    for kept in results/grid/models/*/; do
-      [ -d "$kept" ] || continue
-      if [ -f "$kept/summary.json" ] || [ -n "$late" ]; then
-        keep+=("$kept")
-      fi
-    done
+    used=$(added_bytes)
+    if [ "$used" -gt $((DIFF_BUDGET_MB * 1024 * 1024)) ]; then
+      echo "$(date -u +%FT%TZ) commits since START add $((used / 1048576)) MB (budget ${DIFF_BUDGET_MB} MB): kept models are no longer committed"
+    else
+      for kept in results/grid/models/*/; do
+        [ -d "$kept" ] || continue
+        if [ -f "$kept/summary.json" ] || [ -n "$late" ]; then
+          keep+=("$kept")
+        fi
+      done
+    fi
     git add -- results/grid/*.json docs/results.md docs/figures "${keep[@]}" 2>/dev/null || true
     if ! git diff --cached --quiet -- "${paths[@]}"; then
       n=$(git diff --cached --name-only -- results/grid/*.json | wc -l)
@@ -65,9 +84,11 @@ commit_loop() {
 case "${1:-}" in
   START)
     [ -d "$GRID_CHECKOUT/.git" ] || git clone -q "$REPO" "$GRID_CHECKOUT"
+    git -C "$REPO" rev-parse HEAD >"$RUNS/session_base"
     (grid_loop &) ; (commit_loop >>"$RUNS/commit.log" 2>&1 &)
     echo "grid running from $GRID_CHECKOUT; log: $RUNS/grid.log" ;;
   COMMITS)  # the commit loop alone (e.g. restarted after editing this script, the grid left running)
+    [ -f "$RUNS/session_base" ] || git -C "$REPO" rev-parse HEAD >"$RUNS/session_base"
     (commit_loop >>"$RUNS/commit.log" 2>&1 &) ;;
   STOP)
     pkill -f "reproduce_background.sh (START|COMMITS)" || true; pkill -f "failclosed_interp.cli reproduce --runs" || true ;;
