@@ -117,7 +117,7 @@ def device_flags(p: argparse.ArgumentParser) -> None:
     """--device and --dtype."""
     p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: where the model loads)")
     p.add_argument("--dtype", default=None, choices=sorted(DTYPES),
-                   help="weights and activations of every model the command loads (default float32; bfloat16 on GPUs)")
+                   help="weights and activations of every model the command loads (default float32 on every device; bfloat16 is the usual choice on GPUs)")
 
 
 def search_flags(p: argparse.ArgumentParser, at: str) -> None:
