@@ -86,7 +86,9 @@ case "${1:-}" in
     [ -d "$GRID_CHECKOUT/.git" ] || git clone -q "$REPO" "$GRID_CHECKOUT"
     git -C "$REPO" rev-parse HEAD >"$RUNS/session_base"
     (grid_loop &) ; (commit_loop >>"$RUNS/commit.log" 2>&1 &)
-    echo "grid running from $GRID_CHECKOUT; log: $RUNS/grid.log" ;;
+    echo "grid running from $GRID_CHECKOUT; log: $RUNS/grid.log"
+    [ -n "$KEEP_STARTED_FROM" ] || echo "note: KEEP_STARTED_FROM is not set, so the runs in progress are never kept and a new" \
+      "machine starts them again from their beginning; restart with it set to about 30 minutes before the session ends" ;;
   COMMITS)  # the commit loop alone (e.g. restarted after editing this script, the grid left running)
     [ -f "$RUNS/session_base" ] || git -C "$REPO" rev-parse HEAD >"$RUNS/session_base"
     (commit_loop >>"$RUNS/commit.log" 2>&1 &) ;;
