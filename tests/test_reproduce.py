@@ -150,7 +150,7 @@ def test_quick_grid_runs_resumes_and_renders(tmp_path):
     assert "The choice is made on the first training seed" in page and "validation chose `project`." in page
     claims = page.split("## The paper's claims, checked")[1].split("\n## ")[0]
     assert claims.index("### this project's recipe (chosen on validation prompts)") < claims.index("### sft (standard alignment)")
-    assert "| target | seed 0 | seed 1 | verdict |" in claims
+    assert "| target | seed 0 | seed 1 | mean | verdict |" in claims
 
 
 def test_status_says_what_is_finished_started_and_left_without_running_anything(tmp_path, capsys):

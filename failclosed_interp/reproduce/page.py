@@ -132,6 +132,7 @@ def _targets_section(folder: Path, results: dict[str, dict]) -> list[str]:
     recipes = sorted(dict.fromkeys(e.recipe for e in trained), key=order.get)
     lines = ["Each recipe's models against the paper's claims, on TEST prompts (the figures with their intervals are in "
              "the sections below); a claim relative to `sft` compares with the sft model of the same training seed. "
+             "Mean: over the seeds measured so far. "
              "Verdict: met on every seed, missed on any, or met so far while seeds are unfinished.", ""]
     for recipe in recipes:
         seeds = tuple(e.seed for e in trained if e.recipe == recipe)

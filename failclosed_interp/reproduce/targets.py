@@ -128,6 +128,15 @@ class TargetRow:
     digits: int
 
     @property
+    def mean(self) -> tuple[float | None, int]:
+        """(the mean over the measured seeds, how many were measured): None when none was; NaN when a seed has
+        nothing to measure (e.g. it found no direction)."""
+        measured = [v for v in self.values if v is not None]
+        if not measured:
+            return None, 0
+        return (math.nan if any(math.isnan(v) for v in measured) else sum(measured) / len(measured)), len(measured)
+
+    @property
     def verdict(self) -> str:
         """"met" on every measured seed, "missed" when any measured seed misses it, "-" when none is measured."""
         judged = [m for m in self.met if m is not None]
@@ -158,13 +167,24 @@ def check_targets(results: dict[str, dict], recipe: str, seeds: tuple[int, ...],
 
 def targets_table(results: dict[str, dict], recipe: str, seeds: tuple[int, ...]) -> list[str]:
     """`check_targets` as a markdown table (`BASELINE_TARGETS` for the baseline, else `TARGETS`): a column per
-    seed (the value, marked when missed), then the verdict."""
+    seed (the value, marked when missed), the mean over the measured seeds, then the verdict (per seed)."""
     rows = check_targets(results, recipe, seeds, BASELINE_TARGETS if recipe == BASELINE else TARGETS)
-    lines = ["| target | " + " | ".join(f"seed {s}" for s in seeds) + " | verdict |", "|---|" + "---|" * (len(seeds) + 1)]
+    lines = ["| target | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | verdict |",
+             "|---|" + "---|" * (len(seeds) + 2)]
     for row in rows:
         cells = [_cell(value, met, row.digits) for value, met in zip(row.values, row.met)]
-        lines.append(f"| {row.text} | " + " | ".join(cells) + f" | {row.verdict} |")
+        lines.append(f"| {row.text} | " + " | ".join(cells) + f" | {_mean_cell(row, len(seeds))} | {row.verdict} |")
     return lines
+
+
+def _mean_cell(row: TargetRow, n_seeds: int) -> str:
+    mean, measured = row.mean
+    if mean is None:
+        return "-"
+    if math.isnan(mean):
+        return "none found on a seed"
+    text = f"{mean:.{row.digits}f}"
+    return text if measured == n_seeds else f"{text} ({measured} of {n_seeds} seeds)"
 
 
 def _cell(value: float | None, met: bool | None, digits: int) -> str:
