@@ -1,6 +1,7 @@
 """`docs/results.md` generated from the results files: every figure on the page comes from `results/`, so
 the page can be checked against them (a test regenerates it) and never drifts from the runs. This module
-writes the grid's sections and assembles the page; `demo_sections` and `measurement_sections` write the rest."""
+writes the grid's sections and assembles the page; `demo_sections`, `measurement_sections` and
+`attacker_geometry` write the rest."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from failclosed_interp.align import DEFAULT_RECIPE
 from failclosed_interp.artifacts import atomic_write
 from failclosed_interp.plots import grouped_rate_bars, save_figure
+from failclosed_interp.reproduce.attacker_geometry import attacker_geometry_section
 from failclosed_interp.reproduce.demo_sections import (
     demo_attacks_section, demo_recipe_section, demo_runs, demo_section, demo_seeds_section,
 )
@@ -236,6 +238,8 @@ def render_results(root: str | Path) -> str:
         "## Independence audit", "", *_audit_section(results), "",
         "## Jailbreak attack success (compliance judged)", "", *attack_table(of_kind(results, "attacks")), "",
         "## Adaptive ablation attacker", "", *attacker_section(root), "",
+        "## The attacker's direction against the directions trained against", "",
+        *attacker_geometry_section(folder, results), "",
         "## Mechanistic figures", "", *_figures_section(mechanistic_figures(results, missing)), "",
         "## GCG: nanogcg and our own search at the same budget", "", *gcg_section(root), "",
         "## Logit refusal measure against judged answers", "", *logit_measure_section(root), "",

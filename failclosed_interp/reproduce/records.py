@@ -84,12 +84,18 @@ def finished_records(grid: list[Experiment], records: dict[str, dict]) -> dict[s
     return finished
 
 
+def recorded_folder_name(record: dict) -> str:
+    """The name of the run folder a finished experiment's results file names (older files: name-fingerprint)."""
+    experiment = record["experiment"]
+    return experiment.get("run_folder", f"{experiment['name']}-{experiment['fingerprint']}")
+
+
 def run_folder(exp: Experiment, runs: Path, record: dict | None = None) -> Path:
     """Where an experiment keeps its heavy artifacts (adapters, caches): the folder its results file names when
     it has finished; for a training run, a started run's folder whose settings read as `exp`'s (it resumes
     there); else a new one named by the fingerprint."""
     if record is not None:
-        return runs / record["experiment"].get("run_folder", f"{exp.name}-{record['experiment']['fingerprint']}")
+        return runs / recorded_folder_name(record)
     new = runs / f"{exp.name}-{exp.fingerprint}"
     if exp.kind != "align" or new.exists():
         return new
