@@ -59,8 +59,8 @@ def test_the_attackers_choice_is_compared_with_the_trained_against_directions_an
     assert unlimited.refusal["value"] == pytest.approx(0.2)
 
     table = "\n".join(attacker_geometry_section(grid, results))
-    assert "| method-s0 | 0.3 | layer 17, position -1, DIM | 0.10 [0.00, 0.20] | 23, 23 | 0.71 | 1.00 |" in table
-    assert "| sft-s0 | unlimited | layer 26, position -1, DIM | 0.20 [0.10, 0.30] | none | - | - |" in table
+    assert "| method-s0 | 0.3 | dim, 17, -1 | 0.10 [0.00, 0.20] | 23, 23 | 0.71 | 1.00 |" in table
+    assert "| sft-s0 | inf | dim, 26, -1 | 0.20 [0.10, 0.30] | none | - | - |" in table
 
 
 def test_runs_without_a_kept_search_are_left_out(tmp_path):

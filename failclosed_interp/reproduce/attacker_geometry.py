@@ -13,7 +13,6 @@ same intervention, so cosines are taken in absolute value. Pure reads of results
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,17 +90,11 @@ def attacker_directions(folder: str | Path, results: dict[str, dict]) -> list[At
 
 
 def _where(direction: Direction | None) -> str:
-    if direction is None:
-        return "none within the budget"
-    return f"layer {direction.layer}, position {direction.position}, {direction.method.upper()}"
+    return "none fits" if direction is None else f"{direction.method}, {direction.layer}, {direction.position}"
 
 
-def _cos(value: float | None, none: str) -> str:
-    return none if value is None else f"{value:.2f}"
-
-
-def _budget(value: float) -> str:
-    return "unlimited" if math.isinf(value) else f"{value:g}"
+def _cos(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def attacker_geometry_section(folder: str | Path, results: dict[str, dict]) -> list[str]:
@@ -115,13 +108,13 @@ def attacker_geometry_section(folder: str | Path, results: dict[str, dict]) -> l
              "attacker's choice on the sft model of the same training seed at the same budget. A low first cosine "
              "and a high second one say that the attacker broke the model through the sft model's own pathway, one "
              "the loop never trained against.", "",
-             "| model | KL budget | attacker's direction | harmful refusal with it ablated | trained against (layers) | "
-             "largest \\|cos\\| with those | \\|cos\\| with sft's choice |", "|---|---|---|---|---|---|---|"]
+             "| model | KL budget | attacker's direction (method, layer, position) | harmful refusal with it ablated | "
+             "trained against (layers) | largest \\|cos\\| with those | \\|cos\\| with sft's choice |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         trained = ", ".join(str(layer) for layer in row.trained_against) or "none"
-        lines.append(f"| {row.name.removeprefix('align-')} | {_budget(row.kl_budget)} | {_where(row.direction)} | "
-                     f"{rate_cell(row.refusal)} | {trained} | {_cos(row.max_cos_trained, '-')} | "
-                     f"{_cos(row.cos_sft, '-')} |")
+        lines.append(f"| {row.name.removeprefix('align-')} | {row.kl_budget:g} | {_where(row.direction)} | "
+                     f"{rate_cell(row.refusal)} | {trained} | {_cos(row.max_cos_trained)} | {_cos(row.cos_sft)} |")
     return lines
 
 
