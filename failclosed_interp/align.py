@@ -212,6 +212,12 @@ def _start(out: Path, config: AlignConfig) -> int:
     return done
 
 
+def has_round0_model(run: Path) -> bool:
+    """Whether the run folder `run` has finished its round 0 and still holds that round's adapter (a run restored
+    from a grid's kept copy keeps its last round only)."""
+    return (run / STATE_FILE).exists() and (_round_dir(run, 0) / "adapter").is_dir()
+
+
 def adopt_round0(source: Path, out: Path, config: AlignConfig) -> bool:
     """Begin the new run in `out` with the round-0 model of the run in `source`: its adapter, training record
     and training examples are copied. Round 0 is plain refusal SFT whatever the method, so runs with the same
@@ -219,7 +225,7 @@ def adopt_round0(source: Path, out: Path, config: AlignConfig) -> bool:
     checks. False (nothing copied) while `source` has not finished its round 0, or no longer holds its round-0
     adapter (a run restored from a grid's kept copy keeps its last round only); an error when its `sft`
     settings differ."""
-    if not (source / STATE_FILE).exists() or not (_round_dir(source, 0) / "adapter").is_dir():
+    if not has_round0_model(source):
         return False
     theirs = AlignConfig.from_dict(read_json(source / STATE_FILE)["config"]).sft
     if theirs != config.sft:

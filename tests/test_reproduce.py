@@ -17,6 +17,7 @@ from failclosed_interp.reproduce import GridConfig, build_grid, grid_status, ren
 from failclosed_interp.reproduce.grid import pending
 from failclosed_interp.reproduce.selection import MEASURES
 from failclosed_interp.reproduce.records import ResultsMismatch, run_folder
+from failclosed_interp.reproduce.runner import round0_source
 from tests._public_data import write_public_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -488,3 +489,22 @@ def test_the_demo_recipe_check_applies_the_rounds_rule_per_seed_and_never_compar
     (tmp_path / "results" / "demo_recipe_check.json").write_text(json.dumps(
         {"split": "validation", "machine": {"cpus": 2}, "settings": settings}))
     assert "3+2:rounds=2 after round 1: the new direction does not mediate refusal." in render_results(tmp_path / "results")
+
+
+def test_a_later_recipe_starts_from_the_first_earlier_run_that_still_holds_its_round_0_model(tmp_path):
+    grid = build_grid(GridConfig(quick=True))
+    by_name = {e.name: e for e in grid}
+    runs = tmp_path / "runs"
+    finished = {}
+    for name, holds_round0 in (("align-sft-s0", False), ("align-method-s0", True)):  # sft-s0: restored, last round only
+        folder = runs / f"{name}-kept"
+        (folder / "round_0").mkdir(parents=True)
+        (folder / "state.json").write_text("{}")
+        if holds_round0:
+            (folder / "round_0" / "adapter").mkdir()
+        finished[name] = {"experiment": {"name": name, "fingerprint": "kept", "run_folder": folder.name}}
+    paper = by_name["align-paper-s0"]
+    source = round0_source(paper, AlignConfig.from_dict(paper.config), grid, finished, runs)
+    assert source == runs / "align-method-s0-kept"
+    shutil.rmtree(source / "round_0" / "adapter")
+    assert round0_source(paper, AlignConfig.from_dict(paper.config), grid, finished, runs) is None

@@ -14,7 +14,7 @@ import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 
-from failclosed_interp.align import STATE_FILE, AlignConfig, align
+from failclosed_interp.align import STATE_FILE, AlignConfig, align, has_round0_model
 from failclosed_interp.attacks.adaptive import SEARCH_FILE, AdaptiveAttackConfig, load_search
 from failclosed_interp.artifacts import atomic_write, read_json, write_json
 from failclosed_interp.audit import AuditConfig, audit_job
@@ -295,12 +295,13 @@ def align_search(trained: Experiment, final: Path, attacker: AdaptiveAttackConfi
 def round0_source(exp: Experiment, config: AlignConfig, grid: list[Experiment], finished: dict[str, dict],
                   runs: Path) -> Path | None:
     """The run folder of an earlier align experiment of the grid whose round 0 (plain SFT) has finished with
-    the same sft settings: every recipe of one training seed then starts from the same SFT model."""
+    the same sft settings and whose round-0 model is still there (`has_round0_model`): every recipe of one
+    training seed then starts from the same SFT model."""
     for other in grid:
         if other.name == exp.name:
             return None
         folder = run_folder(other, runs, finished.get(other.name))
-        if (other.kind == "align" and (folder / STATE_FILE).exists()
+        if (other.kind == "align" and has_round0_model(folder)
                 and AlignConfig.from_dict(other.config).sft == config.sft):
             return folder
     return None
