@@ -41,7 +41,8 @@ from failclosed_interp.adapters import save_adapter
 from failclosed_interp.attacks.adaptive import AdaptiveAttackConfig, adaptive_attack, save_search
 from failclosed_interp.attacks.base import MIN_JUDGED_TOKENS
 from failclosed_interp.artifacts import atomic_folder, read_json, write_json
-from failclosed_interp.configs import JsonConfig
+from failclosed_interp.broad_search import BROAD_SEARCH, broad_direction
+from failclosed_interp.configs import ADDED_LATER, JsonConfig
 from failclosed_interp.dim import DirectionConfig, FallbackRules, NoDirectionPassed
 from failclosed_interp.directions import Direction, DirectionSet, load_directions, save_directions
 from failclosed_interp.distributed import is_main_process
@@ -68,7 +69,7 @@ from failclosed_interp.perplexity import perplexity
 
 METHODS = ("failclosed", "sft", "refat")
 MODES = ("cumulative", "last-only", "random-subsets")
-SEARCHES = ("ablated", "plain")
+SEARCHES = ("ablated", "plain", "broad")
 ROUND_CHECKS = ("generate", "logit")
 RoundCallback = Callable[[int, dict], None]
 STATE_FILE = "state.json"
@@ -87,7 +88,10 @@ class AlignConfig(JsonConfig):
 
     `search` (failclosed only): find each new direction with the trained-against ones ablated
     ("ablated": the next mechanism the model falls back on) or on the plain model, as the adaptive
-    attacker does ("plain": the single direction whose ablation now hurts refusal most).
+    attacker does ("plain": the single direction whose ablation now hurts refusal most), or, this project's
+    own, by the attacker's procedure with the defender's prompts ("broad": every layer x post-instruction
+    position within a KL budget, verified by generation; `broad_search`), with `defender_search`'s settings
+    (None: `broad_search.BROAD_SEARCH`). RDO does not refine a broad search's direction.
 
     `skip_template_prefix`: False ablates every position, the chat template's constant prefix included,
     in training, searches and evaluation (the method); True leaves the prefix alone.
@@ -120,6 +124,7 @@ class AlignConfig(JsonConfig):
     initial_fallback: FallbackRules | None = field(default_factory=lambda: FallbackRules(kl_threshold=0.3, induce_threshold=None))
     round_checks: str = "generate"
     retrain_epochs: int | None = None
+    defender_search: AdaptiveAttackConfig | None = field(default=None, metadata=ADDED_LATER)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -130,6 +135,9 @@ class AlignConfig(JsonConfig):
             raise ValueError(f"search must be one of {SEARCHES}, got {self.search!r}")
         if self.round_checks not in ROUND_CHECKS:
             raise ValueError(f"round_checks must be one of {ROUND_CHECKS}, got {self.round_checks!r}")
+        if self.search == "broad" and self.method == "failclosed" and self.rdo is not None:
+            raise ValueError("search 'broad' chooses among DIM candidates itself and RDO does not refine its choice: "
+                             "set rdo=None (--rdo-steps 0) or choose another search")
         if self.retrain_epochs is not None and self.retrain_epochs < 1:
             raise ValueError(f"retrain_epochs must be >= 1 (or None: as many as round 0), got {self.retrain_epochs}")
         if self.rounds < 1:
@@ -165,6 +173,10 @@ RECIPES: dict[str, dict] = {
     "project": {"search": "plain", "mode": "random-subsets", "rounds": 3, "rdo": None,
                 "directions": DirectionJobConfig(search=DirectionConfig(
                     positions=(-1,), fallback=FallbackRules(kl_threshold=0.3)))},
+    # This project's, too (`broad_search`): every round trains against the direction the attacker's procedure finds
+    # with the defender's prompts (every layer x post-instruction position, KL <= 0.3 on harmless prompts,
+    # verified by generation), all of them ablated together, DIM directions, 3 rounds.
+    "broad": {"search": "broad", "mode": "cumulative", "rounds": 3, "rdo": None, "defender_search": BROAD_SEARCH},
 }
 # `--recipe default` names one of the recipes above: the one `failclosed reproduce` chooses on validation
 # prompts (`reproduce.selection`); the results page says whether this name and that choice agree.
@@ -303,7 +315,12 @@ def _next_direction(model: ChatModel, config: AlignConfig, found: DirectionSet, 
     base = training_ablation(config, found) if config.method == "failclosed" and config.search == "ablated" else []
     folder, notes = _round_dir(out, k), {}
     try:
-        if config.rdo is None:
+        if config.search == "broad" and config.method == "failclosed":
+            direction, tokens, found_note = broad_direction(
+                model, config.defender_search or BROAD_SEARCH, config.directions, found, config.min_new_component,
+                folder / "broad_search", progress=progress)
+            notes.update(found_note)
+        elif config.rdo is None:
             selection = direction_job(model, folder / "search", _search_config(config, k), interventions=base,
                                       progress=progress, png=False)
             direction, tokens = selection.direction, selection.refusal_tokens

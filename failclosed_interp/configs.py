@@ -1,5 +1,9 @@
 """JSON round-trips for the frozen per-stage config dataclasses (nested configs, tuples as lists, infinite
-floats as "inf" / "-inf", which JSON cannot hold, read back as floats where the field holds floats)."""
+floats as "inf" / "-inf", which JSON cannot hold, read back as floats where the field holds floats).
+
+A field added after results were recorded can be marked `field(..., metadata=ADDED_LATER)`: left at its
+default it is left out of the dict, so a config that does not use it keeps the JSON (and so the identity of
+its recorded results) it had before the field existed; reading a dict without it gives the default."""
 
 from __future__ import annotations
 
@@ -8,12 +12,24 @@ import math
 import typing
 
 
+ADDED_LATER = {"omit_default": True}  # field metadata: see the module docstring
+
+
+def _at_omitted_default(config, f: dataclasses.Field) -> bool:
+    if not f.metadata.get("omit_default"):
+        return False
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return getattr(config, f.name) == default
+
+
 def config_to_dict(config) -> dict:
-    """A JSON-ready dict: nested dataclasses become dicts, tuples become lists, infinities strings."""
+    """A JSON-ready dict: nested dataclasses become dicts, tuples become lists, infinities strings (fields
+    marked ADDED_LATER left out while at their default)."""
 
     def plain(value):
         if dataclasses.is_dataclass(value):
-            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                    if not _at_omitted_default(value, f)}
         if isinstance(value, (tuple, list)):
             return [plain(v) for v in value]
         if isinstance(value, float) and math.isinf(value):

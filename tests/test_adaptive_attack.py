@@ -132,7 +132,7 @@ def test_the_attacker_reads_only_the_attack_split_by_default():
         AdaptiveAttackConfig(n_fit=39).prompts("harmful")
 
 
-DEFENDER_PATHS = ("training", "align.py", "jobs.py", "search.py", "dim.py", "rdo.py", "audit", "splits.py")
+DEFENDER_PATHS = ("training", "align.py", "broad_search.py", "jobs.py", "search.py", "dim.py", "rdo.py", "audit", "splits.py")
 
 
 def test_no_defender_module_names_the_attack_split():
@@ -159,7 +159,8 @@ class RecordingBuiltin:
         return self.real(kind, split)
 
 
-def test_defender_jobs_never_request_the_attack_split(tmp_path, monkeypatch):
+@pytest.mark.parametrize("search", ["ablated", "broad"])
+def test_defender_jobs_never_request_the_attack_split(tmp_path, monkeypatch, search):
     from failclosed_interp.align import AlignConfig, align
     from failclosed_interp.audit import PromptSplits
     from failclosed_interp.search import DirectionJobConfig
@@ -175,7 +176,8 @@ def test_defender_jobs_never_request_the_attack_split(tmp_path, monkeypatch):
                     train=TrainConfig(epochs=1, batch_size=4, max_length=200))
     attacker = AdaptiveAttackConfig(n_fit=2, positions=(-1,), rdo_steps=0, n_verify=0, refusal_probe_tokens=2)
     align(AlignConfig(method="failclosed", rounds=1, sft=sft, directions=DirectionJobConfig(n_train=2, n_val=2),
-                      n_eval=2, eval_tokens=2, attacker=attacker), tmp_path, progress=False)
+                      n_eval=2, eval_tokens=2, attacker=attacker, search=search,
+                      **({"rdo": None, "defender_search": attacker} if search == "broad" else {})), tmp_path, progress=False)
     PromptSplits.builtin(n_eval=2, n_harmless=2, n_train=2, n_val=2)
     defender = [s for s, attacker_asked in zip(recorder.splits, recorder.by_attacker) if not attacker_asked]
     assert {"train", "val", "test"} <= set(defender) and "attack" not in defender

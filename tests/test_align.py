@@ -253,6 +253,32 @@ def test_the_next_direction_is_searched_with_the_found_ones_ablated_or_on_the_pl
         torch.testing.assert_close(_span(ablation), _span(found.ablation()))
 
 
+def test_a_broad_search_round_trains_against_the_attacker_style_choice_on_the_plain_model(tmp_path, monkeypatch):
+    import failclosed_interp.align as align_module
+    from failclosed_interp.broad_search import BROAD_SEARCH
+    from failclosed_interp.models import load_model
+
+    model = load_model("tiny-llama")
+    found = _directions(2, model.d_model)
+    new = Direction(torch.randn(model.d_model, generator=torch.Generator().manual_seed(1)), layer=1, position=-2,
+                    method="dim")
+    calls = []
+
+    def fake_broad_direction(m, settings, directions, earlier, min_new_component, folder, progress=False):
+        calls.append((settings, earlier, min_new_component, folder))
+        return new, (0,), {"broad_search": {"kl_budget": 0.3, "layer": 1}}
+
+    monkeypatch.setattr(align_module, "broad_direction", fake_broad_direction)
+    monkeypatch.setattr(align_module, "direction_job", lambda *a, **k: pytest.fail("the DIM rules must not choose"))
+    config = dataclasses.replace(tiny_config("failclosed"), search="broad", rdo=None, min_ablation_drop=None,
+                                 min_addition_rise=None)
+    direction, stop, notes = align_module._next_direction(model, config, found, tmp_path, 1, progress=False)
+    assert direction is new and stop is None and notes["broad_search"]["layer"] == 1
+    ((settings, earlier, min_new, folder),) = calls
+    assert settings == BROAD_SEARCH and earlier is found and min_new == config.min_new_component
+    assert folder == tmp_path / "round_1" / "broad_search"
+
+
 def test_random_subsets_mode_ablates_a_reproducible_random_subset_each_step():
     from failclosed_interp.align import RandomSubsetAblation, safety_interventions
 

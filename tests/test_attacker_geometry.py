@@ -73,3 +73,11 @@ def test_runs_without_a_kept_search_are_left_out(tmp_path):
     assert attacker_directions(grid, {name: other}) == []
     rows = attacker_directions(grid, {name: record})  # no sft model for this seed: no comparison with it
     assert len(rows) == 1 and rows[0].cos_sft is None and rows[0].max_cos_trained == pytest.approx(0.0)
+
+
+def test_a_budget_the_sft_search_did_not_have_gets_no_comparison(tmp_path):
+    grid = tmp_path / "grid"
+    results = dict([kept_run(grid, "method", {0.3: direction(E[0], 17), 1.0: direction(E[1], 20)}),
+                    kept_run(grid, "sft", {0.3: direction(E[0], 17)})])
+    by_budget = {r.kl_budget: r for r in attacker_directions(grid, results) if r.name == "align-method-s0"}
+    assert by_budget[0.3].cos_sft == pytest.approx(1.0) and by_budget[1.0].cos_sft is None

@@ -33,24 +33,28 @@ def test_the_committed_results_page_is_generated_from_the_committed_results():
     assert page == render_results(REPO / "results"), "regenerate it: failclosed reproduce --page-only"
 
 
+RECIPES = ("sft", "method", "project", "paper", "broad", "refat")
+CANDIDATES = ("method", "paper", "project", "broad")
+
+
 def test_the_grid_trains_every_recipe_on_seed_0_and_sft_and_the_chosen_recipe_on_three_seeds():
     before = build_grid(GridConfig())  # the choice not made yet: the later seeds train the baseline
     assert sorted((e.recipe, e.seed) for e in before if e.kind == "align") == sorted(
-        [(r, 0) for r in ("sft", "method", "project", "paper", "refat")] + [("sft", 1), ("sft", 2)])
+        [(r, 0) for r in RECIPES] + [("sft", 1), ("sft", 2)])
     assert pending(GridConfig(), None) == [f"{kind}-chosen-s{s}" for s in (1, 2) for kind in ("align", "audit", "public")]
-    for chosen in ("method", "paper", "project"):
+    for chosen in CANDIDATES:
         grid = build_grid(GridConfig(), chosen)
         aligned = [(e.recipe, e.seed) for e in grid if e.kind == "align"]
-        assert sorted(aligned) == sorted([(r, 0) for r in ("sft", "method", "project", "paper", "refat")]
+        assert sorted(aligned) == sorted([(r, 0) for r in RECIPES]
                                          + [(r, s) for r in ("sft", chosen) for s in (1, 2)])
-        assert {(e.recipe, e.seed) for e in grid if e.kind == "validation"} == {(r, 0) for r in ("sft", "method", "project", "paper")}
+        assert {(e.recipe, e.seed) for e in grid if e.kind == "validation"} == {(r, 0) for r in ("sft", *CANDIDATES)}
         assert {e.model_of for e in grid if e.kind == "audit"} == {e.name for e in grid if e.kind == "align"}
-        assert {e.model_of for e in grid if e.kind == "attacks"} == {f"align-{r}-s0" for r in ("sft", "refat", "method", "paper", "project")}
+        assert {e.model_of for e in grid if e.kind == "attacks"} == {f"align-{r}-s0" for r in RECIPES}
         assert len({e.fingerprint for e in grid}) == len(grid) and pending(GridConfig(), chosen) == []
         assert {e.name: e.fingerprint for e in before} == {e.name: e.fingerprint for e in grid if e.name in {b.name for b in before}}
     every = build_grid(GridConfig(later_seeds="all"))  # every candidate seeded, validated on every seed
     assert sorted((e.recipe, e.seed) for e in every if e.kind == "align") == sorted(
-        [(r, s) for r in ("sft", "method", "project") for s in (0, 1, 2)] + [("refat", 0), ("paper", 0)])
+        [(r, s) for r in ("sft", "method", "project", "broad") for s in (0, 1, 2)] + [("refat", 0), ("paper", 0)])
     assert {e.model_of for e in every if e.kind == "validation"} == {e.name for e in every if e.kind == "align" and e.recipe != "refat"}
     with pytest.raises(ValueError, match="later_seeds must be one of"):
         GridConfig(later_seeds="some")

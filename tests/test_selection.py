@@ -4,6 +4,7 @@ and nothing is chosen while a seed is missing. The results page shows the figure
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def validation(recipe: str, seed: int, *, harmless: float, borderline: float, at
 
 
 SFT = [validation("sft", s, harmless=0.02, borderline=0.20, attacked=0.05) for s in (0, 1)]
+THREE = SelectionRule(candidates=("method", "paper", "project"))  # the rule's logic, on three candidates
 
 
 def test_the_constraints_filter_before_attacked_refusal_decides():
@@ -40,7 +42,7 @@ def test_the_constraints_filter_before_attacked_refusal_decides():
         validation("paper", 0, harmless=0.05, borderline=0.35, attacked=0.95),  # borderline 0.35 > 0.20 + 0.10
         validation("project", 0, harmless=0.10, borderline=0.30, attacked=0.60),  # both limits met exactly
     ]
-    choice = choose_recipe(results)
+    choice = choose_recipe(results, rule=THREE)
     assert (choice.recipe, choice.qualified, choice.constraints_met) == ("project", ("project",), True)
     assert "Validation chose `project`" in choice.describe()
 
@@ -50,7 +52,7 @@ def test_seed_means_decide_not_single_seeds():
                      validation("method", 1, harmless=0.16, borderline=0.2, attacked=0.90),  # mean harmless 0.08
                      validation("paper", 0, harmless=0.12, borderline=0.2, attacked=0.99),
                      validation("project", 0, harmless=0.00, borderline=0.2, attacked=0.50)]
-    choice = choose_recipe(results)
+    choice = choose_recipe(results, rule=THREE)
     assert choice.means["method"]["refusal_harmless"] == pytest.approx(0.08)
     assert (choice.recipe, choice.qualified) == ("method", ("method", "project"))
 
@@ -59,15 +61,15 @@ def test_attacked_refusal_within_the_tie_margin_goes_to_lower_harmless_refusal()
     results = SFT + [validation("method", 0, harmless=0.08, borderline=0.2, attacked=0.90),
                      validation("paper", 0, harmless=0.03, borderline=0.2, attacked=0.88),  # within 0.02: a tie
                      validation("project", 0, harmless=0.00, borderline=0.2, attacked=0.87)]  # 0.03 behind: no tie
-    assert choose_recipe(results).recipe == "paper"
-    assert choose_recipe(results, rule=SelectionRule(tie=0.0)).recipe == "method"
+    assert choose_recipe(results, rule=THREE).recipe == "paper"
+    assert choose_recipe(results, rule=dataclasses.replace(THREE, tie=0.0)).recipe == "method"
 
 
 def test_when_nothing_qualifies_attacked_refusal_alone_chooses_and_says_so():
     results = SFT + [validation("method", 0, harmless=0.30, borderline=0.2, attacked=0.70),
                      validation("paper", 0, harmless=0.40, borderline=0.2, attacked=0.95),
                      validation("project", 0, harmless=0.05, borderline=0.9, attacked=0.80)]
-    choice = choose_recipe(results)
+    choice = choose_recipe(results, rule=THREE)
     assert (choice.recipe, choice.qualified, choice.constraints_met) == ("paper", (), False)
     assert choice.describe().startswith("No candidate met the constraints")
 
@@ -76,10 +78,10 @@ def test_nothing_is_chosen_while_a_seed_or_a_recipe_is_missing():
     results = SFT + [validation("method", 0, harmless=0.0, borderline=0.2, attacked=0.9),
                      validation("paper", 0, harmless=0.0, borderline=0.2, attacked=0.9)]
     expected = [("sft", 0), ("sft", 1), ("method", 0), ("method", 1), ("paper", 0), ("project", 0)]
-    choice = choose_recipe(results, expected)
+    choice = choose_recipe(results, expected, rule=THREE)
     assert choice.recipe is None and choice.missing == ("validation-method-s1", "validation-project-s0")
     assert choice.describe() == "Not chosen yet: waiting for `validation-method-s1`, `validation-project-s0`."
-    alone = choose_recipe(results)  # no grid to say which seeds: a recipe with no result at all is still missing
+    alone = choose_recipe(results, rule=THREE)  # no grid to say which seeds: a recipe with no result at all is still missing
     assert alone.recipe is None and alone.missing == ("validation-project (not in the grid)",)
 
 
@@ -100,7 +102,8 @@ def test_the_results_page_shows_the_figures_and_the_choice(tmp_path, monkeypatch
     grid = tmp_path / "results" / "grid"
     _write(grid, SFT + [validation("method", 0, harmless=0.08, borderline=0.2, attacked=0.70),
                         validation("paper", 0, harmless=0.02, borderline=0.2, attacked=0.95),
-                        validation("project", 0, harmless=0.04, borderline=0.2, attacked=0.90)])
+                        validation("project", 0, harmless=0.04, borderline=0.2, attacked=0.90),
+                        validation("broad", 0, harmless=0.06, borderline=0.2, attacked=0.80)])
     page = render_results(tmp_path / "results")
     section = page.split("## Choosing the default recipe (validation prompts)")[1].split("\n## ")[0]
     assert SelectionRule().sentence() in section
@@ -130,6 +133,6 @@ def test_the_page_names_what_the_choice_waits_for(tmp_path):
     _write(grid, [validation("sft", 0, harmless=0.0, borderline=0.2, attacked=0.1, fingerprint=sft.fingerprint,
                              model_fingerprint="an-older-model")])  # the same measurement of a model since retrained
     assert "| sft, seed 0 |" not in render_results(tmp_path / "results")
-    assert ("Not chosen yet: waiting for `validation-method-s0`, `validation-project-s0`, `validation-paper-s0`."
-            in page)
+    assert ("Not chosen yet: waiting for `validation-method-s0`, `validation-project-s0`, `validation-paper-s0`, "
+            "`validation-broad-s0`." in page)
     assert f"is `{align.DEFAULT_RECIPE}`; validation has not chosen yet." in page

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -259,12 +259,13 @@ class _Scorer:
 
 def search_directions(
     model: ChatModel, config: AdaptiveAttackConfig = AdaptiveAttackConfig(), judge: Judge = ThreeWayJudge(), *,
-    progress: bool = False, log_file: str | Path | None = None,
+    progress: bool = False, log_file: str | Path | None = None, admit: Callable[[Direction], bool] | None = None,
 ) -> AttackSearch:
     """The attacker's search on `model`: refusal tokens from its own refusals (as `judge` sees them) to the
     attacker's harmful fit prompts, every DIM candidate and the RDO direction scored, a choice per budget.
     `log_file`: keep every score (and the RDO direction; its steps in `rdo/` beside it) there as it comes
-    (`ScoreLog`), so that a killed search run again on the same model and settings resumes where it stopped."""
+    (`ScoreLog`), so that a killed search run again on the same model and settings resumes where it stopped.
+    `admit`: a DIM direction it returns False for is no candidate (e.g. one a defender has trained against)."""
     (harmful_fit, harmful_score), (harmless_fit, harmless_score) = config.prompts("harmful"), config.prompts("harmless")
     positions = config.positions or tuple(post_instruction_positions(model))
     try:
@@ -280,12 +281,13 @@ def search_directions(
     if max(layers) >= model.n_layers:
         raise ValueError(f"layers {layers} out of range: the model has layers 0..{model.n_layers - 1}")
     fitted_on = f"attacker's DIM on {len(harmful_fit)} harmful / {len(harmless_fit)} harmless prompts"
-    todo = [(layer, i, prefix) for layer in layers for i in range(len(positions)) for prefix in config.ablate_template_prefix
-            if float(means[layer, i].norm()) > 0]
-    candidates = [scorer.refusal_scored(Direction(means[layer, i], layer=layer, position=positions[i], method="dim",
-                                                  fitted_on=fitted_on), prefix)
-                  for layer, i, prefix in tqdm(todo, desc="attacker: DIM candidates", disable=not progress, leave=False)]
-    prefixes = [prefix for _, _, prefix in todo]
+    dims = {(layer, i): Direction(means[layer, i], layer=layer, position=positions[i], method="dim", fitted_on=fitted_on)
+            for layer in layers for i in range(len(positions)) if float(means[layer, i].norm()) > 0}
+    todo = [(key, prefix) for key, direction in dims.items() if admit is None or admit(direction)
+            for prefix in config.ablate_template_prefix]
+    candidates = [scorer.refusal_scored(dims[key], prefix)
+                  for key, prefix in tqdm(todo, desc="attacker: DIM candidates", disable=not progress, leave=False)]
+    prefixes = [prefix for _, prefix in todo]
     candidates = _with_kl(scorer, candidates, prefixes, config, progress)
     if config.rdo_steps and candidates:
         start = strongest_within(candidates, config.report_budget)

@@ -63,13 +63,15 @@ def add_parsers(sub) -> None:
     data_dir_flag(p)
     p.add_argument("--recipe", choices=sorted(RECIPES), default="default",
                    help="preset of loop settings ('paper': plain search, cumulative ablation, RDO directions, up to 10 "
-                        "rounds); the flags below override it")
+                        "rounds; 'broad': this project's broad search, docs/align.md); the flags below override it")
     p.add_argument("--method", choices=METHODS, help="failclosed (the default), or the sft / refat baselines")
     p.add_argument("--rounds", type=int, help="rounds after round 0 (plain SFT)")
     p.add_argument("--mode", choices=MODES,
                    help="failclosed: ablate all found directions, only the last one, or a random subset per step")
     p.add_argument("--search", choices=SEARCHES,
-                   help="failclosed: find each new direction with the found ones ablated or on the plain model (paper)")
+                   help="failclosed: find each new direction with the found ones ablated, on the plain model (paper), "
+                        "or by the attacker's procedure on the defender's prompts ('broad', this project's; with "
+                        "--rdo-steps 0)")
     training_flags(p)
     search_flags(p, "directions.search.")
     p.add_argument("--rdo-steps", type=int, help="most RDO optimiser steps per direction; 0 = DIM directions only")

@@ -80,13 +80,19 @@ def attacker_directions(folder: str | Path, results: dict[str, dict]) -> list[At
         baseline = searches.get(f"align-{BASELINE}-s{seed}")
         for budget, _ in search.choices:
             chosen = search.chosen(budget)
-            theirs = baseline[1].chosen(budget) if baseline is not None and record["experiment"]["recipe"] != BASELINE else None
+            theirs = (_chosen_at(baseline[1], budget) if baseline is not None and record["experiment"]["recipe"] != BASELINE
+                      else None)
             rows.append(AttackerDirection(
                 name=name, kl_budget=budget, direction=chosen, refusal=_refusal_at(record, budget),
                 trained_against=tuple(d.layer for d in found),
                 max_cos_trained=max((_abs_cos(chosen, d) for d in found), default=None) if chosen is not None else None,
                 cos_sft=_abs_cos(chosen, theirs) if chosen is not None and theirs is not None else None))
     return rows
+
+
+def _chosen_at(search: AttackSearch, budget: float) -> Direction | None:
+    """The search's choice at `budget`; None when it chose nothing there or searched without that budget."""
+    return search.chosen(budget) if budget in {b for b, _ in search.choices} else None
 
 
 def _where(direction: Direction | None) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import json
 from dataclasses import dataclass, field
 
@@ -48,8 +49,9 @@ class GridConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     attack_seeds: tuple[int, ...] = (0,)
     # Run order within a seed: the baseline and the candidates for the default recipe first, the paper's
-    # (up to 10 rounds, the longest) after them, refat (a baseline no choice waits for) last.
-    recipes: tuple[str, ...] = ("sft", "method", "project", "paper", "refat")
+    # (up to 10 rounds, the longest) after the first two, then the broad-search one (the last one added), refat (a
+    # baseline no choice waits for) last.
+    recipes: tuple[str, ...] = ("sft", "method", "project", "paper", "broad", "refat")
     quick: bool = False
     later_seeds: str = "chosen"
 
@@ -105,8 +107,9 @@ GRID_RECIPES: dict[str, tuple[str, dict]] = {
     "method": ("method", {}),
     "paper": ("paper", {}),
     "project": ("project", {}),
+    "broad": ("broad", {}),
 }
-SEEDED_RECIPES = ("sft", "method", "project")  # trained on every seed with later_seeds="all"; the others on the first
+SEEDED_RECIPES = ("sft", "method", "project", "broad")  # trained on every seed with later_seeds="all"; the others on the first
 # Measured on validation prompts: the candidates for the default recipe and the baseline the rule compares with.
 VALIDATED_RECIPES = SelectionRule().recipes
 
@@ -120,12 +123,14 @@ def recipe_config(name: str, seed: int, model: str = EMBEDDED_MODEL, *, quick: b
     config = dataclasses.replace(recipe(base), **overrides)
     if quick:
         return dataclasses.replace(_quick_base(seed), method=config.method, search=config.search, mode=config.mode,
-                                   rdo=_QUICK_RDO if config.rdo is not None else None)
+                                   rdo=_QUICK_RDO if config.rdo is not None else None,
+                                   defender_search=_QUICK_DEFENDER if config.defender_search is not None else None)
     return dataclasses.replace(config, sft=dataclasses.replace(config.sft, model=model, seed=seed))
 
 
 _QUICK_RDO = RDOConfig(steps=2, batch_size=2, micro_batch_size=2, target_tokens=4)
 _QUICK_ATTACKER = AdaptiveAttackConfig(n_fit=4, positions=(-1,), rdo_steps=0, n_verify=0, refusal_probe_tokens=4)
+_QUICK_DEFENDER = dataclasses.replace(_QUICK_ATTACKER, kl_budgets=(math.inf,), report_budget=math.inf)
 
 
 def _quick_base(seed: int) -> AlignConfig:
