@@ -177,6 +177,10 @@ RECIPES: dict[str, dict] = {
     # with the defender's prompts (every layer x post-instruction position, KL <= 0.3 on harmless prompts,
     # verified by generation), all of them ablated together, DIM directions, 3 rounds.
     "broad": {"search": "broad", "mode": "cumulative", "rounds": 3, "rdo": None, "defender_search": BROAD_SEARCH},
+    # The same search, trained as `project` is: a fresh random subset of the found directions ablated at every step
+    # (the empty one included). Added after `broad`'s first round on the embedded model (validation prompts): trained
+    # in the all-ablated state alone, its plain harmful refusal fell far below its refusal with the direction ablated.
+    "broad-subsets": {"search": "broad", "mode": "random-subsets", "rounds": 3, "rdo": None, "defender_search": BROAD_SEARCH},
 }
 # `--recipe default` names one of the recipes above: the one `failclosed reproduce` chooses on validation
 # prompts (`reproduce.selection`); the results page says whether this name and that choice agree.

@@ -83,6 +83,7 @@ def test_it_reads_the_defenders_train_and_validation_prompts_never_the_attackers
 def test_the_broad_recipe_trains_dim_directions_and_a_broad_search_with_rdo_is_refused():
     config = recipe("broad")
     assert (config.search, config.mode, config.rdo, config.defender_search) == ("broad", "cumulative", None, BROAD_SEARCH)
+    assert recipe("broad-subsets") == dataclasses.replace(config, mode="random-subsets")
     assert "defender_search" in config.to_dict() and AlignConfig.from_dict(config.to_dict()) == config
     assert "defender_search" not in AlignConfig().to_dict()  # left out at its default: older runs keep their identity
     with pytest.raises(ValueError, match="search 'broad' chooses among DIM candidates itself"):

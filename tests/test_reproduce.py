@@ -33,8 +33,8 @@ def test_the_committed_results_page_is_generated_from_the_committed_results():
     assert page == render_results(REPO / "results"), "regenerate it: failclosed reproduce --page-only"
 
 
-RECIPES = ("sft", "method", "project", "paper", "broad", "refat")
-CANDIDATES = ("method", "paper", "project", "broad")
+RECIPES = ("sft", "method", "project", "paper", "broad", "broad-subsets", "refat")
+CANDIDATES = ("method", "paper", "project", "broad", "broad-subsets")
 
 
 def test_the_grid_trains_every_recipe_on_seed_0_and_sft_and_the_chosen_recipe_on_three_seeds():
@@ -54,7 +54,7 @@ def test_the_grid_trains_every_recipe_on_seed_0_and_sft_and_the_chosen_recipe_on
         assert {e.name: e.fingerprint for e in before} == {e.name: e.fingerprint for e in grid if e.name in {b.name for b in before}}
     every = build_grid(GridConfig(later_seeds="all"))  # every candidate seeded, validated on every seed
     assert sorted((e.recipe, e.seed) for e in every if e.kind == "align") == sorted(
-        [(r, s) for r in ("sft", "method", "project", "broad") for s in (0, 1, 2)] + [("refat", 0), ("paper", 0)])
+        [(r, s) for r in ("sft", "method", "project", "broad", "broad-subsets") for s in (0, 1, 2)] + [("refat", 0), ("paper", 0)])
     assert {e.model_of for e in every if e.kind == "validation"} == {e.name for e in every if e.kind == "align" and e.recipe != "refat"}
     with pytest.raises(ValueError, match="later_seeds must be one of"):
         GridConfig(later_seeds="some")

@@ -103,7 +103,8 @@ def test_the_results_page_shows_the_figures_and_the_choice(tmp_path, monkeypatch
     _write(grid, SFT + [validation("method", 0, harmless=0.08, borderline=0.2, attacked=0.70),
                         validation("paper", 0, harmless=0.02, borderline=0.2, attacked=0.95),
                         validation("project", 0, harmless=0.04, borderline=0.2, attacked=0.90),
-                        validation("broad", 0, harmless=0.06, borderline=0.2, attacked=0.80)])
+                        validation("broad", 0, harmless=0.06, borderline=0.2, attacked=0.80),
+                        validation("broad-subsets", 0, harmless=0.05, borderline=0.2, attacked=0.85)])
     page = render_results(tmp_path / "results")
     section = page.split("## Choosing the default recipe (validation prompts)")[1].split("\n## ")[0]
     assert SelectionRule().sentence() in section
@@ -134,5 +135,5 @@ def test_the_page_names_what_the_choice_waits_for(tmp_path):
                              model_fingerprint="an-older-model")])  # the same measurement of a model since retrained
     assert "| sft, seed 0 |" not in render_results(tmp_path / "results")
     assert ("Not chosen yet: waiting for `validation-method-s0`, `validation-project-s0`, `validation-paper-s0`, "
-            "`validation-broad-s0`." in page)
+            "`validation-broad-s0`, `validation-broad-subsets-s0`." in page)
     assert f"is `{align.DEFAULT_RECIPE}`; validation has not chosen yet." in page

@@ -49,9 +49,9 @@ class GridConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     attack_seeds: tuple[int, ...] = (0,)
     # Run order within a seed: the baseline and the candidates for the default recipe first, the paper's
-    # (up to 10 rounds, the longest) after the first two, then the broad-search one (the last one added), refat (a
+    # (up to 10 rounds, the longest) after the first two, then the broad-search ones (the last ones added), refat (a
     # baseline no choice waits for) last.
-    recipes: tuple[str, ...] = ("sft", "method", "project", "paper", "broad", "refat")
+    recipes: tuple[str, ...] = ("sft", "method", "project", "paper", "broad", "broad-subsets", "refat")
     quick: bool = False
     later_seeds: str = "chosen"
 
@@ -108,8 +108,9 @@ GRID_RECIPES: dict[str, tuple[str, dict]] = {
     "paper": ("paper", {}),
     "project": ("project", {}),
     "broad": ("broad", {}),
+    "broad-subsets": ("broad-subsets", {}),
 }
-SEEDED_RECIPES = ("sft", "method", "project", "broad")  # trained on every seed with later_seeds="all"; the others on the first
+SEEDED_RECIPES = ("sft", "method", "project", "broad", "broad-subsets")  # trained on every seed with later_seeds="all"; the others on the first
 # Measured on validation prompts: the candidates for the default recipe and the baseline the rule compares with.
 VALIDATED_RECIPES = SelectionRule().recipes
 

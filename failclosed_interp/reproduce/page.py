@@ -30,7 +30,8 @@ from failclosed_interp.reproduce.validation import PUBLIC_SET
 
 RECIPE_LABELS = {"sft": "sft (standard alignment)", "refat": "refat (ReFAT baseline)", "method": "the method's recipe",
                  "paper": "paper's recipe", "project": "this project's recipe",
-                 "broad": "this project's broad-search recipe"}
+                 "broad": "this project's broad-search recipe",
+                 "broad-subsets": "this project's broad search with random-subset ablation"}
 TRAINING_ROWS = (  # (summary key, label)
     ("refusal_harmful", "harmful refusal"),
     ("refusal_harmless", "harmless refusal"),

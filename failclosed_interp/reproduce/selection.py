@@ -25,7 +25,7 @@ class SelectionRule:
     """The rule's settings: which recipes compete, the baseline the borderline limit is relative to, and
     the limits (rates in [0, 1])."""
 
-    candidates: tuple[str, ...] = ("method", "paper", "project", "broad")
+    candidates: tuple[str, ...] = ("method", "paper", "project", "broad", "broad-subsets")
     baseline: str = "sft"
     max_harmless: float = 0.10
     borderline_margin: float = 0.10
