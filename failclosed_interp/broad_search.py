@@ -41,10 +41,10 @@ def defender_settings(settings: AdaptiveAttackConfig, directions: DirectionJobCo
     many as the train part holds) where it names none."""
     if settings.harmful is not None and settings.harmless is not None:
         return settings
-    prompts = {kind: directions.prompts(kind, "train") + directions.prompts(kind, "val") for kind in ("harmful", "harmless")}
-    n_fit = min(len(directions.prompts(kind, "train")) for kind in ("harmful", "harmless"))
-    return dataclasses.replace(settings, harmful=settings.harmful or tuple(prompts["harmful"]),
-                               harmless=settings.harmless or tuple(prompts["harmless"]), n_fit=n_fit)
+    train = {kind: directions.prompts(kind, "train") for kind in ("harmful", "harmless")}
+    prompts = {kind: tuple(train[kind] + directions.prompts(kind, "val")) for kind in train}
+    return dataclasses.replace(settings, harmful=settings.harmful or prompts["harmful"],
+                               harmless=settings.harmless or prompts["harmless"], n_fit=min(map(len, train.values())))
 
 
 def broad_direction(model: ChatModel, settings: AdaptiveAttackConfig, directions: DirectionJobConfig,
@@ -66,7 +66,7 @@ def broad_direction(model: ChatModel, settings: AdaptiveAttackConfig, directions
         return True
 
     search = search_directions(model, config, judge, progress=progress, log_file=folder / PROGRESS_FILE,
-                               admit=is_new if len(found) else None)
+                               admit=is_new)
     write_json(folder / SEARCH_FILE, search.to_dict())
     if search.reason:
         raise NoRefusals(search.reason)

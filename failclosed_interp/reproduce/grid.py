@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import json
+import math
 from dataclasses import dataclass, field
 
 from failclosed_interp.adapters import LoraSettings
