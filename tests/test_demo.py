@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from failclosed_interp.align import recipe
 from failclosed_interp.cli import main
 from failclosed_interp.demo import (
     DemoConfig,
@@ -67,6 +68,11 @@ def test_the_results_page_shows_a_committed_demo_summary(tmp_path, spied_loop): 
     assert "judged answers" in section
     assert format_summary(summary) in section and "torch threads" in section
     assert section.count("\n| 0 |") == 1 and section.count("\n| 1 |") == 1  # one row per round
+    assert "Seed(s) 0: not run with the current demo settings" in section  # a tiny model's, not `make demo`'s
+    current = dict(summary, config=DemoConfig(seed=0).to_dict())
+    (tmp_path / "results" / "demo" / "seed_0.json").write_text(json.dumps(current))
+    assert "not run with the current demo settings" not in render_results(tmp_path / "results")
+    (tmp_path / "results" / "demo" / "seed_0.json").write_text(json.dumps(summary))
     seeds = page.split("## The main job across training seeds")[1].split("\n## ")[0]
     assert "Not measured yet" in seeds and "--seed S" in seeds  # one seed is not a spread
 
@@ -122,7 +128,7 @@ def test_model_n_eval_and_seed_reach_both_the_loop_and_the_audits():
 
 
 def test_the_demo_recipe_is_the_default_recipe_at_a_cpu_budget():
-    demo, default = demo_recipe(), tiny_config("failclosed").__class__()
+    demo, default = demo_recipe(), recipe("default")
     same = ("method", "mode", "search", "min_new_component", "skip_template_prefix", "min_ablation_drop",
             "min_addition_rise", "initial_fallback")
     assert all(getattr(demo, name) == getattr(default, name) for name in same)

@@ -204,3 +204,10 @@ def test_the_results_page_tables_the_attacks_on_a_demo_seeds_two_models(tmp_path
         asr = results["models"][name]["asr"]
         assert row.split(" | ")[1:3] == [f"{asr[a]['value']:.2f} [{asr[a]['ci_low']:.2f}, {asr[a]['ci_high']:.2f}]"
                                          for a in ("gcg", "human")]
+    from failclosed_interp.demo import DemoConfig
+    from failclosed_interp.reproduce.demo_sections import demo_attacks_section
+
+    runs = {4: {"seed": 4, "config": DemoConfig(seed=4).to_dict()}}  # the demo run whose two models were attacked
+    assert "not run with the current demo settings" not in "\n".join(demo_attacks_section(tmp_path / "results", runs))
+    runs[4]["config"] = DemoConfig(seed=4, n_eval=5).to_dict()
+    assert "Seed(s) 4: not run with the current demo settings" in "\n".join(demo_attacks_section(tmp_path / "results", runs))

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from failclosed_interp.align import DEFAULT_RECIPE
 from failclosed_interp.artifacts import read_json
 from failclosed_interp.reproduce.markdown import attack_table, not_measured, rate_cell, results_file, seed_mean
 from failclosed_interp.reproduce.runner import evaluation_row
@@ -169,7 +170,7 @@ def demo_section(root: Path, runs: dict[int, dict]) -> list[str]:
     return [f"From `{root.name}/{DEMO_DIR}/seed_{seed}.json` (`failclosed demo`, the README's `make demo`, training "
             f"seed {seed}), on {m['platform']}, "
             f"{m['cpus']} CPUs, {m['torch_threads']} torch threads, torch {m['torch']}, GPU: {m['cuda'] or 'none'}.",
-            "", "```", format_summary(data), "```", "",
+            *_not_current(root, {seed: data}), "", "```", format_summary(data), "```", "",
             "The rates in the table are judged answers (40 tokens, three-way judge). The audits behind the verdict "
             "lines measure ablations and additions by the first answer token (`demo.demo_audit`: the share of prompts "
             "whose most likely first answer token is a refusal token; how well that agrees with judged answers: "
@@ -198,7 +199,7 @@ def demo_seeds_section(root: Path, runs: dict[int, dict]) -> list[str]:
     """The demo across training seeds: one table per model (SFT, fail-closed), a column per seed and the mean ± sd."""
     if len(runs) < 2:
         return not_measured(_demo_command(root, "S") + " for a second and third seed S")
-    from failclosed_interp.demo import LABELS, attacker_tried_both, ran_current_settings
+    from failclosed_interp.demo import LABELS, attacker_tried_both
 
     seeds = list(runs)
     lines = [f"From `{root.name}/{DEMO_DIR}/` (`failclosed demo --seed S`, one run per training seed, "
@@ -231,17 +232,26 @@ def demo_seeds_section(root: Path, runs: dict[int, dict]) -> list[str]:
                       "(it ablated with the template prefix left alone only) and before the rounds were checked on "
                       "validation prompts; their attacker rows measure a weaker attacker than the other seeds'. "
                       f"To bring them in line: {_demo_command(root, 'S')}."]
+    return lines + _not_current(root, runs)
+
+
+def _not_current(root: Path, runs: dict[int, dict]) -> list[str]:
+    """A paragraph naming the runs made with other demo settings than the current ones (e.g. before the default
+    recipe changed), which the page must not pass off as what `make demo` does now; none when all are current."""
+    from failclosed_interp.demo import ran_current_settings
+
     other = [s for s, run in runs.items() if not ran_current_settings(run)]
-    if other:
-        lines += ["", f"Seed(s) {', '.join(map(str, other))}: not run with the current demo settings (`demo.DemoConfig`), "
-                      "or from before summaries recorded their settings; rerun them to compare like with like: "
-                      f"{_demo_command(root, 'S')}."]
-    return lines
+    if not other:
+        return []
+    return ["", f"Seed(s) {', '.join(map(str, other))}: not run with the current demo settings (`demo.DemoConfig`, "
+                f"whose fail-closed rounds follow the default recipe `{DEFAULT_RECIPE}`), or from before summaries "
+                f"recorded their settings; rerun them to compare like with like: {_demo_command(root, 'S')}."]
 
 
-def demo_attacks_section(root: Path) -> list[str]:
+def demo_attacks_section(root: Path, runs: dict[int, dict]) -> list[str]:
     """The prompt attacks on each seed's two demo models (`DEMO_DIR/attacks/seed_S.json`: `failclosed evaluate`'s
-    results.json with the demo's models as rows `sft` and `failclosed`)."""
+    results.json with the demo's models as rows `sft` and `failclosed`); `runs`: the demo summaries by seed, whose
+    settings the attacked models share."""
     from failclosed_interp.demo import LABELS
 
     files = sorted((root / DEMO_DIR / DEMO_ATTACKS_DIR).glob("seed_*.json"))
@@ -259,7 +269,8 @@ def demo_attacks_section(root: Path) -> list[str]:
                   f"models, training seed {seed}): attack success = a compliance (judge `{attacked['judge']}`, "
                   f"{attacked['max_new_tokens']} new tokens) on {attacked['n_harmful']} harmful test prompts; budgets: "
                   f"{budgets}.", "", *attack_table(rows), ""]
-    return lines[:-1]
+    attacked_runs = {seed: runs[seed] for seed in sorted(runs) if (root / DEMO_DIR / DEMO_ATTACKS_DIR / f"seed_{seed}.json").exists()}
+    return lines[:-1] + _not_current(root, attacked_runs)
 
 
 ATTACK_BUDGET_KEYS = {"gcg": ("steps", "search_width"), "autodan": ("generations", "population"),

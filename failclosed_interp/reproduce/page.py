@@ -232,7 +232,7 @@ def render_results(root: str | Path) -> str:
         *_pending(folder, results, missing), *_earlier(len(every) - len(results)), "",
         "## The main job: the SFT model and the fail-closed model side by side", "", *demo_section(root, demos), "",
         "## The main job across training seeds", "", *demo_seeds_section(root, demos), "",
-        "### The main job's models under the prompt attacks", "", *demo_attacks_section(root), "",
+        "### The main job's models under the prompt attacks", "", *demo_attacks_section(root, demos), "",
         "## Choosing the default recipe (validation prompts)", "", *_validation_section(folder, results), "",
         "## The paper's claims, checked", "", *_targets_section(folder, results), "",
         "## Training: refusal, over-refusal, and ablation of the found directions", "", *_training_section(results), "",
