@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from failclosed_interp.align import AlignConfig, recipe
+from failclosed_interp.align import DEFAULT_RECIPE, AlignConfig, recipe
 from failclosed_interp.rdo_config import RDOConfig
 from failclosed_interp.cli import main
 from failclosed_interp.reproduce import GridConfig, build_grid, grid_status, render_results, run_grid
@@ -152,7 +152,8 @@ def test_quick_grid_runs_resumes_and_renders(tmp_path):
     assert "xstest_safe (n=2, should answer)" in page
     assert f"| sft, seed 1 | {public['advbench']['refusal_rate']['value']:.2f} [" in page
     assert f"| project, seed 0 | {validated['ci']['refusal_harmful']['value']:.2f} [" in page
-    assert "The choice is made on the first training seed" in page and "validation chose `project`." in page
+    chose = "`project`, the one validation chose." if DEFAULT_RECIPE == "project" else "validation chose `project`."
+    assert "The choice is made on the first training seed" in page and chose in page
     claims = page.split("## The paper's claims, checked")[1].split("\n## ")[0]
     assert claims.index("### this project's recipe (chosen on validation prompts)") < claims.index("### sft (standard alignment)")
     assert "| target | seed 0 | seed 1 | mean | verdict |" in claims
