@@ -259,9 +259,11 @@ def demo_attacks_section(root: Path, runs: dict[int, dict]) -> list[str]:
         return not_measured(f"failclosed evaluate --no-base --adapter sft=runs/demo-sS/align/round_0/adapter --adapter "
                              f"failclosed=runs/demo-sS/align/final/adapter --out runs/demo-sS/attacks && cp "
                              f"runs/demo-sS/attacks/results.json {root.name}/{DEMO_DIR}/{DEMO_ATTACKS_DIR}/seed_S.json")
-    lines = []
+    lines, attacked_runs = [], {}
     for path in files:
         attacked, seed = read_json(path), int(path.stem.removeprefix("seed_"))
+        if seed in runs:
+            attacked_runs[seed] = runs[seed]
         rows = [{"experiment": {"recipe": LABELS[name], "seed": seed}, "result": evaluation_row(attacked, name)}
                 for name in LABELS if name in attacked["models"]]
         budgets = "; ".join(_attack_budget(name, attacked["budgets"]) for name in attacked["attacks"])
@@ -269,8 +271,7 @@ def demo_attacks_section(root: Path, runs: dict[int, dict]) -> list[str]:
                   f"models, training seed {seed}): attack success = a compliance (judge `{attacked['judge']}`, "
                   f"{attacked['max_new_tokens']} new tokens) on {attacked['n_harmful']} harmful test prompts; budgets: "
                   f"{budgets}.", "", *attack_table(rows), ""]
-    attacked_runs = {seed: runs[seed] for seed in sorted(runs) if (root / DEMO_DIR / DEMO_ATTACKS_DIR / f"seed_{seed}.json").exists()}
-    return lines[:-1] + _not_current(root, attacked_runs)
+    return lines[:-1] + _not_current(root, dict(sorted(attacked_runs.items())))
 
 
 ATTACK_BUDGET_KEYS = {"gcg": ("steps", "search_width"), "autodan": ("generations", "population"),
