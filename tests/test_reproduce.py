@@ -14,8 +14,9 @@ from failclosed_interp.align import DEFAULT_RECIPE, AlignConfig, recipe
 from failclosed_interp.rdo_config import RDOConfig
 from failclosed_interp.cli import main
 from failclosed_interp.reproduce import GridConfig, build_grid, grid_status, render_results, run_grid
-from failclosed_interp.reproduce.grid import pending
-from failclosed_interp.reproduce.selection import MEASURES
+from failclosed_interp.reproduce.grid import pending, recipe_config
+from failclosed_interp.reproduce.recipes import GRID_RECIPES, GridRecipe
+from failclosed_interp.reproduce.selection import MEASURES, SelectionRule
 from failclosed_interp.reproduce.records import ResultsMismatch, run_folder
 from failclosed_interp.reproduce.runner import round0_source
 from tests._public_data import write_public_data
@@ -63,6 +64,17 @@ def test_the_grid_trains_every_recipe_on_seed_0_and_sft_and_the_chosen_recipe_on
     assert AlignConfig.from_dict(method.config) == recipe("method")
     # sft runs no RDO: it keeps the RDO settings it was trained with, whatever the method recipe's become
     assert AlignConfig.from_dict(default.config) == dataclasses.replace(recipe("method"), method="sft", rdo=RDOConfig())
+
+
+def test_the_recipe_table_is_what_the_grid_the_rule_and_the_page_read():
+    assert GridConfig().recipes == RECIPES and SelectionRule().baseline == "sft"
+    assert sorted(SelectionRule().candidates) == sorted(CANDIDATES)
+    assert len({r.label for r in GRID_RECIPES.values()}) == len(GRID_RECIPES)
+    for name, row in GRID_RECIPES.items():  # each row trains the align recipe it names, with its overrides
+        config = recipe_config(name, 1)
+        assert config.sft.seed == 1 and config.method == row.overrides.get("method", recipe(row.align_recipe).method)
+    with pytest.raises(ValueError, match="role must be one of"):
+        GridRecipe("method", {}, "candidates", True, "a typo in the role")
 
 
 @pytest.mark.parametrize("config", [GridConfig(), GridConfig(later_seeds="all")])

@@ -21,6 +21,7 @@ from failclosed_interp.dim import DirectionConfig, FallbackRules
 from failclosed_interp.evaluate import EvalConfig
 from failclosed_interp.models import EMBEDDED_MODEL
 from failclosed_interp.public_columns import public_settings
+from failclosed_interp.reproduce.recipes import GRID_RECIPES, SEEDED_RECIPES
 from failclosed_interp.reproduce.selection import SelectionRule
 from failclosed_interp.reproduce.validation import ValidationConfig
 from failclosed_interp.search import DirectionJobConfig
@@ -41,17 +42,14 @@ class GridConfig:
     """The grid's size. `seeds`: training seeds; every recipe trains on the first one. `later_seeds`: which
     recipes train on the others: "chosen" (the default) the sft baseline and the recipe the selection rule
     chooses on the first seed's validation results, which run first; "all": the sft baseline and every
-    candidate of `SEEDED_RECIPES`, each measured on validation prompts on every seed (the rule then uses
+    candidate of `recipes.SEEDED_RECIPES`, each measured on validation prompts on every seed (the rule then uses
     seed means). `attack_seeds`: training seeds whose models are attacked. `quick`: the same grid on a tiny
     random model with tiny budgets (for CI: checks the plumbing, not the science)."""
 
     model: str = EMBEDDED_MODEL
     seeds: tuple[int, ...] = (0, 1, 2)
     attack_seeds: tuple[int, ...] = (0,)
-    # Run order within a seed: the baseline and the candidates for the default recipe first, the paper's
-    # (up to 10 rounds, the longest) after the first two, then the broad-search ones (the last ones added), refat (a
-    # baseline no choice waits for) last.
-    recipes: tuple[str, ...] = ("sft", "method", "project", "paper", "broad", "broad-subsets", "refat")
+    recipes: tuple[str, ...] = tuple(GRID_RECIPES)  # in run order within a seed (see `recipes.GRID_RECIPES`)
     quick: bool = False
     later_seeds: str = "chosen"
 
@@ -98,19 +96,6 @@ class Experiment:
                 "model_of": self.model_of, "fingerprint": self.fingerprint}
 
 
-# Grid recipe -> (align recipe, overrides). The baselines train with the method recipe's data and steps, named
-# as such so that switching `align.DEFAULT_RECIPE` leaves them (and their results) as they are. sft never runs
-# RDO: its settings stay those it was trained with (so its results keep counting) whatever method's RDO is.
-GRID_RECIPES: dict[str, tuple[str, dict]] = {
-    "sft": ("method", {"method": "sft", "rdo": RDOConfig()}),
-    "refat": ("method", {"method": "refat"}),
-    "method": ("method", {}),
-    "paper": ("paper", {}),
-    "project": ("project", {}),
-    "broad": ("broad", {}),
-    "broad-subsets": ("broad-subsets", {}),
-}
-SEEDED_RECIPES = ("sft", "method", "project", "broad", "broad-subsets")  # trained on every seed with later_seeds="all"; the others on the first
 # Measured on validation prompts: the candidates for the default recipe and the baseline the rule compares with.
 VALIDATED_RECIPES = SelectionRule().recipes
 
@@ -120,8 +105,8 @@ def recipe_config(name: str, seed: int, model: str = EMBEDDED_MODEL, *, quick: b
     quick mode keeps their method, search and mode with tiny budgets)."""
     if name not in GRID_RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of {list(GRID_RECIPES)}")
-    base, overrides = GRID_RECIPES[name]
-    config = dataclasses.replace(recipe(base), **overrides)
+    row = GRID_RECIPES[name]
+    config = dataclasses.replace(recipe(row.align_recipe), **row.overrides)
     if quick:
         return dataclasses.replace(_quick_base(seed), method=config.method, search=config.search, mode=config.mode,
                                    rdo=_QUICK_RDO if config.rdo is not None else None,

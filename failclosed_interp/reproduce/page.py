@@ -16,11 +16,12 @@ from failclosed_interp.reproduce.demo_sections import (
     demo_attacks_section, demo_recipe_section, demo_runs, demo_section, demo_seeds_section,
 )
 from failclosed_interp.reproduce.figures import GridFigure, mechanistic_figures
-from failclosed_interp.reproduce.grid import GRID_RECIPES, selection_rule
+from failclosed_interp.reproduce.grid import selection_rule
 from failclosed_interp.reproduce.markdown import attack_table, rate_cell, seed_mean
 from failclosed_interp.reproduce.measurement_sections import (
     attacker_section, gcg_section, judge_section, logit_measure_section, orthogonal_section, rdo_section, speed_section,
 )
+from failclosed_interp.reproduce.recipes import GRID_RECIPES
 from failclosed_interp.reproduce.results import (
     counting, current, default_choice, grid_config, grid_experiments, load_results, of_kind, rate, unfinished,
 )
@@ -28,10 +29,6 @@ from failclosed_interp.reproduce.selection import ATTACKED, BORDERLINE, HARMFUL,
 from failclosed_interp.reproduce.targets import BASELINE, targets_table
 from failclosed_interp.reproduce.validation import PUBLIC_SET
 
-RECIPE_LABELS = {"sft": "sft (standard alignment)", "refat": "refat (ReFAT baseline)", "method": "the method's recipe",
-                 "paper": "paper's recipe", "project": "this project's recipe",
-                 "broad": "this project's broad-search recipe",
-                 "broad-subsets": "this project's broad search with random-subset ablation"}
 TRAINING_ROWS = (  # (summary key, label)
     ("refusal_harmful", "harmful refusal"),
     ("refusal_harmless", "harmless refusal"),
@@ -41,7 +38,6 @@ TRAINING_ROWS = (  # (summary key, label)
     ("compliance_harmful_adaptive_ablated", "compliance under that ablation (attack success)"),
 )
 COMMAND = "failclosed reproduce --page-only"
-RECIPE_ORDER = list(GRID_RECIPES)
 GRID_DIR = "grid"  # experiments of the grid, under the results root
 
 
@@ -53,10 +49,10 @@ def _training_section(results: dict[str, dict]) -> list[str]:
     by_recipe: dict[str, list[dict]] = defaultdict(list)
     for r in aligned:
         by_recipe[r["experiment"]["recipe"]].append(r)
-    for recipe in [r for r in RECIPE_ORDER if r in by_recipe]:
+    for recipe in [r for r in GRID_RECIPES if r in by_recipe]:
         runs = sorted(by_recipe[recipe], key=lambda r: r["experiment"]["seed"])
         seeds = [r["experiment"]["seed"] for r in runs]
-        lines += [f"### {RECIPE_LABELS[recipe]}", "",
+        lines += [f"### {GRID_RECIPES[recipe].label}", "",
                   "| measure | " + " | ".join(f"seed {s}" for s in seeds) + (" | mean ± sd over seeds |" if len(runs) > 1 else " |"),
                   "|---|" + "---|" * (len(runs) + (len(runs) > 1))]
         for key, label in TRAINING_ROWS:
@@ -132,7 +128,7 @@ def _targets_section(folder: Path, results: dict[str, dict]) -> list[str]:
     if not trained:
         return ["No grid yet."]
     chosen = default_choice(folder, results).recipe
-    order = {r: (r == BASELINE, r != chosen, r == "refat", RECIPE_ORDER.index(r)) for r in GRID_RECIPES}  # sft last
+    order = {r: (r == BASELINE, r != chosen, i) for i, r in enumerate(GRID_RECIPES)}  # sft last
     recipes = sorted(dict.fromkeys(e.recipe for e in trained), key=order.get)
     lines = ["Each recipe's models against the paper's claims, on TEST prompts (the figures with their intervals are in "
              "the sections below); a claim relative to `sft` compares with the sft model of the same training seed. "
@@ -141,7 +137,7 @@ def _targets_section(folder: Path, results: dict[str, dict]) -> list[str]:
     for recipe in recipes:
         seeds = tuple(e.seed for e in trained if e.recipe == recipe)
         note = " (chosen on validation prompts)" if recipe == chosen else ""
-        lines += [f"### {RECIPE_LABELS[recipe]}{note}", "", *targets_table(results, recipe, seeds), ""]
+        lines += [f"### {GRID_RECIPES[recipe].label}{note}", "", *targets_table(results, recipe, seeds), ""]
     return lines[:-1]
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from failclosed_interp.artifacts import read_json
 from failclosed_interp.configs import config_from_dict
-from failclosed_interp.reproduce.grid import GRID_RECIPES, Experiment, GridConfig, pending
+from failclosed_interp.reproduce.grid import Experiment, GridConfig, pending
+from failclosed_interp.reproduce.recipes import GRID_RECIPES
 from failclosed_interp.reproduce.records import GRID_FILE, finished_records, load_records
 from failclosed_interp.reproduce.runner import current_grid, evaluation_row, run_grid
 from failclosed_interp.reproduce.selection import Choice, SelectionRule, choose_recipe
