@@ -6,6 +6,7 @@ Saved adapters (adapter_config.json + adapter_model.safetensors) load in plain t
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import json
 from dataclasses import asdict, dataclass
@@ -137,3 +138,15 @@ def load_adapter(hf_model: torch.nn.Module, folder: str | Path, expected_model: 
 def settings_dict(settings: LoraSettings) -> dict:
     """`settings` as a JSON-ready dict."""
     return asdict(settings)
+
+
+def adapter_digest(adapter: str | Path | None) -> str | None:
+    """A digest of the bytes of every file in an adapter folder (None without an adapter): an adapter trained
+    again in the same folder is another model."""
+    if adapter is None:
+        return None
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(adapter).rglob("*") if p.is_file()):
+        h.update(f"{path.relative_to(adapter)}:{path.stat().st_size}:".encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from failclosed_interp.adapters import adapter_digest
 from failclosed_interp.align import REFERENCE_FILE, AlignConfig, align, evaluate_final, recipe
 from failclosed_interp.artifacts import read_json, write_json
 from failclosed_interp.attacks.adaptive import AdaptiveAttackConfig
@@ -103,7 +104,7 @@ def demo_job(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
     """Run (or resume) the main job in `out`; `say` gets the fail-open line as soon as round 0 is known.
     Writes `out/summary.json`, `out/audit/{sft,failclosed}/` (audit.json, report.html) and a figure."""
     out = Path(out)
-    clock = Stopwatch(digits=1)
+    clock, measured_on = Stopwatch(digits=1), machine()
     aligned, audit_config = config.resolved()
 
     def on_round(k: int, metrics: dict) -> None:
@@ -130,7 +131,8 @@ def demo_job(out: str | Path, config: DemoConfig = DemoConfig(), *, progress: bo
                "own_ablation": own_ablation,
                "stop_reason": align_summary["stop_reason"],
                "rounds_completed": align_summary["rounds_completed"], "rounds": rounds, "contrast": contrast(columns),
-               "timings_s": clock.timings, "seconds_total": clock.total, "machine": machine()}
+               "adapter_digests": {name: adapter_digest(run / folder / "adapter") for name, folder in MODELS.items()},
+               "timings_s": clock.timings, "seconds_total": clock.total, "machine": measured_on}
     save_figure(grouped_rate_bars({LABELS[n]: _bar_rates(c) for n, c in columns.items()},
                                   title="Held-out refusal: the SFT model and the fail-closed model"),
                 out / "figures" / "refusal_rates")

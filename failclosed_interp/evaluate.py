@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from failclosed_interp.adapters import adapter_digest
 from failclosed_interp.artifacts import atomic_write, read_json, write_json
 from failclosed_interp.attacks import (
     GCG, MIN_JUDGED_TOKENS, PAIR, AdaptiveAttackConfig, Attack, AttackResult, AutoDAN, AutoDANConfig, DirectionAblation,
@@ -158,32 +159,20 @@ def _digest(data) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def adapter_digest(adapter: str | Path | None) -> str | None:
-    """A digest of the bytes of every file in an adapter folder (None without an adapter): an adapter trained
-    again in the same folder is another model."""
-    if adapter is None:
-        return None
-    h = hashlib.sha256()
-    for path in sorted(p for p in Path(adapter).rglob("*") if p.is_file()):
-        h.update(f"{path.relative_to(adapter)}:{path.stat().st_size}:".encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
-
-
 class _Cache:
     """OUT/cache/<label>/<unit>-<settings digest>/<prompt digest>.json, one file per finished prompt. The
     label's folder is tied to the model: its name, the adapter's path and the adapter's bytes."""
 
     def __init__(self, out: Path, spec: ModelSpec):
         self.root = out / "cache" / spec.label
-        identity = {"model": spec.model, "adapter": spec.adapter, "adapter_digest": adapter_digest(spec.adapter)}
+        self.identity = {"model": spec.model, "adapter": spec.adapter, "adapter_digest": adapter_digest(spec.adapter)}
         recorded = self.root / "model.json"
-        if recorded.is_file() and read_json(recorded) != identity:
+        if recorded.is_file() and read_json(recorded) != self.identity:
             raise ValueError(
-                f"{self.root} holds results of {read_json(recorded)}, not {identity}; use another label or run folder "
-                f"(or delete that folder to recompute)"
+                f"{self.root} holds results of {read_json(recorded)}, not {self.identity}; use another label or run "
+                f"folder (or delete that folder to recompute)"
             )
-        write_json(recorded, identity)
+        write_json(recorded, self.identity)
 
     def unit(self, name: str, settings: dict) -> Path:
         folder = self.root / f"{name}-{_digest(settings)}"
@@ -290,7 +279,8 @@ def evaluate(
     rows, responses = {}, {}
     for spec in tqdm(specs, desc="models", disable=not progress):
         cache, model, start = _Cache(out, spec), _Lazy(spec, load), time.perf_counter()
-        row, records = {"spec": config_to_dict(spec), "asr": {}, "compliance": {}}, {}
+        row = {"spec": config_to_dict(spec), "adapter_digest": cache.identity["adapter_digest"], "asr": {}, "compliance": {}}
+        records = {}
         for attack in attacks:
             folder = cache.unit(attack.name, {**attack.settings(), **common, "attack": attack.name})
             if isinstance(attack, DirectionAblation):
@@ -407,6 +397,7 @@ def _results(rows: dict, attacks: list[Attack], harmful: list[str], config: Eval
         "models": {
             label: {
                 "spec": row["spec"],
+                "adapter_digest": row["adapter_digest"],
                 "asr": {n: rate(r) for n, r in row["asr"].items()},
                 "ablation_budgets": row.get("ablation_budgets"),
                 "average_asr": rate(row["average_asr"]) if "average_asr" in row else None,

@@ -15,10 +15,12 @@ from failclosed_interp.artifacts import read_json, write_json
 
 
 def machine() -> dict:
-    """What a run's figures were measured on (platform, CPUs, threads, torch, GPU)."""
+    """What a run's figures were measured on (platform, CPUs, threads, torch, GPU), and the 1-minute load average
+    when asked (other work on the machine lengthens the timings: ask at the start of the timed work)."""
     return {"platform": platform.platform(), "processor": platform.machine(), "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_average": round(os.getloadavg()[0], 1)}
 
 
 class Stopwatch:

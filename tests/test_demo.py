@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from failclosed_interp.adapters import adapter_digest
 from failclosed_interp.align import recipe
 from failclosed_interp.cli import main
 from failclosed_interp.demo import (
@@ -48,6 +49,10 @@ def test_the_demo_trains_reports_round_0_at_once_and_audits_both_models(tmp_path
         assert audit["verdict_label"] == summary["columns"][name]["verdict_label"]
         assert audit["adapter"].endswith({"sft": "round_0/adapter", "failclosed": "final/adapter"}[name])
         assert (tmp_path / "audit" / name / "report.html").is_file()
+    # the digests tie the summary to the very adapters, e.g. for attacks made on them later (`failclosed evaluate`)
+    assert summary["adapter_digests"] == {"sft": adapter_digest(tmp_path / "align" / "round_0" / "adapter"),
+                                          "failclosed": adapter_digest(tmp_path / "align" / "final" / "adapter")}
+    assert summary["adapter_digests"]["sft"] != summary["adapter_digests"]["failclosed"]
     assert (tmp_path / "align" / "round_0" / "metrics.json").is_file()
     assert (tmp_path / "figures" / "refusal_rates.html").is_file()
     assert json.loads((tmp_path / "summary.json").read_text()) == summary

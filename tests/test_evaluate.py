@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from failclosed_interp.adapters import adapter_digest
 from failclosed_interp.attacks import GCG, AttackResult, GCGConfig, HumanTemplates, Template
 from failclosed_interp.cli import main
 from failclosed_interp.evaluate import EvalConfig, ModelSpec, evaluate
@@ -186,7 +187,11 @@ def test_a_data_folder_adds_public_set_columns_measured_once(tmp_path):
 def test_the_results_page_tables_the_attacks_on_a_demo_seeds_two_models(tmp_path):
     from failclosed_interp.reproduce.page import render_results
 
-    specs = [ModelSpec("sft", "tiny-llama"), ModelSpec("failclosed", "tiny-llama")]
+    specs = []
+    for label in ("sft", "failclosed"):  # the loader below ignores the adapters: their digests tie results to a run
+        (tmp_path / label).mkdir()
+        (tmp_path / label / "adapter_model.safetensors").write_bytes(f"{label} weights".encode())
+        specs.append(ModelSpec(label, "tiny-llama", str(tmp_path / label)))
     def load(spec: ModelSpec):  # the sft row does not open with the judge's refusal prefixes, the other does
         return load_model(spec.model, seed=1 if spec.label == "sft" else 0)
 
@@ -207,7 +212,13 @@ def test_the_results_page_tables_the_attacks_on_a_demo_seeds_two_models(tmp_path
     from failclosed_interp.demo import DemoConfig
     from failclosed_interp.reproduce.demo_sections import demo_attacks_section
 
-    runs = {4: {"seed": 4, "config": DemoConfig(seed=4).to_dict()}}  # the demo run whose two models were attacked
+    digests = {label: adapter_digest(tmp_path / label) for label in ("sft", "failclosed")}
+    runs = {4: {"seed": 4, "config": DemoConfig(seed=4).to_dict(), "adapter_digests": digests}}  # the run attacked
     assert "not run with the current demo settings" not in "\n".join(demo_attacks_section(tmp_path / "results", runs))
+    assert "not attacked on the models" not in "\n".join(demo_attacks_section(tmp_path / "results", runs))
     runs[4]["config"] = DemoConfig(seed=4, n_eval=5).to_dict()
     assert "Seed(s) 4: not run with the current demo settings" in "\n".join(demo_attacks_section(tmp_path / "results", runs))
+    for other in ({**digests, "failclosed": "another run"}, {}):  # another run's models, or a run from before digests
+        runs[4]["adapter_digests"] = other
+        section = "\n".join(demo_attacks_section(tmp_path / "results", runs))
+        assert "Seed(s) 4: not attacked on the models of" in section and "current demo settings" not in section

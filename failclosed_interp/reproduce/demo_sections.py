@@ -224,7 +224,7 @@ def demo_seeds_section(root: Path, runs: dict[int, dict]) -> list[str]:
         lines.append("| attacker's ablation: template prefix | "
                      + " | ".join(c.get("attack_template_prefix") or "left alone (only way tried)" for c in columns) + " | |")
         lines.append("")
-    minutes = [f"seed {s}: {run['seconds_total'] / 60:.0f} min" for s, run in runs.items()]
+    minutes = [f"seed {s}: {run['seconds_total'] / 60:.0f} min" + _load_note(run) for s, run in runs.items()]
     lines.append("Wall time per run: " + ", ".join(minutes) + ".")
     older = [s for s, run in runs.items() if not attacker_tried_both(run["columns"])]
     if older and len(older) < len(runs):
@@ -259,11 +259,13 @@ def demo_attacks_section(root: Path, runs: dict[int, dict]) -> list[str]:
         return not_measured(f"failclosed evaluate --no-base --adapter sft=runs/demo-sS/align/round_0/adapter --adapter "
                              f"failclosed=runs/demo-sS/align/final/adapter --out runs/demo-sS/attacks && cp "
                              f"runs/demo-sS/attacks/results.json {root.name}/{DEMO_DIR}/{DEMO_ATTACKS_DIR}/seed_S.json")
-    lines, attacked_runs = [], {}
+    lines, attacked_runs, other_models = [], {}, []
     for path in files:
         attacked, seed = read_json(path), int(path.stem.removeprefix("seed_"))
-        if seed in runs:
+        if _attacked_the_run(attacked, runs.get(seed)):
             attacked_runs[seed] = runs[seed]
+        else:
+            other_models.append(seed)
         rows = [{"experiment": {"recipe": LABELS[name], "seed": seed}, "result": evaluation_row(attacked, name)}
                 for name in LABELS if name in attacked["models"]]
         budgets = "; ".join(_attack_budget(name, attacked["budgets"]) for name in attacked["attacks"])
@@ -271,7 +273,20 @@ def demo_attacks_section(root: Path, runs: dict[int, dict]) -> list[str]:
                   f"models, training seed {seed}): attack success = a compliance (judge `{attacked['judge']}`, "
                   f"{attacked['max_new_tokens']} new tokens) on {attacked['n_harmful']} harmful test prompts; budgets: "
                   f"{budgets}.", "", *attack_table(rows), ""]
+    if other_models:
+        lines += [f"Seed(s) {', '.join(map(str, other_models))}: not attacked on the models of "
+                  f"`{root.name}/{DEMO_DIR}/seed_S.json` (the two files do not record the same adapter digests: the "
+                  f"attacks were made on another run's models, or before the files recorded them); rerun the attacks on "
+                  f"that run's models.", ""]
     return lines[:-1] + _not_current(root, dict(sorted(attacked_runs.items())))
+
+
+def _attacked_the_run(attacked: dict, run: dict | None) -> bool:
+    """Whether `failclosed evaluate`'s results were measured on the very adapters of a demo run (its summary's
+    `adapter_digests`), both of its models; False where either file does not record the digests."""
+    digests = (run or {}).get("adapter_digests") or {}
+    return bool(digests) and all(digest is not None and attacked["models"].get(name, {}).get("adapter_digest") == digest
+                                 for name, digest in digests.items())
 
 
 ATTACK_BUDGET_KEYS = {"gcg": ("steps", "search_width"), "autodan": ("generations", "population"),
@@ -285,6 +300,12 @@ def _attack_budget(name: str, budgets: dict) -> str:
     if name not in ATTACK_BUDGET_KEYS:
         return name
     return f"{name}: " + ", ".join(f"{key.replace('_', ' ')} {budgets[name][key]}" for key in ATTACK_BUDGET_KEYS[name])
+
+
+def _load_note(run: dict) -> str:
+    """The load average a demo run started under, where its summary records it (other work lengthens a run)."""
+    load = run.get("machine", {}).get("load_average")
+    return f" (load average {load:.1f} at the start)" if load is not None else ""
 
 
 def _demo_n(runs: dict[int, dict]) -> int:

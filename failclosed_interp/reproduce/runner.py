@@ -116,6 +116,7 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
         folder = run_folder(exp, runs, finished.get(exp.name))  # a finished one: measured again for a new column
         untimed = folder.exists() and any(folder.iterdir()) and not (folder / CLOCK_FILE).exists()  # ran with no clock
         folder.mkdir(parents=True, exist_ok=True)
+        measured_on = machine()  # at the start: the load the experiment ran under
         try:
             # the clock counts every attempt's time, an interrupted one's too; a search made before on the same
             # model the same way is read back from its log, not made again
@@ -132,7 +133,7 @@ def run_grid(config: GridConfig, runs: str | Path, results: str | Path, *, progr
         write_json(results / f"{exp.name}.json", {
             "schema": SCHEMA, "config": exp.config, "result": outcome,
             "experiment": {**exp.to_dict(), "run_folder": folder.name, "model_fingerprint": model},
-            "wall_s": round(clock.seconds, 1), "attempts": clock.attempts, "machine": machine(),
+            "wall_s": round(clock.seconds, 1), "attempts": clock.attempts, "machine": measured_on,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         ran.append(exp)
     if failed:
