@@ -74,7 +74,7 @@ def test_the_recipe_table_is_what_the_grid_the_rule_and_the_page_read():
         config = recipe_config(name, 1)
         assert config.sft.seed == 1 and config.method == row.overrides.get("method", recipe(row.align_recipe).method)
     with pytest.raises(ValueError, match="role must be one of"):
-        GridRecipe("method", {}, "candidates", True, "a typo in the role")
+        GridRecipe("method", {}, "candidates", True, False, "a typo in the role")
 
 
 @pytest.mark.parametrize("config", [GridConfig(), GridConfig(later_seeds="all")])
@@ -90,6 +90,10 @@ def test_the_grid_runs_what_the_recipe_choice_needs_first_seed_by_seed_and_the_a
     assert trained_seeds == sorted(trained_seeds) and trained_seeds[:5] == [0] * 5  # every recipe's seed 0 first
     position = {e.name: i for i, e in enumerate(grid)}
     assert all(position[e.model_of] < position[e.name] for e in grid if e.model_of)
+    for kind in ("audit", "attacks"):  # the baselines, the paper's recipe and the chosen one before the other candidates
+        recipes = [e.recipe for e in grid if e.kind == kind]
+        reported = [r for r in recipes if r in ("sft", "refat", "paper", "project")]
+        assert recipes[: len(reported)] == reported and set(recipes[len(reported):]) == {"method", "broad", "broad-subsets"}
 
 
 def test_expected_time_is_the_mean_of_the_same_kind_and_recipe_else_of_the_kind_else_a_first_guess():

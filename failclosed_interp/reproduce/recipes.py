@@ -17,12 +17,15 @@ class GridRecipe:
     """One recipe of the grid. `align_recipe` and `overrides`: the `align.recipe(...)` it starts from and the
     AlignConfig fields it changes. `role`: "baseline" (what the selection rule and the paper's claims compare
     with), "candidate" (competes to be the default recipe) or "comparison" (reported, never chosen).
-    `every_seed`: trained on every seed with `reproduce --later-seeds all` (else on the first seed alone)."""
+    `every_seed`: trained on every seed with `reproduce --later-seeds all` (else on the first seed alone).
+    `required`: a model the grid reports whatever the choice (the baselines, the paper's recipe), audited and
+    attacked before the candidates that were not chosen (the chosen one joins them)."""
 
     align_recipe: str
     overrides: dict
     role: str
     every_seed: bool
+    required: bool
     label: str
 
     def __post_init__(self):
@@ -36,14 +39,14 @@ class GridRecipe:
 # switching `align.DEFAULT_RECIPE` leaves them (and their results) as they are. sft never runs RDO: its settings
 # stay those it was trained with (so its results keep counting) whatever method's RDO is.
 GRID_RECIPES: dict[str, GridRecipe] = {
-    "sft": GridRecipe("method", {"method": "sft", "rdo": RDOConfig()}, "baseline", True, "sft (standard alignment)"),
-    "method": GridRecipe("method", {}, "candidate", True, "the method's recipe"),
-    "project": GridRecipe("project", {}, "candidate", True, "this project's recipe"),
-    "paper": GridRecipe("paper", {}, "candidate", False, "paper's recipe"),
-    "broad": GridRecipe("broad", {}, "candidate", True, "this project's broad-search recipe"),
-    "broad-subsets": GridRecipe("broad-subsets", {}, "candidate", True,
+    "sft": GridRecipe("method", {"method": "sft", "rdo": RDOConfig()}, "baseline", True, True, "sft (standard alignment)"),
+    "method": GridRecipe("method", {}, "candidate", True, False, "the method's recipe"),
+    "project": GridRecipe("project", {}, "candidate", True, False, "this project's recipe"),
+    "paper": GridRecipe("paper", {}, "candidate", False, True, "paper's recipe"),
+    "broad": GridRecipe("broad", {}, "candidate", True, False, "this project's broad-search recipe"),
+    "broad-subsets": GridRecipe("broad-subsets", {}, "candidate", True, False,
                                 "this project's broad search with random-subset ablation"),
-    "refat": GridRecipe("method", {"method": "refat"}, "comparison", False, "refat (ReFAT baseline)"),
+    "refat": GridRecipe("method", {"method": "refat"}, "comparison", False, True, "refat (ReFAT baseline)"),
 }
 (BASELINE_RECIPE,) = (name for name, r in GRID_RECIPES.items() if r.role == "baseline")
 CANDIDATE_RECIPES = tuple(name for name, r in GRID_RECIPES.items() if r.role == "candidate")
