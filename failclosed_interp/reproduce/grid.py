@@ -169,9 +169,10 @@ def build_grid(config: GridConfig = GridConfig(), chosen: str | None = None) -> 
     seed by seed, so that every recipe's first seed is in before any recipe's second. Then every model is
     audited and measured on the public sets (when the runner is given their folder), seed by seed; the
     attacks, the longest and last, close the grid; among the audits and among the attacks, the required models
-    (`GridRecipe.required`) and the chosen recipe's come before the other candidates'. With `later_seeds="chosen"` the later seeds train the sft
-    baseline and `chosen`, the recipe the rule chose on the first seed (`later_seed_recipes`); while it is
-    None they train the baseline alone, and `pending` names what the choice will add."""
+    (`GridRecipe.required`) and the chosen recipe's come before the other candidates'. With
+    `later_seeds="chosen"` the later seeds train the sft baseline and `chosen`, the recipe the rule chose on the
+    first seed (`later_seed_recipes`); while it is None they train the baseline alone, and `pending` names what
+    the choice will add."""
     model = QUICK_MODEL if config.quick else config.model
     later = later_seed_recipes(config, chosen)
     trained = [(recipe, seed) for seed in config.seeds for recipe in config.recipes
@@ -193,6 +194,7 @@ def build_grid(config: GridConfig = GridConfig(), chosen: str | None = None) -> 
         if seed in config.attack_seeds:
             attacked.append(Experiment(f"attacks-{name}", "attacks", recipe, seed,
                                        config_to_dict(attacks_config(config.quick)), model_of=align.name))
+
     def not_chosen(e: Experiment) -> bool:  # a candidate the grid need not report: measured after the others
         return not (GRID_RECIPES[e.recipe].required or e.recipe == chosen)
 
